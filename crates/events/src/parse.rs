@@ -1,0 +1,575 @@
+//! Parsing and validation of one event (§2), first failing rule reported.
+
+use std::collections::{BTreeSet, HashSet};
+
+use chrono::{DateTime, FixedOffset, NaiveDateTime};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::{
+    CaseReceived, Channel, EventData, EventError, Kind, RatingLevel, ResolutionResult, Event,
+    MAX_EVENT_BYTES, SCHEMA_VERSION,
+};
+
+/// The unit registry as event validation needs it: is this id known?
+pub trait UnitDirectory {
+    fn contains_unit(&self, unit_id: &str) -> bool;
+}
+
+impl UnitDirectory for HashSet<String> {
+    fn contains_unit(&self, unit_id: &str) -> bool {
+        self.contains(unit_id)
+    }
+}
+
+impl UnitDirectory for BTreeSet<String> {
+    fn contains_unit(&self, unit_id: &str) -> bool {
+        self.contains(unit_id)
+    }
+}
+
+/// The longest `case_id`, in characters.
+pub const MAX_CASE_ID_CHARS: usize = 64;
+
+/// The longest `field` code, in characters.
+const MAX_FIELD_CODE_CHARS: usize = 64;
+
+/// Parses and validates one event against every rule of §2.
+///
+/// `bytes` is exactly what was sent (one NDJSON line, one NATS message).
+/// On failure the error names the field and the reason.
+pub fn parse_event(bytes: &[u8], units: &dyn UnitDirectory) -> Result<Event, EventError> {
+    if bytes.len() > MAX_EVENT_BYTES {
+        return Err(EventError::TooLarge { size: bytes.len() });
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(|err| EventError::MalformedJson {
+        detail: err.to_string(),
+    })?;
+    let Value::Object(envelope) = value else {
+        return Err(EventError::NotAnObject {
+            found: type_name(&value),
+        });
+    };
+    let fields = Fields {
+        object: &envelope,
+        prefix: "",
+    };
+
+    if let Some(schema) = fields.optional("schema") {
+        match schema.as_u64() {
+            Some(SCHEMA_VERSION) => {}
+            Some(other) => {
+                return Err(EventError::invalid(
+                    "schema",
+                    format!("envelope version {other} is not supported; this build reads version {SCHEMA_VERSION}"),
+                ))
+            }
+            None => return Err(fields.wrong_type("schema", "an integer", schema)),
+        }
+    }
+
+    let event_id_text = fields.string("event_id")?;
+    let event_id = Uuid::parse_str(event_id_text).map_err(|_| {
+        EventError::invalid(
+            "event_id",
+            format!("`{event_id_text}` is not a UUID (e.g. 3f2b8c1e-5d4a-4c3b-9a8e-1b2c3d4e5f60)"),
+        )
+    })?;
+
+    let kind_text = fields.string("kind")?;
+    let kind = Kind::parse(kind_text).ok_or_else(|| {
+        EventError::invalid(
+            "kind",
+            format!("`{kind_text}` is not a known kind; known kinds: {}", Kind::accepted()),
+        )
+    })?;
+
+    let case_id = fields.string("case_id")?;
+    validate_case_id(case_id)?;
+
+    let unit_id = fields.string("unit_id")?;
+    if !units.contains_unit(unit_id) {
+        return Err(EventError::invalid(
+            "unit_id",
+            format!("unit `{unit_id}` is not in the unit registry"),
+        ));
+    }
+
+    let occurred_at = fields.timestamp("occurred_at")?;
+
+    let data_object = match fields.required("data")? {
+        Value::Object(object) => object,
+        other => return Err(fields.wrong_type("data", "an object ({} where a kind has no fields)", other)),
+    };
+    let data = parse_data(
+        kind,
+        &Fields {
+            object: data_object,
+            prefix: "data.",
+        },
+        occurred_at,
+    )?;
+
+    Ok(Event {
+        event_id,
+        case_id: case_id.to_owned(),
+        unit_id: unit_id.to_owned(),
+        occurred_at,
+        data,
+    })
+}
+
+fn parse_data(
+    kind: Kind,
+    data: &Fields<'_>,
+    occurred_at: DateTime<FixedOffset>,
+) -> Result<EventData, EventError> {
+    Ok(match kind {
+        Kind::CaseReceived => {
+            let procedure_code = data.string("procedure_code")?.to_owned();
+            let field = data.string("field")?;
+            validate_field_code(field, &data.name("field"))?;
+            let channel = data.choice("channel", Channel::parse, Channel::accepted)?;
+            let due_at = data.timestamp("due_at")?;
+            if due_at <= occurred_at {
+                return Err(EventError::invalid(
+                    data.name("due_at"),
+                    format!(
+                        "{} is not after occurred_at {}",
+                        due_at.to_rfc3339(),
+                        occurred_at.to_rfc3339()
+                    ),
+                ));
+            }
+            EventData::CaseReceived(CaseReceived {
+                procedure_code,
+                field: field.to_owned(),
+                channel,
+                due_at,
+                dossier_digitized: data.optional_bool("dossier_digitized")?,
+                reused_data: data.optional_bool("reused_data")?,
+            })
+        }
+        Kind::CaseSupplementRequested => EventData::CaseSupplementRequested {
+            reason: data.string("reason")?.to_owned(),
+            due_at: data.timestamp("due_at")?,
+        },
+        Kind::CaseApologyIssued => EventData::CaseApologyIssued {
+            letter_ref: data.string("letter_ref")?.to_owned(),
+            reason: data.string("reason")?.to_owned(),
+            new_due_at: data.timestamp("new_due_at")?,
+        },
+        Kind::CaseResolved => EventData::CaseResolved {
+            result: data.choice("result", ResolutionResult::parse, ResolutionResult::accepted)?,
+            result_electronic: data.bool("result_electronic")?,
+            result_digitized: data.bool("result_digitized")?,
+        },
+        Kind::CaseWithdrawn => EventData::CaseWithdrawn {
+            reason: data.string("reason")?.to_owned(),
+        },
+        Kind::CasePaid => EventData::CasePaid {
+            amount_vnd: data.non_negative_integer("amount_vnd")?,
+            online: data.bool("online")?,
+        },
+        Kind::CaseRated => EventData::CaseRated {
+            level: data.choice("level", RatingLevel::parse, RatingLevel::accepted)?,
+        },
+        Kind::CaseSynced => EventData::CaseSynced {
+            portal: data.string("portal")?.to_owned(),
+        },
+        Kind::FeedbackReceived => EventData::FeedbackReceived {
+            due_at: data.timestamp("due_at")?,
+        },
+        Kind::FeedbackResolved => EventData::FeedbackResolved,
+    })
+}
+
+fn validate_case_id(case_id: &str) -> Result<(), EventError> {
+    let chars = case_id.chars().count();
+    if chars == 0 || chars > MAX_CASE_ID_CHARS {
+        return Err(EventError::invalid(
+            "case_id",
+            format!("must be 1 to {MAX_CASE_ID_CHARS} characters, found {chars}"),
+        ));
+    }
+    if let Some(bad) = case_id.chars().find(|c| c.is_control()) {
+        return Err(EventError::invalid(
+            "case_id",
+            format!("must be printable, found control character U+{:04X}", bad as u32),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_field_code(code: &str, name: &str) -> Result<(), EventError> {
+    let well_formed = !code.is_empty()
+        && code.len() <= MAX_FIELD_CODE_CHARS
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if well_formed {
+        Ok(())
+    } else {
+        Err(EventError::invalid(
+            name,
+            format!(
+                "`{code}` is not a field code: 1 to {MAX_FIELD_CODE_CHARS} characters of a-z, 0-9 and _ (e.g. dat_dai, ho_tich)"
+            ),
+        ))
+    }
+}
+
+/// Parses an RFC 3339 time that carries an offset.
+fn parse_timestamp(text: &str, name: &str) -> Result<DateTime<FixedOffset>, EventError> {
+    DateTime::parse_from_rfc3339(text).map_err(|_| {
+        let has_no_offset = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").is_ok();
+        let reason = if has_no_offset {
+            format!("`{text}` has no UTC offset; send e.g. {text}+07:00")
+        } else {
+            format!("`{text}` is not an RFC 3339 time with offset (e.g. 2024-03-15T08:30:00+07:00)")
+        };
+        EventError::invalid(name, reason)
+    })
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Typed access to the members of one JSON object, with errors that carry
+/// the member's full dotted name.
+struct Fields<'a> {
+    object: &'a Map<String, Value>,
+    prefix: &'static str,
+}
+
+impl<'a> Fields<'a> {
+    fn name(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn optional(&self, key: &str) -> Option<&'a Value> {
+        self.object.get(key).filter(|value| !value.is_null())
+    }
+
+    fn required(&self, key: &str) -> Result<&'a Value, EventError> {
+        self.object.get(key).ok_or_else(|| EventError::Missing {
+            field: self.name(key),
+        })
+    }
+
+    fn wrong_type(&self, key: &str, expected: &'static str, found: &Value) -> EventError {
+        EventError::WrongType {
+            field: self.name(key),
+            expected,
+            found: type_name(found),
+        }
+    }
+
+    fn string(&self, key: &str) -> Result<&'a str, EventError> {
+        let value = self.required(key)?;
+        value
+            .as_str()
+            .ok_or_else(|| self.wrong_type(key, "a string", value))
+    }
+
+    fn bool(&self, key: &str) -> Result<bool, EventError> {
+        let value = self.required(key)?;
+        value
+            .as_bool()
+            .ok_or_else(|| self.wrong_type(key, "true or false", value))
+    }
+
+    fn optional_bool(&self, key: &str) -> Result<bool, EventError> {
+        match self.optional(key) {
+            None => Ok(false),
+            Some(value) => value
+                .as_bool()
+                .ok_or_else(|| self.wrong_type(key, "true or false", value)),
+        }
+    }
+
+    fn timestamp(&self, key: &str) -> Result<DateTime<FixedOffset>, EventError> {
+        parse_timestamp(self.string(key)?, &self.name(key))
+    }
+
+    fn non_negative_integer(&self, key: &str) -> Result<u64, EventError> {
+        let value = self.required(key)?;
+        if let Some(amount) = value.as_u64() {
+            return Ok(amount);
+        }
+        match value.as_i64() {
+            Some(negative) => Err(EventError::invalid(
+                self.name(key),
+                format!("must be 0 or more, found {negative}"),
+            )),
+            None => Err(self.wrong_type(key, "a whole number", value)),
+        }
+    }
+
+    fn choice<T>(
+        &self,
+        key: &str,
+        parse: fn(&str) -> Option<T>,
+        accepted: fn() -> String,
+    ) -> Result<T, EventError> {
+        let text = self.string(key)?;
+        parse(text).ok_or_else(|| {
+            EventError::invalid(
+                self.name(key),
+                format!("`{text}` is not one of {}", accepted()),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn units() -> HashSet<String> {
+        ["C1".to_owned()].into_iter().collect()
+    }
+
+    fn received() -> Value {
+        json!({
+            "event_id": "3a5163f4-b772-8bf8-65b1-d2302cb9e2bb",
+            "kind": "case.received",
+            "case_id": "000.00.31.H31-240315-0001",
+            "unit_id": "C1",
+            "occurred_at": "2024-03-15T08:30:00+07:00",
+            "data": {"procedure_code": "1.008819", "field": "ho_tich", "channel": "online",
+                     "due_at": "2024-03-18T08:30:00+07:00", "dossier_digitized": true}
+        })
+    }
+
+    fn parse(value: &Value) -> Result<Event, EventError> {
+        parse_event(value.to_string().as_bytes(), &units())
+    }
+
+    fn with(mut value: Value, path: &[&str], replacement: Option<Value>) -> Value {
+        let (last, parents) = path.split_last().expect("path");
+        let mut target = &mut value;
+        for key in parents {
+            target = target.get_mut(*key).expect("parent");
+        }
+        let object = target.as_object_mut().expect("object");
+        match replacement {
+            Some(new) => object.insert((*last).to_owned(), new),
+            None => object.remove(*last),
+        };
+        value
+    }
+
+    fn error_of(value: Value) -> EventError {
+        parse(&value).expect_err("must be invalid")
+    }
+
+    #[test]
+    fn a_valid_received_event_parses_with_defaults() {
+        let event = parse(&received()).expect("valid");
+        assert_eq!(event.kind(), Kind::CaseReceived);
+        assert_eq!(event.case_id, "000.00.31.H31-240315-0001");
+        let EventData::CaseReceived(data) = &event.data else {
+            panic!("kind")
+        };
+        assert_eq!(data.channel, Channel::Online);
+        assert!(data.dossier_digitized);
+        assert!(!data.reused_data, "reused_data defaults to false");
+        assert_eq!(event.subject(), "cases.C1.case.received");
+    }
+
+    #[test]
+    fn malformed_json_is_reported_as_such() {
+        let err = parse_event(b"{this is not json", &units()).unwrap_err();
+        assert!(matches!(err, EventError::MalformedJson { .. }), "{err}");
+        assert_eq!(err.field(), None);
+    }
+
+    #[test]
+    fn a_json_array_is_not_an_event() {
+        let err = parse_event(b"[1,2]", &units()).unwrap_err();
+        assert_eq!(err.to_string(), "the event must be a JSON object, found an array");
+    }
+
+    #[test]
+    fn events_over_64_kib_are_refused_before_parsing() {
+        let big = vec![b' '; MAX_EVENT_BYTES + 1];
+        assert_eq!(
+            parse_event(&big, &units()).unwrap_err(),
+            EventError::TooLarge { size: MAX_EVENT_BYTES + 1 }
+        );
+    }
+
+    #[test]
+    fn each_missing_envelope_field_is_named() {
+        for field in ["event_id", "kind", "case_id", "unit_id", "occurred_at", "data"] {
+            let err = error_of(with(received(), &[field], None));
+            assert_eq!(err.field(), Some(field), "{err}");
+            assert!(err.to_string().contains("is required"), "{err}");
+        }
+    }
+
+    #[test]
+    fn missing_data_fields_are_named_with_their_path() {
+        for field in ["procedure_code", "field", "channel", "due_at"] {
+            let err = error_of(with(received(), &["data", field], None));
+            assert_eq!(err.field(), Some(format!("data.{field}").as_str()), "{err}");
+        }
+    }
+
+    #[test]
+    fn wrong_types_say_what_was_expected_and_found() {
+        let err = error_of(with(received(), &["case_id"], Some(json!(42))));
+        assert_eq!(err.to_string(), "field `case_id` must be a string, found a number");
+        let err = error_of(with(received(), &["data", "reused_data"], Some(json!("yes"))));
+        assert_eq!(
+            err.to_string(),
+            "field `data.reused_data` must be true or false, found a string"
+        );
+    }
+
+    #[test]
+    fn unknown_kind_lists_the_known_ones() {
+        let err = error_of(with(received(), &["kind"], Some(json!("case.exploded"))));
+        assert_eq!(err.field(), Some("kind"));
+        assert!(err.to_string().contains("case.received, case.supplement_requested"), "{err}");
+    }
+
+    #[test]
+    fn a_time_without_offset_is_invalid() {
+        let err = error_of(with(
+            received(),
+            &["occurred_at"],
+            Some(json!("2024-12-01T08:00:00")),
+        ));
+        assert_eq!(err.field(), Some("occurred_at"));
+        assert!(err.to_string().contains("has no UTC offset"), "{err}");
+        let err = error_of(with(received(), &["occurred_at"], Some(json!("yesterday"))));
+        assert!(err.to_string().contains("not an RFC 3339 time"), "{err}");
+    }
+
+    #[test]
+    fn due_at_must_be_after_occurred_at_on_received() {
+        let err = error_of(with(
+            received(),
+            &["data", "due_at"],
+            Some(json!("2024-03-15T08:30:00+07:00")),
+        ));
+        assert_eq!(err.field(), Some("data.due_at"));
+        assert!(err.to_string().contains("is not after occurred_at"), "{err}");
+    }
+
+    #[test]
+    fn offsets_are_compared_as_instants() {
+        // 02:00 UTC is 09:00 in Vietnam: after 08:30+07:00.
+        let event = with(received(), &["data", "due_at"], Some(json!("2024-03-15T02:00:00Z")));
+        assert!(parse(&event).is_ok());
+    }
+
+    #[test]
+    fn unknown_unit_is_invalid() {
+        let err = error_of(with(received(), &["unit_id"], Some(json!("NO_SUCH_UNIT"))));
+        assert_eq!(
+            err.to_string(),
+            "field `unit_id`: unit `NO_SUCH_UNIT` is not in the unit registry"
+        );
+    }
+
+    #[test]
+    fn event_id_must_be_a_uuid() {
+        let err = error_of(with(received(), &["event_id"], Some(json!("not-a-uuid"))));
+        assert_eq!(err.field(), Some("event_id"));
+    }
+
+    #[test]
+    fn case_id_length_is_counted_in_characters() {
+        let sixty_four = "đ".repeat(64);
+        assert!(parse(&with(received(), &["case_id"], Some(json!(sixty_four)))).is_ok());
+        let err = error_of(with(received(), &["case_id"], Some(json!("X".repeat(65)))));
+        assert_eq!(err.to_string(), "field `case_id`: must be 1 to 64 characters, found 65");
+        let err = error_of(with(received(), &["case_id"], Some(json!(""))));
+        assert_eq!(err.field(), Some("case_id"));
+        let err = error_of(with(received(), &["case_id"], Some(json!("A\u{7}B"))));
+        assert!(err.to_string().contains("U+0007"), "{err}");
+    }
+
+    #[test]
+    fn enumerated_values_list_the_accepted_ones() {
+        let err = error_of(with(received(), &["data", "channel"], Some(json!("fax"))));
+        assert_eq!(
+            err.to_string(),
+            "field `data.channel`: `fax` is not one of online, in_person, postal"
+        );
+    }
+
+    #[test]
+    fn field_codes_are_lowercase_tokens() {
+        let err = error_of(with(received(), &["data", "field"], Some(json!("Đất đai"))));
+        assert_eq!(err.field(), Some("data.field"));
+    }
+
+    #[test]
+    fn payment_amount_must_be_a_non_negative_integer() {
+        let paid = |amount: Value| {
+            json!({"event_id": "676b00ec-1b9e-778d-96ef-069b25f17f9a", "kind": "case.paid",
+                   "case_id": "X-6", "unit_id": "C1", "occurred_at": "2024-12-01T08:00:00+07:00",
+                   "data": {"amount_vnd": amount, "online": true}})
+        };
+        assert!(parse(&paid(json!(0))).is_ok());
+        assert_eq!(
+            error_of(paid(json!(-5))).to_string(),
+            "field `data.amount_vnd`: must be 0 or more, found -5"
+        );
+        assert_eq!(
+            error_of(paid(json!(1.5))).to_string(),
+            "field `data.amount_vnd` must be a whole number, found a number"
+        );
+    }
+
+    #[test]
+    fn schema_defaults_to_one_and_other_versions_are_refused() {
+        assert!(parse(&with(received(), &["schema"], Some(json!(1)))).is_ok());
+        let err = error_of(with(received(), &["schema"], Some(json!(2))));
+        assert_eq!(err.field(), Some("schema"));
+    }
+
+    #[test]
+    fn feedback_resolved_takes_an_empty_data_object() {
+        let event = json!({"event_id": "f299414d-8d5c-64d7-0c90-c7bcef44b596",
+            "kind": "feedback.resolved", "case_id": "PAKN-0032", "unit_id": "C1",
+            "occurred_at": "2025-04-24T11:07:00+07:00", "data": {}});
+        assert_eq!(parse(&event).expect("valid").data, EventData::FeedbackResolved);
+    }
+
+    #[test]
+    fn vietnamese_text_survives_parsing_unchanged() {
+        let event = with(
+            received(),
+            &["case_id"],
+            Some(json!("Hồ sơ/Phường Nguyễn Nghiêm-01")),
+        );
+        assert_eq!(parse(&event).expect("valid").case_id, "Hồ sơ/Phường Nguyễn Nghiêm-01");
+    }
+
+    #[test]
+    fn unknown_extra_members_are_ignored() {
+        let event = with(received(), &["source"], Some(json!("igate")));
+        assert!(parse(&event).is_ok());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = parse_event(&bytes, &units());
+        }
+    }
+}
