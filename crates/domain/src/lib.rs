@@ -1,1 +1,33 @@
+//! The KPI domain, pure and without I/O.
+//!
+//! - [`units`]: the unit tree and each unit's lineage for rollups;
+//! - [`period`]: calendar, reporting (15th to 14th) and free periods;
+//! - [`record`] and [`contribution`]: what each case keeps and what it
+//!   contributes to the day-bucketed counters, as a pure function;
+//! - [`fold`]: a batch of events turned into changes to write at once;
+//! - [`kpi`] and [`targets`]: the 13 rates of §3 and their targets;
+//! - [`reference`]: the same views in memory, the oracle of the tests.
+//!
+//! NATS, sled and tonic stay outside: see the `kpi-bus`, `kpi-store` and
+//! `kpi-api` crates.
 
+pub mod contribution;
+pub mod counters;
+pub mod fold;
+pub mod kpi;
+pub mod period;
+pub mod record;
+pub mod reference;
+pub mod targets;
+pub mod time;
+pub mod units;
+
+pub use contribution::{LiveCounts, Timeliness};
+pub use counters::{Counter, CounterDelta, Counters};
+pub use fold::{BatchChanges, BatchFold, Folded, OpenDelta, OpenKey, RecordSource, UnknownUnit};
+pub use kpi::{rates, Kpi, Rate};
+pub use period::{Period, PeriodError, PERIOD_FORMS};
+pub use record::{Record, RecordKey};
+pub use targets::Targets;
+pub use time::{vietnam, Day, Moment};
+pub use units::{Level, Unit, UnitIdx, UnitRegistry, UnitsError};

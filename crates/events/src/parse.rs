@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::{
-    CaseReceived, Channel, EventData, EventError, Kind, RatingLevel, ResolutionResult, Event,
+    CaseReceived, Channel, Event, EventData, EventError, Kind, RatingLevel, ResolutionResult,
     MAX_EVENT_BYTES, SCHEMA_VERSION,
 };
 
@@ -80,7 +80,10 @@ pub fn parse_event(bytes: &[u8], units: &dyn UnitDirectory) -> Result<Event, Eve
     let kind = Kind::parse(kind_text).ok_or_else(|| {
         EventError::invalid(
             "kind",
-            format!("`{kind_text}` is not a known kind; known kinds: {}", Kind::accepted()),
+            format!(
+                "`{kind_text}` is not a known kind; known kinds: {}",
+                Kind::accepted()
+            ),
         )
     })?;
 
@@ -99,7 +102,13 @@ pub fn parse_event(bytes: &[u8], units: &dyn UnitDirectory) -> Result<Event, Eve
 
     let data_object = match fields.required("data")? {
         Value::Object(object) => object,
-        other => return Err(fields.wrong_type("data", "an object ({} where a kind has no fields)", other)),
+        other => {
+            return Err(fields.wrong_type(
+                "data",
+                "an object ({} where a kind has no fields)",
+                other,
+            ))
+        }
     };
     let data = parse_data(
         kind,
@@ -160,7 +169,11 @@ fn parse_data(
             new_due_at: data.timestamp("new_due_at")?,
         },
         Kind::CaseResolved => EventData::CaseResolved {
-            result: data.choice("result", ResolutionResult::parse, ResolutionResult::accepted)?,
+            result: data.choice(
+                "result",
+                ResolutionResult::parse,
+                ResolutionResult::accepted,
+            )?,
             result_electronic: data.bool("result_electronic")?,
             result_digitized: data.bool("result_digitized")?,
         },
@@ -195,7 +208,10 @@ fn validate_case_id(case_id: &str) -> Result<(), EventError> {
     if let Some(bad) = case_id.chars().find(|c| c.is_control()) {
         return Err(EventError::invalid(
             "case_id",
-            format!("must be printable, found control character U+{:04X}", bad as u32),
+            format!(
+                "must be printable, found control character U+{:04X}",
+                bad as u32
+            ),
         ));
     }
     Ok(())
@@ -397,7 +413,10 @@ mod tests {
     #[test]
     fn a_json_array_is_not_an_event() {
         let err = parse_event(b"[1,2]", &units()).unwrap_err();
-        assert_eq!(err.to_string(), "the event must be a JSON object, found an array");
+        assert_eq!(
+            err.to_string(),
+            "the event must be a JSON object, found an array"
+        );
     }
 
     #[test]
@@ -405,13 +424,22 @@ mod tests {
         let big = vec![b' '; MAX_EVENT_BYTES + 1];
         assert_eq!(
             parse_event(&big, &units()).unwrap_err(),
-            EventError::TooLarge { size: MAX_EVENT_BYTES + 1 }
+            EventError::TooLarge {
+                size: MAX_EVENT_BYTES + 1
+            }
         );
     }
 
     #[test]
     fn each_missing_envelope_field_is_named() {
-        for field in ["event_id", "kind", "case_id", "unit_id", "occurred_at", "data"] {
+        for field in [
+            "event_id",
+            "kind",
+            "case_id",
+            "unit_id",
+            "occurred_at",
+            "data",
+        ] {
             let err = error_of(with(received(), &[field], None));
             assert_eq!(err.field(), Some(field), "{err}");
             assert!(err.to_string().contains("is required"), "{err}");
@@ -429,8 +457,15 @@ mod tests {
     #[test]
     fn wrong_types_say_what_was_expected_and_found() {
         let err = error_of(with(received(), &["case_id"], Some(json!(42))));
-        assert_eq!(err.to_string(), "field `case_id` must be a string, found a number");
-        let err = error_of(with(received(), &["data", "reused_data"], Some(json!("yes"))));
+        assert_eq!(
+            err.to_string(),
+            "field `case_id` must be a string, found a number"
+        );
+        let err = error_of(with(
+            received(),
+            &["data", "reused_data"],
+            Some(json!("yes")),
+        ));
         assert_eq!(
             err.to_string(),
             "field `data.reused_data` must be true or false, found a string"
@@ -441,7 +476,11 @@ mod tests {
     fn unknown_kind_lists_the_known_ones() {
         let err = error_of(with(received(), &["kind"], Some(json!("case.exploded"))));
         assert_eq!(err.field(), Some("kind"));
-        assert!(err.to_string().contains("case.received, case.supplement_requested"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("case.received, case.supplement_requested"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -465,13 +504,20 @@ mod tests {
             Some(json!("2024-03-15T08:30:00+07:00")),
         ));
         assert_eq!(err.field(), Some("data.due_at"));
-        assert!(err.to_string().contains("is not after occurred_at"), "{err}");
+        assert!(
+            err.to_string().contains("is not after occurred_at"),
+            "{err}"
+        );
     }
 
     #[test]
     fn offsets_are_compared_as_instants() {
         // 02:00 UTC is 09:00 in Vietnam: after 08:30+07:00.
-        let event = with(received(), &["data", "due_at"], Some(json!("2024-03-15T02:00:00Z")));
+        let event = with(
+            received(),
+            &["data", "due_at"],
+            Some(json!("2024-03-15T02:00:00Z")),
+        );
         assert!(parse(&event).is_ok());
     }
 
@@ -495,7 +541,10 @@ mod tests {
         let sixty_four = "đ".repeat(64);
         assert!(parse(&with(received(), &["case_id"], Some(json!(sixty_four)))).is_ok());
         let err = error_of(with(received(), &["case_id"], Some(json!("X".repeat(65)))));
-        assert_eq!(err.to_string(), "field `case_id`: must be 1 to 64 characters, found 65");
+        assert_eq!(
+            err.to_string(),
+            "field `case_id`: must be 1 to 64 characters, found 65"
+        );
         let err = error_of(with(received(), &["case_id"], Some(json!(""))));
         assert_eq!(err.field(), Some("case_id"));
         let err = error_of(with(received(), &["case_id"], Some(json!("A\u{7}B"))));
@@ -547,7 +596,10 @@ mod tests {
         let event = json!({"event_id": "f299414d-8d5c-64d7-0c90-c7bcef44b596",
             "kind": "feedback.resolved", "case_id": "PAKN-0032", "unit_id": "C1",
             "occurred_at": "2025-04-24T11:07:00+07:00", "data": {}});
-        assert_eq!(parse(&event).expect("valid").data, EventData::FeedbackResolved);
+        assert_eq!(
+            parse(&event).expect("valid").data,
+            EventData::FeedbackResolved
+        );
     }
 
     #[test]
@@ -557,7 +609,10 @@ mod tests {
             &["case_id"],
             Some(json!("Hồ sơ/Phường Nguyễn Nghiêm-01")),
         );
-        assert_eq!(parse(&event).expect("valid").case_id, "Hồ sơ/Phường Nguyễn Nghiêm-01");
+        assert_eq!(
+            parse(&event).expect("valid").case_id,
+            "Hồ sơ/Phường Nguyễn Nghiêm-01"
+        );
     }
 
     #[test]

@@ -88,7 +88,13 @@ mod tests {
 
     #[test]
     fn foreign_subjects_are_refused() {
-        for subject in ["cases", "cases.X", "cases.X.case.exploded", "orders.X.case.paid", "cases..case.paid"] {
+        for subject in [
+            "cases",
+            "cases.X",
+            "cases.X.case.exploded",
+            "orders.X.case.paid",
+            "cases..case.paid",
+        ] {
             assert!(SubjectRoute::parse(subject).is_err(), "{subject}");
         }
     }

@@ -1,0 +1,230 @@
+//! What a record contributes to the views: a pure function of the record.
+//!
+//! A case contributes +1 to a few (day, counter) pairs at the unit of its
+//! `case.received`, and, while it is open, an entry in the open-case index
+//! by due time. Folding an event replaces the record's old contribution by
+//! its new one, so late events, retractions (a withdrawal after a
+//! resolution) and out-of-order arrivals need no special handling.
+
+use crate::counters::Counter;
+use crate::record::{CaseRecord, FeedbackRecord, Record};
+use crate::time::{Day, Moment};
+use kpi_events::{Channel, RatingLevel, ResolutionResult};
+
+/// The fields whose satisfaction is also reported separately
+/// (`satisfaction_rate_land`): land, construction, investment.
+pub const LAND_FIELDS: &[&str] = &["dat_dai", "xay_dung", "dau_tu"];
+
+/// How a resolution compares with the due time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeliness {
+    /// Trước hạn: resolved on a local day before the due day.
+    Early,
+    /// Đúng hạn: not early, and not after the due time.
+    OnTime,
+    /// Trễ hạn: after the due time.
+    Late,
+}
+
+impl Timeliness {
+    pub fn of(resolved_at: Moment, due_at: Moment) -> Timeliness {
+        if resolved_at.local_day() < due_at.local_day() {
+            Timeliness::Early
+        } else if resolved_at <= due_at {
+            Timeliness::OnTime
+        } else {
+            Timeliness::Late
+        }
+    }
+}
+
+/// An open case as the live counts and the at-risk list see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenCase {
+    pub due_at: Moment,
+    pub has_apology: bool,
+}
+
+/// The live counts of §3, not tied to a period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LiveCounts {
+    /// Received, not resolved, not withdrawn.
+    pub open: u64,
+    /// Open and past due now.
+    pub overdue_open: u64,
+    /// Overdue and no apology letter yet.
+    pub overdue_without_apology: u64,
+}
+
+/// A record's contribution, at the unit of its received event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contribution<'r> {
+    pub unit_id: &'r str,
+    /// Each pair adds one to that counter on that day.
+    pub counts: Vec<(Day, Counter)>,
+    /// Present while the case is received, not resolved and not withdrawn.
+    pub open: Option<OpenCase>,
+}
+
+impl Record {
+    /// `None` while the record's received event has not arrived: its other
+    /// events are held until then.
+    pub fn contribution(&self) -> Option<Contribution<'_>> {
+        match self {
+            Record::Case(case) => case.contribution(),
+            Record::Feedback(feedback) => feedback.contribution(),
+        }
+    }
+}
+
+impl CaseRecord {
+    pub fn contribution(&self) -> Option<Contribution<'_>> {
+        let received = self.received.as_ref()?;
+        let due_at = self.due_at()?;
+        let mut counts = Vec::with_capacity(16);
+
+        let received_day = received.stamp.at.local_day();
+        let mut on_received = |counter| counts.push((received_day, counter));
+        on_received(Counter::Received);
+        on_received(match received.channel {
+            Channel::Online => Counter::ReceivedOnline,
+            Channel::InPerson => Counter::ReceivedInPerson,
+            Channel::Postal => Counter::ReceivedPostal,
+        });
+        if received.dossier_digitized {
+            on_received(Counter::ReceivedDossierDigitized);
+        }
+        if received.reused_data {
+            on_received(Counter::ReceivedReusedData);
+        }
+        if self.sync.is_some() {
+            on_received(Counter::ReceivedSynced);
+        }
+
+        let mut open = None;
+        if let Some(withdrawal) = &self.withdrawal {
+            // A withdrawn case leaves every resolution KPI.
+            counts.push((withdrawal.at.local_day(), Counter::Withdrawn));
+        } else if let Some(resolution) = &self.resolution {
+            let day = resolution.stamp.at.local_day();
+            let mut on_resolved = |counter| counts.push((day, counter));
+            on_resolved(Counter::Resolved);
+            match Timeliness::of(resolution.stamp.at, due_at) {
+                Timeliness::Early => on_resolved(Counter::ResolvedEarly),
+                Timeliness::OnTime => on_resolved(Counter::ResolvedOnTime),
+                Timeliness::Late => {
+                    on_resolved(Counter::ResolvedLate);
+                    if self.apology.is_some() {
+                        on_resolved(Counter::ResolvedLateWithApology);
+                    }
+                }
+            }
+            on_resolved(match resolution.result {
+                ResolutionResult::Approved => Counter::ResolvedApproved,
+                ResolutionResult::Rejected => Counter::ResolvedRejected,
+            });
+            if resolution.result_electronic {
+                on_resolved(Counter::ResolvedElectronic);
+            }
+            if resolution.result_digitized {
+                on_resolved(Counter::ResolvedDigitized);
+            }
+        } else {
+            open = Some(OpenCase {
+                due_at,
+                has_apology: self.apology.is_some(),
+            });
+        }
+
+        for payment in &self.payments {
+            let day = payment.stamp.at.local_day();
+            counts.push((day, Counter::Payments));
+            if payment.online {
+                counts.push((day, Counter::PaymentsOnline));
+            }
+        }
+
+        if let Some(rating) = &self.rating {
+            let day = rating.stamp.at.local_day();
+            let satisfied = rating.level.is_satisfied();
+            counts.push((day, Counter::Rated));
+            counts.push((
+                day,
+                match rating.level {
+                    RatingLevel::VerySatisfied => Counter::RatedVerySatisfied,
+                    RatingLevel::Satisfied => Counter::RatedSatisfied,
+                    RatingLevel::Unsatisfied => Counter::RatedUnsatisfied,
+                },
+            ));
+            if LAND_FIELDS.contains(&received.field.as_str()) {
+                counts.push((day, Counter::RatedLand));
+                if satisfied {
+                    counts.push((day, Counter::RatedLandSatisfied));
+                }
+            }
+        }
+
+        Some(Contribution {
+            unit_id: &received.unit_id,
+            counts,
+            open,
+        })
+    }
+}
+
+impl FeedbackRecord {
+    pub fn contribution(&self) -> Option<Contribution<'_>> {
+        let received = self.received.as_ref()?;
+        let mut counts = vec![(received.stamp.at.local_day(), Counter::FeedbackReceived)];
+        if let Some(resolution) = &self.resolution {
+            let day = resolution.at.local_day();
+            counts.push((day, Counter::FeedbackResolved));
+            if resolution.at <= received.due_at {
+                counts.push((day, Counter::FeedbackResolvedOnTime));
+            }
+        }
+        Some(Contribution {
+            unit_id: &received.unit_id,
+            counts,
+            open: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::DateTime;
+
+    fn at(text: &str) -> Moment {
+        Moment::from(DateTime::parse_from_rfc3339(text).unwrap())
+    }
+
+    #[test]
+    fn timeliness_compares_local_days_then_instants() {
+        let due = at("2024-03-15T17:00:00+07:00");
+        assert_eq!(
+            Timeliness::of(at("2024-03-14T23:59:59+07:00"), due),
+            Timeliness::Early
+        );
+        assert_eq!(
+            Timeliness::of(at("2024-03-15T00:00:00+07:00"), due),
+            Timeliness::OnTime
+        );
+        assert_eq!(Timeliness::of(due, due), Timeliness::OnTime);
+        assert_eq!(
+            Timeliness::of(at("2024-03-15T17:00:01+07:00"), due),
+            Timeliness::Late
+        );
+        // 16:30 UTC on the 14th is 23:30 on the 14th in Vietnam: a day early.
+        assert_eq!(
+            Timeliness::of(at("2024-03-14T16:30:00Z"), due),
+            Timeliness::Early
+        );
+        // 17:30 UTC on the 14th is 00:30 on the 15th in Vietnam: same day.
+        assert_eq!(
+            Timeliness::of(at("2024-03-14T17:30:00Z"), due),
+            Timeliness::OnTime
+        );
+    }
+}

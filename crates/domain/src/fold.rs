@@ -1,0 +1,215 @@
+//! Folding a batch of events into changes to the views.
+//!
+//! [`BatchFold`] loads each touched record once (through a
+//! [`RecordSource`]: sled in production, a map in tests), applies the
+//! batch's events to it in memory, and at the end turns "contribution after
+//! minus contribution before" of every touched record into counter deltas
+//! per (unit, day), rolled up to every ancestor. The caller writes those
+//! changes, the records, the event ids and its checkpoint in one atomic
+//! write.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+
+use kpi_events::Event;
+use uuid::Uuid;
+
+use crate::contribution::Contribution;
+use crate::counters::CounterDelta;
+use crate::record::{Record, RecordKey};
+use crate::time::{Day, Moment};
+use crate::units::{UnitIdx, UnitRegistry};
+
+/// Where the fold reads the records and event ids of earlier batches.
+pub trait RecordSource {
+    type Error;
+    fn load_record(&self, key: &RecordKey) -> Result<Option<Record>, Self::Error>;
+    fn event_seen(&self, event_id: &Uuid) -> Result<bool, Self::Error>;
+}
+
+/// What folding one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Folded {
+    /// Applied to its record.
+    Applied,
+    /// Its event id was folded before: it counts once.
+    Duplicate,
+}
+
+/// A record names a unit the registry does not have. Events are validated
+/// against the registry and the store refuses a registry that drops units,
+/// so this means the registry and the stored views disagree.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("record `{code}` belongs to unit `{unit_id}`, which is not in the units file")]
+pub struct UnknownUnit {
+    pub code: String,
+    pub unit_id: String,
+}
+
+/// The change in open cases due on one day: `open` and `without_apology`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenDelta {
+    pub open: i64,
+    pub without_apology: i64,
+}
+
+impl OpenDelta {
+    pub fn is_zero(&self) -> bool {
+        self.open == 0 && self.without_apology == 0
+    }
+}
+
+/// One entry of the open-case index: a unit (at every level), the case's
+/// due time, the case code.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OpenKey {
+    pub unit: UnitIdx,
+    pub due_at: Moment,
+    pub case_id: String,
+}
+
+/// Everything a batch changes, ready to be written at once.
+#[derive(Debug, Default)]
+pub struct BatchChanges {
+    /// Records whose content changed.
+    pub records: Vec<(RecordKey, Record)>,
+    /// Event ids folded in this batch, with their stream sequence.
+    pub event_ids: Vec<(Uuid, u64)>,
+    /// Counter changes per (unit, day), already rolled up to ancestors.
+    pub counters: BTreeMap<(UnitIdx, Day), CounterDelta>,
+    /// Open-case changes per (unit, due day), rolled up to ancestors.
+    pub open_by_due_day: BTreeMap<(UnitIdx, Day), OpenDelta>,
+    /// Open-index entries to delete; applied before `open_added`.
+    pub open_removed: Vec<OpenKey>,
+    /// Open-index entries to write, with whether an apology letter exists.
+    pub open_added: Vec<(OpenKey, bool)>,
+}
+
+struct Touched {
+    before: Option<Record>,
+    after: Record,
+}
+
+/// Folds one batch of events over a [`RecordSource`].
+pub struct BatchFold<'a, S: RecordSource> {
+    units: &'a UnitRegistry,
+    source: &'a S,
+    touched: HashMap<RecordKey, Touched>,
+    event_ids: HashMap<Uuid, u64>,
+}
+
+impl<'a, S: RecordSource> BatchFold<'a, S> {
+    pub fn new(units: &'a UnitRegistry, source: &'a S) -> Self {
+        BatchFold {
+            units,
+            source,
+            touched: HashMap::new(),
+            event_ids: HashMap::new(),
+        }
+    }
+
+    /// Folds one valid event read at stream sequence `sequence`.
+    pub fn fold(&mut self, sequence: u64, event: &Event) -> Result<Folded, S::Error> {
+        if self.event_ids.contains_key(&event.event_id)
+            || self.source.event_seen(&event.event_id)?
+        {
+            return Ok(Folded::Duplicate);
+        }
+        self.event_ids.insert(event.event_id, sequence);
+        let key = RecordKey::for_event(event);
+        let touched = match self.touched.entry(key) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                let before = self.source.load_record(entry.key())?;
+                let after = before
+                    .clone()
+                    .unwrap_or_else(|| Record::empty_for(entry.key()));
+                entry.insert(Touched { before, after })
+            }
+        };
+        touched.after.apply(event);
+        Ok(Folded::Applied)
+    }
+
+    /// How many events this batch applied so far.
+    pub fn applied(&self) -> usize {
+        self.event_ids.len()
+    }
+
+    /// The batch's changes: new minus old contribution of every record.
+    pub fn finish(self) -> Result<BatchChanges, UnknownUnit> {
+        let mut changes = BatchChanges {
+            event_ids: self.event_ids.into_iter().collect(),
+            ..BatchChanges::default()
+        };
+        changes
+            .event_ids
+            .sort_unstable_by_key(|(_, sequence)| *sequence);
+        let units = self.units;
+        for (key, touched) in self.touched {
+            if touched.before.as_ref() == Some(&touched.after) {
+                continue;
+            }
+            let before = touched.before.as_ref().and_then(Record::contribution);
+            let after = touched.after.contribution();
+            if before != after {
+                if let Some(before) = &before {
+                    changes.add(units, &key, before, -1)?;
+                }
+                if let Some(after) = &after {
+                    changes.add(units, &key, after, 1)?;
+                }
+            }
+            changes.records.push((key, touched.after));
+        }
+        changes.records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(changes)
+    }
+}
+
+impl BatchChanges {
+    /// Adds `sign` times a contribution, at its unit and every ancestor.
+    fn add(
+        &mut self,
+        units: &UnitRegistry,
+        key: &RecordKey,
+        contribution: &Contribution<'_>,
+        sign: i64,
+    ) -> Result<(), UnknownUnit> {
+        let unit = units
+            .find(contribution.unit_id)
+            .ok_or_else(|| UnknownUnit {
+                code: key.code().to_owned(),
+                unit_id: contribution.unit_id.to_owned(),
+            })?;
+        for &level in units.lineage(unit) {
+            for &(day, counter) in &contribution.counts {
+                self.counters
+                    .entry((level, day))
+                    .or_default()
+                    .change(counter, sign);
+            }
+            if let Some(open) = contribution.open {
+                let bucket = self
+                    .open_by_due_day
+                    .entry((level, open.due_at.local_day()))
+                    .or_default();
+                bucket.open += sign;
+                if !open.has_apology {
+                    bucket.without_apology += sign;
+                }
+                let index_key = OpenKey {
+                    unit: level,
+                    due_at: open.due_at,
+                    case_id: key.code().to_owned(),
+                };
+                if sign < 0 {
+                    self.open_removed.push(index_key);
+                } else {
+                    self.open_added.push((index_key, open.has_apology));
+                }
+            }
+        }
+        Ok(())
+    }
+}

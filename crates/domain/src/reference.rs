@@ -1,0 +1,117 @@
+//! The views held in memory: a reference implementation of what the sled
+//! store keeps, used as the oracle in property tests and in the scenario
+//! test. It shares the fold with the store but answers queries the plain
+//! way (scanning every open case), so it also checks the store's shortcuts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+
+use kpi_events::Event;
+use uuid::Uuid;
+
+use crate::contribution::LiveCounts;
+use crate::counters::Counters;
+use crate::fold::{BatchChanges, BatchFold, Folded, OpenKey, RecordSource, UnknownUnit};
+use crate::record::{Record, RecordKey};
+use crate::time::{Day, Moment};
+use crate::units::{UnitIdx, UnitRegistry};
+
+/// Every view, in memory.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MemoryViews {
+    records: HashMap<RecordKey, Record>,
+    event_ids: HashMap<Uuid, u64>,
+    counters: BTreeMap<(UnitIdx, Day), Counters>,
+    open_index: BTreeMap<OpenKey, bool>,
+}
+
+impl RecordSource for MemoryViews {
+    type Error = Infallible;
+
+    fn load_record(&self, key: &RecordKey) -> Result<Option<Record>, Infallible> {
+        Ok(self.records.get(key).cloned())
+    }
+
+    fn event_seen(&self, event_id: &Uuid) -> Result<bool, Infallible> {
+        Ok(self.event_ids.contains_key(event_id))
+    }
+}
+
+impl MemoryViews {
+    /// Folds `events` (with their stream sequences) as one batch.
+    pub fn fold_batch<'e>(
+        &mut self,
+        units: &UnitRegistry,
+        events: impl IntoIterator<Item = (u64, &'e Event)>,
+    ) -> Result<Vec<Folded>, UnknownUnit> {
+        let mut fold = BatchFold::new(units, &*self);
+        let outcomes = events
+            .into_iter()
+            .map(|(sequence, event)| match fold.fold(sequence, event) {
+                Ok(folded) => folded,
+                Err(never) => match never {},
+            })
+            .collect();
+        let changes = fold.finish()?;
+        self.apply(changes);
+        Ok(outcomes)
+    }
+
+    /// Writes a batch's changes.
+    pub fn apply(&mut self, changes: BatchChanges) {
+        for (key, record) in changes.records {
+            self.records.insert(key, record);
+        }
+        self.event_ids.extend(changes.event_ids);
+        for (key, delta) in changes.counters {
+            let counters = self.counters.entry(key).or_default();
+            counters
+                .apply(&delta)
+                .unwrap_or_else(|counter| panic!("{} went below zero at {key:?}", counter.name()));
+            if counters.is_zero() {
+                self.counters.remove(&key);
+            }
+        }
+        for key in changes.open_removed {
+            self.open_index.remove(&key);
+        }
+        self.open_index.extend(changes.open_added);
+    }
+
+    /// The counters of a unit summed over the inclusive range of days.
+    pub fn counters(&self, unit: UnitIdx, first: Day, last: Day) -> Counters {
+        let mut sum = Counters::default();
+        for (_, counters) in self.counters.range((unit, first)..=(unit, last)) {
+            sum.add(counters);
+        }
+        sum
+    }
+
+    /// The live counts of a unit at `now`.
+    pub fn live(&self, unit: UnitIdx, now: Moment) -> LiveCounts {
+        let mut live = LiveCounts::default();
+        for (key, has_apology) in &self.open_index {
+            if key.unit != unit {
+                continue;
+            }
+            live.open += 1;
+            if key.due_at < now {
+                live.overdue_open += 1;
+                if !has_apology {
+                    live.overdue_without_apology += 1;
+                }
+            }
+        }
+        live
+    }
+
+    /// Every non-zero (unit, day) counter set: for comparing two folds.
+    pub fn all_counters(&self) -> &BTreeMap<(UnitIdx, Day), Counters> {
+        &self.counters
+    }
+
+    /// The open-case index: for comparing two folds.
+    pub fn open_index(&self) -> &BTreeMap<OpenKey, bool> {
+        &self.open_index
+    }
+}
