@@ -171,12 +171,12 @@ impl UnitRegistry {
                 })?),
             };
             let parent_level = parent.map(|p| levels[p.0 as usize]);
-            let allowed = match (level, parent_level) {
-                (Level::Province, None) => true,
-                (Level::District, Some(Level::Province)) => true,
-                (Level::Commune, Some(Level::Province | Level::District)) => true,
-                _ => false,
-            };
+            let allowed = matches!(
+                (level, parent_level),
+                (Level::Province, None)
+                    | (Level::District, Some(Level::Province))
+                    | (Level::Commune, Some(Level::Province | Level::District))
+            );
             if !allowed {
                 let rule = match level {
                     Level::Province => "a province has no parent",
