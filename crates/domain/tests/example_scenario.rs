@@ -2,122 +2,66 @@
 //! exactly its expected.json, whatever the order, duplication and batching
 //! of its events.
 
-use std::path::PathBuf;
-
-use chrono::{DateTime, NaiveDate};
+use chrono::DateTime;
 use kpi_domain::reference::MemoryViews;
 use kpi_domain::{rates, Day, Moment, Period, Targets, UnitRegistry};
 use kpi_events::{parse_event, Event};
+use kpi_testkit::{Answer, ExpectedLive, ExpectedRate};
 use proptest::prelude::*;
-use serde_json::Value;
-
-fn example_file(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/data/example")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
-}
 
 struct Scenario {
     units: UnitRegistry,
     events: Vec<Event>,
     rejected: usize,
-    expected: Value,
 }
 
 fn scenario() -> Scenario {
-    let units = UnitRegistry::from_json(&example_file("units.json")).expect("units");
+    let units = UnitRegistry::from_json(kpi_testkit::UNITS_JSON).expect("units");
     let mut events = Vec::new();
     let mut rejected = 0;
-    for line in example_file("events.ndjson").split(|b| *b == b'\n') {
-        if line.is_empty() {
-            continue;
-        }
+    for (_, line) in kpi_testkit::event_lines() {
         match parse_event(line, &units) {
             Ok(event) => events.push(event),
             Err(_) => rejected += 1,
         }
     }
-    let expected = serde_json::from_slice(&example_file("expected.json")).expect("expected.json");
-    Scenario {
-        units,
-        events,
-        rejected,
-        expected,
-    }
+    Scenario { units, events, rejected }
 }
 
-fn day(text: &str) -> Day {
-    Day::from_date(NaiveDate::parse_from_str(text, "%Y-%m-%d").unwrap())
-}
-
-/// Compares every query of expected.json; returns the differences.
+/// Answers every query of expected.json from the views; returns the
+/// differences.
 fn differences(scenario: &Scenario, views: &MemoryViews) -> Vec<String> {
     let now = Moment::from(DateTime::parse_from_rfc3339("2025-06-02T00:00:00+07:00").unwrap());
     let targets = Targets::defaults();
     let mut differences = Vec::new();
-    for query in scenario.expected["queries"].as_array().unwrap() {
-        let unit_id = query["unit_id"].as_str().unwrap();
-        let period = Period::parse(query["period"].as_str().unwrap()).unwrap();
-        let label = format!("{unit_id} {}", period.label);
-        assert_eq!(
-            period.first_day.to_string(),
-            query["first_day"].as_str().unwrap(),
-            "{label}"
-        );
-        assert_eq!(
-            period.last_day.to_string(),
-            query["last_day"].as_str().unwrap(),
-            "{label}"
-        );
-        let unit = scenario.units.find(unit_id).unwrap();
-        let counters = views.counters(
-            unit,
-            day(query["first_day"].as_str().unwrap()),
-            day(query["last_day"].as_str().unwrap()),
-        );
-        let lineage = scenario.units.lineage_ids(unit_id).unwrap();
-        for rate in rates(&counters, |kpi| {
-            targets.target(kpi, period.target_year(), &lineage)
-        }) {
-            let want = &query["rates"][rate.kpi.name()];
-            let got = (
-                rate.numerator,
-                rate.denominator,
-                rate.target_percent,
-                rate.met,
-            );
-            let wanted = (
-                want["numerator"].as_u64().unwrap(),
-                want["denominator"].as_u64().unwrap(),
-                want["target_percent"].as_f64(),
-                want["met"].as_bool(),
-            );
-            if got != wanted {
-                differences.push(format!(
-                    "{label} {}: got {got:?}, want {wanted:?}",
-                    rate.kpi
-                ));
-            }
-            match (rate.percent, want["percent"].as_f64()) {
-                (Some(a), Some(b)) if (a - b).abs() < 1e-4 => {}
-                (None, None) => {}
-                (a, b) => differences.push(format!(
-                    "{label} {} percent: got {a:?}, want {b:?}",
-                    rate.kpi
-                )),
-            }
-        }
+    for query in kpi_testkit::expected().queries {
+        let period = Period::parse(&query.period).unwrap();
+        let unit = scenario.units.find(&query.unit_id).unwrap();
+        let counters = views.counters(unit, Day::from_date(period.first_day), Day::from_date(period.last_day));
+        let lineage = scenario.units.lineage_ids(&query.unit_id).unwrap();
         let live = views.live(unit, now);
-        let got = (live.open, live.overdue_open, live.overdue_without_apology);
-        let wanted = (
-            query["live"]["open"].as_u64().unwrap(),
-            query["live"]["overdue_open"].as_u64().unwrap(),
-            query["live"]["overdue_without_apology"].as_u64().unwrap(),
-        );
-        if got != wanted {
-            differences.push(format!("{label} live: got {got:?}, want {wanted:?}"));
-        }
+        let answer = Answer {
+            first_day: period.first_day.to_string(),
+            last_day: period.last_day.to_string(),
+            rates: rates(&counters, |kpi| targets.target(kpi, period.target_year(), &lineage))
+                .into_iter()
+                .map(|rate| {
+                    (rate.kpi.name().to_owned(), ExpectedRate {
+                        numerator: rate.numerator,
+                        denominator: rate.denominator,
+                        percent: rate.percent,
+                        target_percent: rate.target_percent,
+                        met: rate.met,
+                    })
+                })
+                .collect(),
+            live: ExpectedLive {
+                open: live.open,
+                overdue_open: live.overdue_open,
+                overdue_without_apology: live.overdue_without_apology,
+            },
+        };
+        differences.extend(kpi_testkit::differences(&query, &answer));
     }
     differences
 }
@@ -139,10 +83,7 @@ fn fold_in_batches(scenario: &Scenario, order: &[usize], batch: usize) -> Memory
 #[test]
 fn ten_lines_are_rejected() {
     let scenario = scenario();
-    assert_eq!(
-        scenario.rejected as u64,
-        scenario.expected["rejected_lines"].as_u64().unwrap()
-    );
+    assert_eq!(scenario.rejected, kpi_testkit::expected().rejected_lines);
 }
 
 #[test]

@@ -15,7 +15,9 @@ mod subject;
 pub use error::EventError;
 pub use kind::{Channel, Kind, RatingLevel, ResolutionResult};
 pub use parse::{parse_event, UnitDirectory};
-pub use subject::{subject_for, SubjectError, SubjectRoute, STREAM_SUBJECTS, SUBJECT_PREFIX};
+pub use subject::{
+    parse_message, subject_for, SubjectError, SubjectRoute, STREAM_SUBJECTS, SUBJECT_PREFIX,
+};
 
 use chrono::{DateTime, FixedOffset};
 use uuid::Uuid;

@@ -3,7 +3,7 @@
 //! Subject permissions are how each publisher is limited to its own units and
 //! kinds, so a consumer must check that the event says what its subject says.
 
-use crate::{Event, EventError, Kind};
+use crate::{parse_event, Event, EventError, Kind, UnitDirectory};
 
 /// The first token of every case-event subject.
 pub const SUBJECT_PREFIX: &str = "cases";
@@ -73,9 +73,44 @@ impl<'a> SubjectRoute<'a> {
     }
 }
 
+/// Validates a message read from the bus: the event, its subject, and that
+/// the two agree. This is the whole check a consumer makes before counting.
+pub fn parse_message(
+    subject: &str,
+    payload: &[u8],
+    units: &dyn UnitDirectory,
+) -> Result<Event, EventError> {
+    // The event's own faults first: they are what the sender must fix.
+    let event = parse_event(payload, units)?;
+    let route = SubjectRoute::parse(subject).map_err(|err| EventError::Invalid {
+        field: "subject".into(),
+        reason: err.to_string(),
+    })?;
+    route.check(subject, &event)?;
+    Ok(event)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
+
+    const PAID: &str = r#"{"event_id":"676b00ec-1b9e-778d-96ef-069b25f17f9a","kind":"case.paid","case_id":"X-6","unit_id":"C1","occurred_at":"2024-12-01T08:00:00+07:00","data":{"amount_vnd":5,"online":true}}"#;
+
+    fn units() -> HashSet<String> {
+        ["C1".to_owned(), "C2".to_owned()].into_iter().collect()
+    }
+
+    #[test]
+    fn a_message_must_say_what_its_subject_says() {
+        assert!(parse_message("cases.C1.case.paid", PAID.as_bytes(), &units()).is_ok());
+        let err = parse_message("cases.C2.case.paid", PAID.as_bytes(), &units()).unwrap_err();
+        assert_eq!(err.field(), Some("unit_id"));
+        let err = parse_message("cases.C1.case.rated", PAID.as_bytes(), &units()).unwrap_err();
+        assert_eq!(err.field(), Some("kind"));
+        let err = parse_message("elsewhere", PAID.as_bytes(), &units()).unwrap_err();
+        assert_eq!(err.field(), Some("subject"));
+    }
 
     #[test]
     fn subjects_round_trip() {

@@ -1,1 +1,434 @@
+//! The KPI views in sled.
+//!
+//! [`Store::ingest`] takes a batch of messages read from the stream,
+//! validates each, folds the valid ones (through the domain's
+//! [`BatchFold`]), parks the invalid ones with their reason, and writes all
+//! of it **and** the stream sequence it reflects in one atomic batch. sled
+//! flushes in the background; after a crash the store reopens at a
+//! consistent checkpoint, and the projector re-reads the stream from the
+//! next sequence. Exactly-once in effect, without a flush per batch.
+//!
+//! Queries ([`Store::snapshot`]) sum day buckets over a period, so any
+//! period costs one short range scan per unit, and take the commit lock
+//! shared so that an answer never mixes two batches.
 
+mod keys;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Mutex, RwLock};
+
+use chrono::{DateTime, Utc};
+use kpi_domain::fold::{BatchChanges, BatchFold, RecordSource};
+use kpi_domain::{Counters, Day, Folded, LiveCounts, Moment, Record, RecordKey, UnitRegistry};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use keys::VIEW_PREFIXES;
+
+/// The stored layout version this build reads and writes.
+const FORMAT_VERSION: &[u8] = b"1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored entry {key:?} cannot be read: {detail}")]
+    Corrupt { key: String, detail: String },
+    #[error("the data directory holds views of format {found}, this build reads format 1; rebuild it with `kpictl replay`")]
+    Format { found: String },
+    #[error(transparent)]
+    Units(#[from] kpi_domain::units::IncompatibleUnits),
+    #[error(transparent)]
+    UnknownUnit(#[from] kpi_domain::UnknownUnit),
+    #[error("unit `{0}` is not in the units file")]
+    NoSuchUnit(String),
+}
+
+fn corrupt(key: &[u8], detail: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        detail: detail.to_string(),
+    }
+}
+
+/// How to open the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// sled's page cache, in bytes: the bound on the store's memory.
+    pub cache_bytes: u64,
+    /// How often sled flushes to disk in the background.
+    pub flush_every_ms: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: 64 * 1024 * 1024,
+            flush_every_ms: 500,
+        }
+    }
+}
+
+/// One message as read from the stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    pub sequence: u64,
+    pub subject: &'a str,
+    pub payload: &'a [u8],
+    /// When the stream stored it, if known.
+    pub published: Option<DateTime<Utc>>,
+}
+
+/// An invalid event kept aside with its reason: never counted, never lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParkedEvent {
+    pub sequence: u64,
+    pub subject: String,
+    /// Exactly the bytes that were published.
+    pub payload: Vec<u8>,
+    /// The field at fault, when one is.
+    pub field: Option<String>,
+    pub reason: String,
+    /// When the stream stored it (Unix seconds), if known.
+    pub published_unix: Option<i64>,
+}
+
+/// Running totals since the views were created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FoldTotals {
+    /// Valid events applied to their record.
+    pub folded: u64,
+    /// Valid events whose event id was already folded.
+    pub duplicates: u64,
+    /// Invalid events parked.
+    pub parked: u64,
+}
+
+impl FoldTotals {
+    fn add(&mut self, other: &FoldTotals) {
+        self.folded += other.folded;
+        self.duplicates += other.duplicates;
+        self.parked += other.parked;
+    }
+}
+
+/// What one call to [`Store::ingest`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    pub totals: FoldTotals,
+    /// The checkpoint after the batch.
+    pub checkpoint: u64,
+}
+
+/// A consistent answer for one unit and range of days.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The last stream sequence the answer reflects.
+    pub sequence: u64,
+    pub counters: Counters,
+    pub live: LiveCounts,
+}
+
+/// The sled-backed views. One writer ([`Store::ingest`]), many readers.
+pub struct Store {
+    db: sled::Db,
+    views: sled::Tree,
+    /// Held exclusively while a batch is applied, shared by queries.
+    commit: RwLock<()>,
+    /// Serialises writers: counters are read, changed and written back.
+    writer: Mutex<()>,
+}
+
+impl Store {
+    /// Opens (or creates) the views in `dir`.
+    pub fn open(dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(options.cache_bytes)
+            .flush_every_ms(Some(options.flush_every_ms))
+            .open()?;
+        let views = db.open_tree("views")?;
+        match views.get(keys::FORMAT)? {
+            None => {
+                views.insert(keys::FORMAT, FORMAT_VERSION)?;
+            }
+            Some(found) if found.as_ref() == FORMAT_VERSION => {}
+            Some(found) => {
+                return Err(StoreError::Format {
+                    found: String::from_utf8_lossy(&found).into_owned(),
+                })
+            }
+        }
+        Ok(Store {
+            db,
+            views,
+            commit: RwLock::new(()),
+            writer: Mutex::new(()),
+        })
+    }
+
+    /// Checks that `units` can be used with the stored views (no unit
+    /// removed or moved) and records it as the registry now in force.
+    pub fn adopt_units(&self, units: &UnitRegistry) -> Result<(), StoreError> {
+        if let Some(stored) = self.views.get(keys::UNITS)? {
+            let stored: BTreeMap<String, Option<String>> =
+                serde_json::from_slice(&stored).map_err(|err| corrupt(keys::UNITS, err))?;
+            units.check_compatible(&stored)?;
+        }
+        let current = serde_json::to_vec(&units.parent_map()).map_err(|err| corrupt(keys::UNITS, err))?;
+        self.views.insert(keys::UNITS, current)?;
+        Ok(())
+    }
+
+    /// The last stream sequence folded (0 for new views).
+    pub fn checkpoint(&self) -> Result<u64, StoreError> {
+        read_u64(&self.views, keys::CHECKPOINT)
+    }
+
+    pub fn totals(&self) -> Result<FoldTotals, StoreError> {
+        match self.views.get(keys::STATS)? {
+            None => Ok(FoldTotals::default()),
+            Some(bytes) => postcard::from_bytes(&bytes).map_err(|err| corrupt(keys::STATS, err)),
+        }
+    }
+
+    /// Validates, folds and parks a batch of messages in stream order, then
+    /// writes the changes and the new checkpoint atomically. Messages at or
+    /// below the checkpoint are skipped (already folded).
+    pub fn ingest(&self, units: &UnitRegistry, batch: &[Incoming<'_>]) -> Result<BatchReport, StoreError> {
+        let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let checkpoint = self.checkpoint()?;
+        let mut totals = FoldTotals::default();
+        let mut parked = Vec::new();
+        let mut last = checkpoint;
+        let mut fold = BatchFold::new(units, self);
+        for message in batch.iter().filter(|m| m.sequence > checkpoint) {
+            last = last.max(message.sequence);
+            match kpi_events::parse_message(message.subject, message.payload, units) {
+                Ok(event) => match fold.fold(message.sequence, &event)? {
+                    Folded::Applied => totals.folded += 1,
+                    Folded::Duplicate => totals.duplicates += 1,
+                },
+                Err(error) => {
+                    totals.parked += 1;
+                    parked.push(ParkedEvent {
+                        sequence: message.sequence,
+                        subject: message.subject.to_owned(),
+                        payload: message.payload.to_vec(),
+                        field: error.field().map(str::to_owned),
+                        reason: error.to_string(),
+                        published_unix: message.published.map(|at| at.timestamp()),
+                    });
+                }
+            }
+        }
+        if last == checkpoint {
+            return Ok(BatchReport { totals, checkpoint });
+        }
+        let changes = fold.finish()?;
+        let mut all_totals = self.totals()?;
+        all_totals.add(&totals);
+        self.commit(units, changes, parked, last, &all_totals)?;
+        Ok(BatchReport {
+            totals,
+            checkpoint: last,
+        })
+    }
+
+    fn commit(
+        &self,
+        units: &UnitRegistry,
+        changes: BatchChanges,
+        parked: Vec<ParkedEvent>,
+        checkpoint: u64,
+        totals: &FoldTotals,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (key, record) in &changes.records {
+            let bytes = postcard::to_stdvec(record).map_err(|err| corrupt(&keys::record(key), err))?;
+            batch.insert(keys::record(key), bytes);
+        }
+        for (event_id, sequence) in &changes.event_ids {
+            batch.insert(&keys::event(event_id)[..], &sequence.to_be_bytes()[..]);
+        }
+        for ((unit, day), delta) in &changes.counters {
+            if delta.is_zero() {
+                continue;
+            }
+            let key = keys::unit_day(keys::DAY_COUNTERS, &units.unit(*unit).id, *day);
+            let mut counters = self
+                .views
+                .get(&key)?
+                .map_or_else(Counters::default, |bytes| Counters::from_bytes(&bytes));
+            if let Err(counter) = counters.apply(delta) {
+                tracing::error!(unit = %units.unit(*unit).id, day = %day.to_date(), counter = counter.name(),
+                    "a counter would go below zero; the views disagree with the log: run `kpictl verify`");
+            }
+            if counters.is_zero() {
+                batch.remove(key);
+            } else {
+                batch.insert(key, counters.to_bytes());
+            }
+        }
+        for ((unit, day), delta) in &changes.open_by_due_day {
+            if delta.is_zero() {
+                continue;
+            }
+            let key = keys::unit_day(keys::OPEN_BY_DUE_DAY, &units.unit(*unit).id, *day);
+            let (open, without_apology) = self.views.get(&key)?.map_or((0, 0), |bytes| decode_pair(&bytes));
+            let open = (open as i64 + delta.open).max(0) as u32;
+            let without_apology = (without_apology as i64 + delta.without_apology).max(0) as u32;
+            if open == 0 && without_apology == 0 {
+                batch.remove(key);
+            } else {
+                let mut bytes = open.to_le_bytes().to_vec();
+                bytes.extend_from_slice(&without_apology.to_le_bytes());
+                batch.insert(key, bytes);
+            }
+        }
+        for key in &changes.open_removed {
+            batch.remove(keys::open_index(&units.unit(key.unit).id, key.due_at, &key.case_id));
+        }
+        for (key, has_apology) in &changes.open_added {
+            let index_key = keys::open_index(&units.unit(key.unit).id, key.due_at, &key.case_id);
+            batch.insert(index_key, &[u8::from(*has_apology)][..]);
+        }
+        for event in &parked {
+            let bytes = postcard::to_stdvec(event).map_err(|err| corrupt(&keys::parked(event.sequence), err))?;
+            batch.insert(&keys::parked(event.sequence)[..], bytes);
+        }
+        let totals_bytes = postcard::to_stdvec(totals).map_err(|err| corrupt(keys::STATS, err))?;
+        batch.insert(keys::STATS, totals_bytes);
+        batch.insert(keys::CHECKPOINT, &checkpoint.to_be_bytes()[..]);
+
+        let _exclusive = self.commit.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.views.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The counters of `unit_id` summed over `first..=last` and its live
+    /// counts at `now`, as of one checkpoint.
+    pub fn snapshot(&self, unit_id: &str, first: Day, last: Day, now: Moment) -> Result<Snapshot, StoreError> {
+        let _shared = self.commit.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let sequence = self.checkpoint()?;
+        let counters = self.sum_counters(unit_id, first, last)?;
+        let live = self.live_counts(unit_id, now)?;
+        Ok(Snapshot {
+            sequence,
+            counters,
+            live,
+        })
+    }
+
+    fn sum_counters(&self, unit_id: &str, first: Day, last: Day) -> Result<Counters, StoreError> {
+        let start = keys::unit_day(keys::DAY_COUNTERS, unit_id, first);
+        let end = keys::unit_day(keys::DAY_COUNTERS, unit_id, last);
+        let mut sum = Counters::default();
+        for entry in self.views.range(start..=end) {
+            let (_, value) = entry?;
+            sum.add(&Counters::from_bytes(&value));
+        }
+        Ok(sum)
+    }
+
+    /// Open cases by due day: days before today are overdue as a whole;
+    /// today's cases are counted exactly from the open index.
+    fn live_counts(&self, unit_id: &str, now: Moment) -> Result<LiveCounts, StoreError> {
+        let today = now.local_day();
+        let mut live = LiveCounts::default();
+        for entry in self.views.scan_prefix(keys::unit_prefix(keys::OPEN_BY_DUE_DAY, unit_id)) {
+            let (key, value) = entry?;
+            let day = keys::day_of(&key).ok_or_else(|| corrupt(&key, "no day in key"))?;
+            let (open, without_apology) = decode_pair(&value);
+            live.open += u64::from(open);
+            if day < today {
+                live.overdue_open += u64::from(open);
+                live.overdue_without_apology += u64::from(without_apology);
+            }
+        }
+        let start = keys::open_index_at(unit_id, Moment::start_of(today));
+        let end = keys::open_index_at(unit_id, now);
+        for entry in self.views.range(start..end) {
+            let (_, has_apology) = entry?;
+            live.overdue_open += 1;
+            if has_apology.first() != Some(&1) {
+                live.overdue_without_apology += 1;
+            }
+        }
+        Ok(live)
+    }
+
+    /// Parked events after `after_sequence`, oldest first, at most `limit`.
+    pub fn parked(&self, after_sequence: u64, limit: usize) -> Result<Vec<ParkedEvent>, StoreError> {
+        let start = keys::parked(after_sequence.saturating_add(1));
+        let end = keys::prefix_end(&[keys::PARKED]);
+        self.views
+            .range(&start[..]..&end[..])
+            .take(limit)
+            .map(|entry| {
+                let (key, value) = entry?;
+                postcard::from_bytes(&value).map_err(|err| corrupt(&key, err))
+            })
+            .collect()
+    }
+
+    /// Every entry of the views proper (records, event ids, counters, open
+    /// cases), in key order: what two folds of the same log must share.
+    pub fn view_entries(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
+        VIEW_PREFIXES.iter().flat_map(move |prefix| {
+            self.views
+                .scan_prefix([*prefix])
+                .map(|entry| entry.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from))
+        })
+    }
+
+    /// Writes everything to disk now (on shutdown).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Bytes on disk, as sled reports them.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+impl RecordSource for Store {
+    type Error = StoreError;
+
+    fn load_record(&self, key: &RecordKey) -> Result<Option<Record>, StoreError> {
+        let stored_key = keys::record(key);
+        match self.views.get(&stored_key)? {
+            None => Ok(None),
+            Some(bytes) => postcard::from_bytes(&bytes)
+                .map(Some)
+                .map_err(|err| corrupt(&stored_key, err)),
+        }
+    }
+
+    fn event_seen(&self, event_id: &Uuid) -> Result<bool, StoreError> {
+        Ok(self.views.contains_key(keys::event(event_id))?)
+    }
+}
+
+fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
+    match tree.get(key)? {
+        None => Ok(0),
+        Some(bytes) => {
+            let array: [u8; 8] = bytes.as_ref().try_into().map_err(|_| corrupt(key, "not 8 bytes"))?;
+            Ok(u64::from_be_bytes(array))
+        }
+    }
+}
+
+fn decode_pair(bytes: &[u8]) -> (u32, u32) {
+    let word = |offset: usize| {
+        bytes
+            .get(offset..offset + 4)
+            .and_then(|slice| slice.try_into().ok())
+            .map_or(0, u32::from_le_bytes)
+    };
+    (word(0), word(4))
+}

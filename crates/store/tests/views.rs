@@ -1,0 +1,187 @@
+//! The sled views against the example scenario and the in-memory reference.
+
+use chrono::DateTime;
+use kpi_domain::reference::MemoryViews;
+use kpi_domain::{rates, Day, Moment, Period, Targets, UnitRegistry};
+use kpi_store::{Incoming, Store, StoreOptions};
+use kpi_testkit::{Answer, ExpectedLive, ExpectedRate};
+
+struct Line {
+    sequence: u64,
+    subject: String,
+    payload: &'static [u8],
+}
+
+fn lines() -> Vec<Line> {
+    kpi_testkit::event_lines()
+        .into_iter()
+        .enumerate()
+        .map(|(index, (_, payload))| Line {
+            sequence: index as u64 + 1,
+            subject: kpi_testkit::subject_of(payload),
+            payload,
+        })
+        .collect()
+}
+
+fn ingest(store: &Store, units: &UnitRegistry, lines: &[Line], batch: usize) {
+    for chunk in lines.chunks(batch) {
+        let incoming: Vec<Incoming<'_>> = chunk
+            .iter()
+            .map(|line| Incoming {
+                sequence: line.sequence,
+                subject: &line.subject,
+                payload: line.payload,
+                published: None,
+            })
+            .collect();
+        store.ingest(units, &incoming).expect("ingest");
+    }
+}
+
+fn open(dir: &std::path::Path) -> Store {
+    Store::open(dir, &StoreOptions::default()).expect("open")
+}
+
+fn answer(store: &Store, units: &UnitRegistry, unit_id: &str, period: &str, now: Moment) -> (u64, Answer) {
+    let period = Period::parse(period).unwrap();
+    let snapshot = store
+        .snapshot(unit_id, Day::from_date(period.first_day), Day::from_date(period.last_day), now)
+        .unwrap();
+    let lineage = units.lineage_ids(unit_id).unwrap();
+    let targets = Targets::defaults();
+    let answer = Answer {
+        first_day: period.first_day.to_string(),
+        last_day: period.last_day.to_string(),
+        rates: rates(&snapshot.counters, |kpi| targets.target(kpi, period.target_year(), &lineage))
+            .into_iter()
+            .map(|rate| {
+                (rate.kpi.name().to_owned(), ExpectedRate {
+                    numerator: rate.numerator,
+                    denominator: rate.denominator,
+                    percent: rate.percent,
+                    target_percent: rate.target_percent,
+                    met: rate.met,
+                })
+            })
+            .collect(),
+        live: ExpectedLive {
+            open: snapshot.live.open,
+            overdue_open: snapshot.live.overdue_open,
+            overdue_without_apology: snapshot.live.overdue_without_apology,
+        },
+    };
+    (snapshot.sequence, answer)
+}
+
+fn at(text: &str) -> Moment {
+    Moment::from(DateTime::parse_from_rfc3339(text).unwrap())
+}
+
+#[test]
+fn the_example_scenario_gives_expected_json_and_parks_the_invalid_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let units = UnitRegistry::from_json(kpi_testkit::UNITS_JSON).unwrap();
+    let store = open(dir.path());
+    store.adopt_units(&units).unwrap();
+    let lines = lines();
+    ingest(&store, &units, &lines, 64);
+
+    let now = at("2025-06-02T00:00:00+07:00");
+    let mut differences = Vec::new();
+    for query in kpi_testkit::expected().queries {
+        let (sequence, answer) = answer(&store, &units, &query.unit_id, &query.period, now);
+        assert_eq!(sequence, lines.len() as u64);
+        differences.extend(kpi_testkit::differences(&query, &answer));
+    }
+    assert_eq!(differences, Vec::<String>::new());
+
+    let parked = store.parked(0, 100).unwrap();
+    assert_eq!(parked.len(), kpi_testkit::expected().rejected_lines);
+    let fields: Vec<Option<&str>> = parked.iter().map(|p| p.field.as_deref()).collect();
+    assert!(fields.contains(&Some("data.level")), "{fields:?}");
+    assert!(fields.contains(&Some("unit_id")), "{fields:?}");
+    assert!(fields.contains(&None), "the malformed line has no field: {fields:?}");
+    let not_json = parked.iter().find(|p| p.payload == b"{this is not json").expect("kept verbatim");
+    assert!(not_json.reason.starts_with("not valid JSON"), "{}", not_json.reason);
+
+    let totals = store.totals().unwrap();
+    assert_eq!(totals.parked, 10);
+    assert_eq!(totals.folded + totals.duplicates + totals.parked, lines.len() as u64);
+    assert!(totals.duplicates > 0, "the scenario sends some events twice");
+}
+
+#[test]
+fn the_store_agrees_with_the_reference_views_at_any_time_of_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let units = UnitRegistry::from_json(kpi_testkit::UNITS_JSON).unwrap();
+    let store = open(dir.path());
+    let lines = lines();
+    ingest(&store, &units, &lines, 500);
+
+    let mut reference = MemoryViews::default();
+    let events: Vec<_> = lines
+        .iter()
+        .filter_map(|line| kpi_events::parse_event(line.payload, &units).ok().map(|e| (line.sequence, e)))
+        .collect();
+    reference.fold_batch(&units, events.iter().map(|(s, e)| (*s, e))).unwrap();
+
+    // Moments spread over the days when the scenario's open cases fall due,
+    // so that "due today" is split at many times of day.
+    let mut nows = vec![at("2024-11-01T00:00:00+07:00"), at("2026-01-01T00:00:00+07:00")];
+    for day in 0..200 {
+        for hour in [0, 7, 9, 13, 17, 23] {
+            let seconds = 1_733_000_000 + day * 86_400 + hour * 3_600 + 1_234;
+            nows.push(Moment::from_parts(seconds, 0));
+        }
+    }
+    for (idx, unit) in units.iter() {
+        for now in &nows {
+            let snapshot = store.snapshot(&unit.id, Day::from_date(chrono::NaiveDate::MIN), Day::from_date(chrono::NaiveDate::MAX), *now).unwrap();
+            assert_eq!(snapshot.live, reference.live(idx, *now), "{} at {:?}", unit.id, now.to_utc());
+        }
+        let all = store.snapshot(&unit.id, Day::from_date(chrono::NaiveDate::MIN), Day::from_date(chrono::NaiveDate::MAX), nows[0]).unwrap();
+        assert_eq!(all.counters, reference.counters(idx, Day::from_date(chrono::NaiveDate::MIN), Day::from_date(chrono::NaiveDate::MAX)));
+    }
+}
+
+#[test]
+fn reopening_resumes_at_the_checkpoint_and_skips_what_was_folded() {
+    let dir = tempfile::tempdir().unwrap();
+    let units = UnitRegistry::from_json(kpi_testkit::UNITS_JSON).unwrap();
+    let lines = lines();
+    {
+        let store = open(dir.path());
+        ingest(&store, &units, &lines[..300], 100);
+        assert_eq!(store.checkpoint().unwrap(), 300);
+        store.flush().unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(store.checkpoint().unwrap(), 300);
+    // Re-delivering from the start must not count anything twice.
+    ingest(&store, &units, &lines, 128);
+    let totals = store.totals().unwrap();
+    assert_eq!(totals.folded + totals.duplicates + totals.parked, lines.len() as u64);
+
+    let fresh_dir = tempfile::tempdir().unwrap();
+    let fresh = open(fresh_dir.path());
+    ingest(&fresh, &units, &lines, 1000);
+    let a: Vec<_> = store.view_entries().collect::<Result<_, _>>().unwrap();
+    let b: Vec<_> = fresh.view_entries().collect::<Result<_, _>>().unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn a_units_file_that_moves_a_unit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let units = UnitRegistry::from_json(kpi_testkit::UNITS_JSON).unwrap();
+    let store = open(dir.path());
+    store.adopt_units(&units).unwrap();
+    let moved = String::from_utf8(kpi_testkit::UNITS_JSON.to_vec())
+        .unwrap()
+        .replacen("\"parent\": \"D46-0\"", "\"parent\": \"D46-1\"", 1);
+    let moved = UnitRegistry::from_json(moved.as_bytes()).unwrap();
+    let err = store.adopt_units(&moved).unwrap_err().to_string();
+    assert!(err.contains("moved from parent D46-0 to D46-1"), "{err}");
+    assert!(err.contains("kpictl replay"), "{err}");
+}
