@@ -1,1 +1,381 @@
+//! The gRPC API of CONTRACT §5 (`kpi.v1.KpiService`) over the store, with
+//! the standard health service and server reflection.
+//!
+//! Handlers translate requests into store queries and domain answers into
+//! replies; every refusal says what to fix (`NOT_FOUND` for an unknown unit,
+//! `INVALID_ARGUMENT` with the accepted forms for a bad period).
 
+use std::future::Future;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use kpi_domain::{rates, Day, Moment, Period, Rate, Targets, UnitIdx, UnitRegistry};
+use kpi_store::{Snapshot, Store, StoreError};
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+
+/// Generated types and client/server stubs of `proto/kpi/v1/kpi.proto`.
+pub mod pb {
+    tonic::include_proto!("kpi.v1");
+}
+
+use pb::kpi_service_server::{KpiService, KpiServiceServer};
+
+/// The encoded descriptors of `kpi.v1`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/kpi_descriptor.bin"));
+
+/// The default `--listen` address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
+/// Where "now" comes from for the live counts (a fixed time in tests).
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// The most parked events one `ListRejected` call returns.
+const MAX_REJECTED_PAGE: usize = 1000;
+
+/// The service state: the store and the configuration it is read with.
+#[derive(Clone)]
+pub struct KpiApi {
+    store: Arc<Store>,
+    units: Arc<UnitRegistry>,
+    targets: Arc<Targets>,
+    clock: Clock,
+}
+
+impl KpiApi {
+    pub fn new(store: Arc<Store>, units: Arc<UnitRegistry>, targets: Arc<Targets>) -> Self {
+        KpiApi {
+            store,
+            units,
+            targets,
+            clock: Arc::new(Utc::now),
+        }
+    }
+
+    /// Answers as if it were always `clock()` (tests, audits).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn find_unit(&self, unit_id: &str, field: &str) -> Result<UnitIdx, Status> {
+        if unit_id.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "{field} is required; ListUnits lists the units"
+            )));
+        }
+        self.units.find(unit_id).ok_or_else(|| {
+            Status::not_found(format!(
+                "unit `{unit_id}` is not in the units file; ListUnits lists the known units"
+            ))
+        })
+    }
+
+    /// The full answer for a unit and period.
+    pub fn rates_reply(&self, unit_id: &str, period_text: &str) -> Result<pb::RatesReply, Status> {
+        let unit = self.find_unit(unit_id, "unit_id")?;
+        let period =
+            Period::parse(period_text).map_err(|err| Status::invalid_argument(err.to_string()))?;
+        let now = Moment::from((self.clock)());
+        let snapshot = self
+            .store
+            .snapshot(
+                unit_id,
+                Day::from_date(period.first_day),
+                Day::from_date(period.last_day),
+                now,
+            )
+            .map_err(internal)?;
+        let lineage = self.units.lineage_ids(unit_id).unwrap_or_default();
+        let year = period.target_year();
+        let rates = rates(&snapshot.counters, |kpi| {
+            self.targets.target(kpi, year, &lineage)
+        });
+        let unit = self.units.unit(unit);
+        Ok(reply(
+            unit.id.clone(),
+            unit.name.clone(),
+            &period,
+            snapshot,
+            rates,
+        ))
+    }
+}
+
+fn reply(
+    unit_id: String,
+    unit_name: String,
+    period: &Period,
+    snapshot: Snapshot,
+    rates: Vec<Rate>,
+) -> pb::RatesReply {
+    pb::RatesReply {
+        unit_id,
+        unit_name,
+        period: period.label.clone(),
+        first_day: period.first_day.to_string(),
+        last_day: period.last_day.to_string(),
+        target_year: period.target_year(),
+        rates: rates
+            .into_iter()
+            .map(|rate| pb::Rate {
+                kpi: rate.kpi.name().to_owned(),
+                numerator: rate.numerator,
+                denominator: rate.denominator,
+                percent: rate.percent,
+                target_percent: rate.target_percent,
+                met: rate.met,
+            })
+            .collect(),
+        counts: snapshot
+            .counters
+            .iter()
+            .map(|(counter, value)| (counter.name().to_owned(), value))
+            .collect(),
+        live: Some(pb::Live {
+            open: snapshot.live.open,
+            overdue_open: snapshot.live.overdue_open,
+            overdue_without_apology: snapshot.live.overdue_without_apology,
+        }),
+        stream_sequence: snapshot.sequence,
+    }
+}
+
+fn internal(error: StoreError) -> Status {
+    tracing::error!(%error, "store query failed");
+    Status::internal(format!("the views could not be read: {error}"))
+}
+
+#[tonic::async_trait]
+impl KpiService for KpiApi {
+    async fn get_rates(
+        &self,
+        request: Request<pb::GetRatesRequest>,
+    ) -> Result<Response<pb::RatesReply>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(
+            self.rates_reply(&request.unit_id, &request.period)?,
+        ))
+    }
+
+    async fn list_units(
+        &self,
+        request: Request<pb::ListUnitsRequest>,
+    ) -> Result<Response<pb::ListUnitsReply>, Status> {
+        let parent_id = request.into_inner().parent_id;
+        let parent = if parent_id.is_empty() {
+            None
+        } else {
+            Some(self.find_unit(&parent_id, "parent_id")?)
+        };
+        let units = self
+            .units
+            .children(parent)
+            .iter()
+            .map(|idx| {
+                let unit = self.units.unit(*idx);
+                pb::Unit {
+                    id: unit.id.clone(),
+                    name: unit.name.clone(),
+                    level: unit.level.as_str().to_owned(),
+                    parent_id: unit
+                        .parent
+                        .map(|p| self.units.unit(p).id.clone())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListUnitsReply { units }))
+    }
+
+    async fn list_rejected(
+        &self,
+        request: Request<pb::ListRejectedRequest>,
+    ) -> Result<Response<pb::ListRejectedReply>, Status> {
+        let request = request.into_inner();
+        let limit = match request.limit as usize {
+            0 => 100,
+            limit => limit.min(MAX_REJECTED_PAGE),
+        };
+        let parked = self
+            .store
+            .parked(request.after_sequence, limit)
+            .map_err(internal)?;
+        let total_rejected = self.store.totals().map_err(internal)?.parked;
+        let events = parked
+            .into_iter()
+            .map(|event| pb::RejectedEvent {
+                stream_sequence: event.sequence,
+                subject: event.subject,
+                payload: event.payload,
+                field: event.field.unwrap_or_default(),
+                reason: event.reason,
+                published_at: event
+                    .published_unix
+                    .and_then(|seconds| DateTime::from_timestamp(seconds, 0))
+                    .map(|at| at.to_rfc3339())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListRejectedReply {
+            events,
+            total_rejected,
+        }))
+    }
+}
+
+/// Serves `KpiService`, health and reflection on `listener` until
+/// `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    api: KpiApi,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<KpiServiceServer<KpiApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(KpiServiceServer::new(api))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    const UNITS: &str = r#"{"units":[{"id":"51","name":"Tỉnh Quảng Ngãi","level":"province"},
+        {"id":"51531","name":"Thị xã Đức Phổ","level":"district","parent":"51"},
+        {"id":"5153105","name":"Phường Nguyễn Nghiêm","level":"commune","parent":"51531"}]}"#;
+
+    fn api(dir: &std::path::Path) -> KpiApi {
+        let store = Store::open(dir, &kpi_store::StoreOptions::default()).unwrap();
+        let units = UnitRegistry::from_json(UNITS.as_bytes()).unwrap();
+        KpiApi::new(
+            Arc::new(store),
+            Arc::new(units),
+            Arc::new(Targets::defaults()),
+        )
+    }
+
+    fn rates_request(unit_id: &str, period: &str) -> Request<pb::GetRatesRequest> {
+        Request::new(pb::GetRatesRequest {
+            unit_id: unit_id.into(),
+            period: period.into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn an_unknown_unit_is_not_found_and_says_where_to_look() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = api(dir.path())
+            .get_rates(rates_request("99", "2025"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(
+            status
+                .message()
+                .contains("unit `99` is not in the units file"),
+            "{}",
+            status.message()
+        );
+        let status = api(dir.path())
+            .get_rates(rates_request("", "2025"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn a_bad_period_is_invalid_and_lists_the_forms() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = api(dir.path())
+            .get_rates(rates_request("51", "2025-Q5"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().contains("R2024-6M"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.message().contains("2024-03-15..2024-06-14"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn empty_views_answer_every_kpi_without_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let reply = api(dir.path())
+            .get_rates(rates_request("5153105", "R2025"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.unit_name, "Phường Nguyễn Nghiêm");
+        assert_eq!(
+            (reply.first_day.as_str(), reply.last_day.as_str()),
+            ("2024-12-15", "2025-12-14")
+        );
+        assert_eq!(reply.rates.len(), 13);
+        let on_time = &reply.rates[0];
+        assert_eq!(
+            (on_time.kpi.as_str(), on_time.percent, on_time.met),
+            ("on_time_rate", None, None)
+        );
+        assert_eq!(on_time.target_percent, Some(97.0));
+        assert_eq!(
+            reply.rates[1].target_percent, None,
+            "late_rate has no target"
+        );
+        assert_eq!(reply.counts.get("received"), Some(&0));
+        assert_eq!(reply.stream_sequence, 0);
+    }
+
+    #[tokio::test]
+    async fn list_units_walks_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = api(dir.path());
+        let list = |parent: &str| pb::ListUnitsRequest {
+            parent_id: parent.into(),
+        };
+        let roots = api
+            .list_units(Request::new(list("")))
+            .await
+            .unwrap()
+            .into_inner()
+            .units;
+        assert_eq!(roots.len(), 1);
+        assert_eq!(
+            (roots[0].id.as_str(), roots[0].level.as_str()),
+            ("51", "province")
+        );
+        let communes = api
+            .list_units(Request::new(list("51531")))
+            .await
+            .unwrap()
+            .into_inner()
+            .units;
+        assert_eq!(communes[0].name, "Phường Nguyễn Nghiêm");
+        assert_eq!(communes[0].parent_id, "51531");
+        let status = api
+            .list_units(Request::new(list("nope")))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+    }
+}

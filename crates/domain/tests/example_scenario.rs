@@ -25,7 +25,11 @@ fn scenario() -> Scenario {
             Err(_) => rejected += 1,
         }
     }
-    Scenario { units, events, rejected }
+    Scenario {
+        units,
+        events,
+        rejected,
+    }
 }
 
 /// Answers every query of expected.json from the views; returns the
@@ -37,24 +41,33 @@ fn differences(scenario: &Scenario, views: &MemoryViews) -> Vec<String> {
     for query in kpi_testkit::expected().queries {
         let period = Period::parse(&query.period).unwrap();
         let unit = scenario.units.find(&query.unit_id).unwrap();
-        let counters = views.counters(unit, Day::from_date(period.first_day), Day::from_date(period.last_day));
+        let counters = views.counters(
+            unit,
+            Day::from_date(period.first_day),
+            Day::from_date(period.last_day),
+        );
         let lineage = scenario.units.lineage_ids(&query.unit_id).unwrap();
         let live = views.live(unit, now);
         let answer = Answer {
             first_day: period.first_day.to_string(),
             last_day: period.last_day.to_string(),
-            rates: rates(&counters, |kpi| targets.target(kpi, period.target_year(), &lineage))
-                .into_iter()
-                .map(|rate| {
-                    (rate.kpi.name().to_owned(), ExpectedRate {
+            rates: rates(&counters, |kpi| {
+                targets.target(kpi, period.target_year(), &lineage)
+            })
+            .into_iter()
+            .map(|rate| {
+                (
+                    rate.kpi.name().to_owned(),
+                    ExpectedRate {
                         numerator: rate.numerator,
                         denominator: rate.denominator,
                         percent: rate.percent,
                         target_percent: rate.target_percent,
                         met: rate.met,
-                    })
-                })
-                .collect(),
+                    },
+                )
+            })
+            .collect(),
             live: ExpectedLive {
                 open: live.open,
                 overdue_open: live.overdue_open,

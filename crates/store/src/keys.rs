@@ -34,7 +34,14 @@ pub const FORMAT: &[u8] = b"m/format";
 
 /// Prefixes of the entries that make up the views (everything but
 /// metadata and parked events): what `verify` compares.
-pub const VIEW_PREFIXES: &[u8] = &[CASE, FEEDBACK, EVENT, DAY_COUNTERS, OPEN_BY_DUE_DAY, OPEN_INDEX];
+pub const VIEW_PREFIXES: &[u8] = &[
+    CASE,
+    FEEDBACK,
+    EVENT,
+    DAY_COUNTERS,
+    OPEN_BY_DUE_DAY,
+    OPEN_INDEX,
+];
 
 pub fn record(key: &RecordKey) -> Vec<u8> {
     let (prefix, code) = match key {
@@ -124,7 +131,12 @@ mod tests {
 
     #[test]
     fn moments_sort_like_instants_including_before_1970() {
-        let times = ["1969-12-31T23:59:59Z", "1970-01-01T00:00:00Z", "2024-03-15T08:30:00.5+07:00", "2024-03-15T08:30:00.6+07:00"];
+        let times = [
+            "1969-12-31T23:59:59Z",
+            "1970-01-01T00:00:00Z",
+            "2024-03-15T08:30:00.5+07:00",
+            "2024-03-15T08:30:00.6+07:00",
+        ];
         let keys: Vec<_> = times.iter().map(|t| moment(at(t))).collect();
         assert!(keys.windows(2).all(|pair| pair[0] < pair[1]));
     }

@@ -176,7 +176,8 @@ impl Store {
                 serde_json::from_slice(&stored).map_err(|err| corrupt(keys::UNITS, err))?;
             units.check_compatible(&stored)?;
         }
-        let current = serde_json::to_vec(&units.parent_map()).map_err(|err| corrupt(keys::UNITS, err))?;
+        let current =
+            serde_json::to_vec(&units.parent_map()).map_err(|err| corrupt(keys::UNITS, err))?;
         self.views.insert(keys::UNITS, current)?;
         Ok(())
     }
@@ -196,8 +197,15 @@ impl Store {
     /// Validates, folds and parks a batch of messages in stream order, then
     /// writes the changes and the new checkpoint atomically. Messages at or
     /// below the checkpoint are skipped (already folded).
-    pub fn ingest(&self, units: &UnitRegistry, batch: &[Incoming<'_>]) -> Result<BatchReport, StoreError> {
-        let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    pub fn ingest(
+        &self,
+        units: &UnitRegistry,
+        batch: &[Incoming<'_>],
+    ) -> Result<BatchReport, StoreError> {
+        let _writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let checkpoint = self.checkpoint()?;
         let mut totals = FoldTotals::default();
         let mut parked = Vec::new();
@@ -246,7 +254,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for (key, record) in &changes.records {
-            let bytes = postcard::to_stdvec(record).map_err(|err| corrupt(&keys::record(key), err))?;
+            let bytes =
+                postcard::to_stdvec(record).map_err(|err| corrupt(&keys::record(key), err))?;
             batch.insert(keys::record(key), bytes);
         }
         for (event_id, sequence) in &changes.event_ids {
@@ -276,7 +285,10 @@ impl Store {
                 continue;
             }
             let key = keys::unit_day(keys::OPEN_BY_DUE_DAY, &units.unit(*unit).id, *day);
-            let (open, without_apology) = self.views.get(&key)?.map_or((0, 0), |bytes| decode_pair(&bytes));
+            let (open, without_apology) = self
+                .views
+                .get(&key)?
+                .map_or((0, 0), |bytes| decode_pair(&bytes));
             let open = (open as i64 + delta.open).max(0) as u32;
             let without_apology = (without_apology as i64 + delta.without_apology).max(0) as u32;
             if open == 0 && without_apology == 0 {
@@ -288,29 +300,46 @@ impl Store {
             }
         }
         for key in &changes.open_removed {
-            batch.remove(keys::open_index(&units.unit(key.unit).id, key.due_at, &key.case_id));
+            batch.remove(keys::open_index(
+                &units.unit(key.unit).id,
+                key.due_at,
+                &key.case_id,
+            ));
         }
         for (key, has_apology) in &changes.open_added {
             let index_key = keys::open_index(&units.unit(key.unit).id, key.due_at, &key.case_id);
             batch.insert(index_key, &[u8::from(*has_apology)][..]);
         }
         for event in &parked {
-            let bytes = postcard::to_stdvec(event).map_err(|err| corrupt(&keys::parked(event.sequence), err))?;
+            let bytes = postcard::to_stdvec(event)
+                .map_err(|err| corrupt(&keys::parked(event.sequence), err))?;
             batch.insert(&keys::parked(event.sequence)[..], bytes);
         }
         let totals_bytes = postcard::to_stdvec(totals).map_err(|err| corrupt(keys::STATS, err))?;
         batch.insert(keys::STATS, totals_bytes);
         batch.insert(keys::CHECKPOINT, &checkpoint.to_be_bytes()[..]);
 
-        let _exclusive = self.commit.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _exclusive = self
+            .commit
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.views.apply_batch(batch)?;
         Ok(())
     }
 
     /// The counters of `unit_id` summed over `first..=last` and its live
     /// counts at `now`, as of one checkpoint.
-    pub fn snapshot(&self, unit_id: &str, first: Day, last: Day, now: Moment) -> Result<Snapshot, StoreError> {
-        let _shared = self.commit.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+    pub fn snapshot(
+        &self,
+        unit_id: &str,
+        first: Day,
+        last: Day,
+        now: Moment,
+    ) -> Result<Snapshot, StoreError> {
+        let _shared = self
+            .commit
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let sequence = self.checkpoint()?;
         let counters = self.sum_counters(unit_id, first, last)?;
         let live = self.live_counts(unit_id, now)?;
@@ -337,7 +366,10 @@ impl Store {
     fn live_counts(&self, unit_id: &str, now: Moment) -> Result<LiveCounts, StoreError> {
         let today = now.local_day();
         let mut live = LiveCounts::default();
-        for entry in self.views.scan_prefix(keys::unit_prefix(keys::OPEN_BY_DUE_DAY, unit_id)) {
+        for entry in self
+            .views
+            .scan_prefix(keys::unit_prefix(keys::OPEN_BY_DUE_DAY, unit_id))
+        {
             let (key, value) = entry?;
             let day = keys::day_of(&key).ok_or_else(|| corrupt(&key, "no day in key"))?;
             let (open, without_apology) = decode_pair(&value);
@@ -360,7 +392,11 @@ impl Store {
     }
 
     /// Parked events after `after_sequence`, oldest first, at most `limit`.
-    pub fn parked(&self, after_sequence: u64, limit: usize) -> Result<Vec<ParkedEvent>, StoreError> {
+    pub fn parked(
+        &self,
+        after_sequence: u64,
+        limit: usize,
+    ) -> Result<Vec<ParkedEvent>, StoreError> {
         let start = keys::parked(after_sequence.saturating_add(1));
         let end = keys::prefix_end(&[keys::PARKED]);
         self.views
@@ -375,11 +411,15 @@ impl Store {
 
     /// Every entry of the views proper (records, event ids, counters, open
     /// cases), in key order: what two folds of the same log must share.
-    pub fn view_entries(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
+    pub fn view_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
         VIEW_PREFIXES.iter().flat_map(move |prefix| {
-            self.views
-                .scan_prefix([*prefix])
-                .map(|entry| entry.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from))
+            self.views.scan_prefix([*prefix]).map(|entry| {
+                entry
+                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(StoreError::from)
+            })
         })
     }
 
@@ -417,7 +457,10 @@ fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
     match tree.get(key)? {
         None => Ok(0),
         Some(bytes) => {
-            let array: [u8; 8] = bytes.as_ref().try_into().map_err(|_| corrupt(key, "not 8 bytes"))?;
+            let array: [u8; 8] = bytes
+                .as_ref()
+                .try_into()
+                .map_err(|_| corrupt(key, "not 8 bytes"))?;
             Ok(u64::from_be_bytes(array))
         }
     }

@@ -43,28 +43,44 @@ fn open(dir: &std::path::Path) -> Store {
     Store::open(dir, &StoreOptions::default()).expect("open")
 }
 
-fn answer(store: &Store, units: &UnitRegistry, unit_id: &str, period: &str, now: Moment) -> (u64, Answer) {
+fn answer(
+    store: &Store,
+    units: &UnitRegistry,
+    unit_id: &str,
+    period: &str,
+    now: Moment,
+) -> (u64, Answer) {
     let period = Period::parse(period).unwrap();
     let snapshot = store
-        .snapshot(unit_id, Day::from_date(period.first_day), Day::from_date(period.last_day), now)
+        .snapshot(
+            unit_id,
+            Day::from_date(period.first_day),
+            Day::from_date(period.last_day),
+            now,
+        )
         .unwrap();
     let lineage = units.lineage_ids(unit_id).unwrap();
     let targets = Targets::defaults();
     let answer = Answer {
         first_day: period.first_day.to_string(),
         last_day: period.last_day.to_string(),
-        rates: rates(&snapshot.counters, |kpi| targets.target(kpi, period.target_year(), &lineage))
-            .into_iter()
-            .map(|rate| {
-                (rate.kpi.name().to_owned(), ExpectedRate {
+        rates: rates(&snapshot.counters, |kpi| {
+            targets.target(kpi, period.target_year(), &lineage)
+        })
+        .into_iter()
+        .map(|rate| {
+            (
+                rate.kpi.name().to_owned(),
+                ExpectedRate {
                     numerator: rate.numerator,
                     denominator: rate.denominator,
                     percent: rate.percent,
                     target_percent: rate.target_percent,
                     met: rate.met,
-                })
-            })
-            .collect(),
+                },
+            )
+        })
+        .collect(),
         live: ExpectedLive {
             open: snapshot.live.open,
             overdue_open: snapshot.live.overdue_open,
@@ -101,14 +117,30 @@ fn the_example_scenario_gives_expected_json_and_parks_the_invalid_lines() {
     let fields: Vec<Option<&str>> = parked.iter().map(|p| p.field.as_deref()).collect();
     assert!(fields.contains(&Some("data.level")), "{fields:?}");
     assert!(fields.contains(&Some("unit_id")), "{fields:?}");
-    assert!(fields.contains(&None), "the malformed line has no field: {fields:?}");
-    let not_json = parked.iter().find(|p| p.payload == b"{this is not json").expect("kept verbatim");
-    assert!(not_json.reason.starts_with("not valid JSON"), "{}", not_json.reason);
+    assert!(
+        fields.contains(&None),
+        "the malformed line has no field: {fields:?}"
+    );
+    let not_json = parked
+        .iter()
+        .find(|p| p.payload == b"{this is not json")
+        .expect("kept verbatim");
+    assert!(
+        not_json.reason.starts_with("not valid JSON"),
+        "{}",
+        not_json.reason
+    );
 
     let totals = store.totals().unwrap();
     assert_eq!(totals.parked, 10);
-    assert_eq!(totals.folded + totals.duplicates + totals.parked, lines.len() as u64);
-    assert!(totals.duplicates > 0, "the scenario sends some events twice");
+    assert_eq!(
+        totals.folded + totals.duplicates + totals.parked,
+        lines.len() as u64
+    );
+    assert!(
+        totals.duplicates > 0,
+        "the scenario sends some events twice"
+    );
 }
 
 #[test]
@@ -122,13 +154,22 @@ fn the_store_agrees_with_the_reference_views_at_any_time_of_day() {
     let mut reference = MemoryViews::default();
     let events: Vec<_> = lines
         .iter()
-        .filter_map(|line| kpi_events::parse_event(line.payload, &units).ok().map(|e| (line.sequence, e)))
+        .filter_map(|line| {
+            kpi_events::parse_event(line.payload, &units)
+                .ok()
+                .map(|e| (line.sequence, e))
+        })
         .collect();
-    reference.fold_batch(&units, events.iter().map(|(s, e)| (*s, e))).unwrap();
+    reference
+        .fold_batch(&units, events.iter().map(|(s, e)| (*s, e)))
+        .unwrap();
 
     // Moments spread over the days when the scenario's open cases fall due,
     // so that "due today" is split at many times of day.
-    let mut nows = vec![at("2024-11-01T00:00:00+07:00"), at("2026-01-01T00:00:00+07:00")];
+    let mut nows = vec![
+        at("2024-11-01T00:00:00+07:00"),
+        at("2026-01-01T00:00:00+07:00"),
+    ];
     for day in 0..200 {
         for hour in [0, 7, 9, 13, 17, 23] {
             let seconds = 1_733_000_000 + day * 86_400 + hour * 3_600 + 1_234;
@@ -137,11 +178,38 @@ fn the_store_agrees_with_the_reference_views_at_any_time_of_day() {
     }
     for (idx, unit) in units.iter() {
         for now in &nows {
-            let snapshot = store.snapshot(&unit.id, Day::from_date(chrono::NaiveDate::MIN), Day::from_date(chrono::NaiveDate::MAX), *now).unwrap();
-            assert_eq!(snapshot.live, reference.live(idx, *now), "{} at {:?}", unit.id, now.to_utc());
+            let snapshot = store
+                .snapshot(
+                    &unit.id,
+                    Day::from_date(chrono::NaiveDate::MIN),
+                    Day::from_date(chrono::NaiveDate::MAX),
+                    *now,
+                )
+                .unwrap();
+            assert_eq!(
+                snapshot.live,
+                reference.live(idx, *now),
+                "{} at {:?}",
+                unit.id,
+                now.to_utc()
+            );
         }
-        let all = store.snapshot(&unit.id, Day::from_date(chrono::NaiveDate::MIN), Day::from_date(chrono::NaiveDate::MAX), nows[0]).unwrap();
-        assert_eq!(all.counters, reference.counters(idx, Day::from_date(chrono::NaiveDate::MIN), Day::from_date(chrono::NaiveDate::MAX)));
+        let all = store
+            .snapshot(
+                &unit.id,
+                Day::from_date(chrono::NaiveDate::MIN),
+                Day::from_date(chrono::NaiveDate::MAX),
+                nows[0],
+            )
+            .unwrap();
+        assert_eq!(
+            all.counters,
+            reference.counters(
+                idx,
+                Day::from_date(chrono::NaiveDate::MIN),
+                Day::from_date(chrono::NaiveDate::MAX)
+            )
+        );
     }
 }
 
@@ -161,7 +229,10 @@ fn reopening_resumes_at_the_checkpoint_and_skips_what_was_folded() {
     // Re-delivering from the start must not count anything twice.
     ingest(&store, &units, &lines, 128);
     let totals = store.totals().unwrap();
-    assert_eq!(totals.folded + totals.duplicates + totals.parked, lines.len() as u64);
+    assert_eq!(
+        totals.folded + totals.duplicates + totals.parked,
+        lines.len() as u64
+    );
 
     let fresh_dir = tempfile::tempdir().unwrap();
     let fresh = open(fresh_dir.path());

@@ -34,12 +34,22 @@ pub fn subject_of(line: &[u8]) -> String {
         value
             .get(key)
             .and_then(|v| v.as_str())
-            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)))
+            .filter(|s| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+            })
             .map(str::to_owned)
     };
     serde_json::from_slice::<serde_json::Value>(line)
         .ok()
-        .and_then(|value| Some(format!("cases.{}.{}", token(&value, "unit_id")?, token(&value, "kind")?)))
+        .and_then(|value| {
+            Some(format!(
+                "cases.{}.{}",
+                token(&value, "unit_id")?,
+                token(&value, "kind")?
+            ))
+        })
         .unwrap_or_else(|| "cases.unknown.unparsable".to_owned())
 }
 
@@ -96,7 +106,9 @@ pub struct Answer {
 pub fn differences(expected: &ExpectedQuery, answer: &Answer) -> Vec<String> {
     let label = format!("{} {}", expected.unit_id, expected.period);
     let mut found = Vec::new();
-    if (answer.first_day.as_str(), answer.last_day.as_str()) != (expected.first_day.as_str(), expected.last_day.as_str()) {
+    if (answer.first_day.as_str(), answer.last_day.as_str())
+        != (expected.first_day.as_str(), expected.last_day.as_str())
+    {
         found.push(format!(
             "{label}: days {}..{}, want {}..{}",
             answer.first_day, answer.last_day, expected.first_day, expected.last_day
@@ -114,7 +126,12 @@ pub fn differences(expected: &ExpectedQuery, answer: &Answer) -> Vec<String> {
             continue;
         };
         let exact = (got.numerator, got.denominator, got.target_percent, got.met);
-        let wanted = (want.numerator, want.denominator, want.target_percent, want.met);
+        let wanted = (
+            want.numerator,
+            want.denominator,
+            want.target_percent,
+            want.met,
+        );
         if exact != wanted {
             found.push(format!("{label} {name}: (numerator, denominator, target, met) = {exact:?}, want {wanted:?}"));
         }
@@ -124,11 +141,17 @@ pub fn differences(expected: &ExpectedQuery, answer: &Answer) -> Vec<String> {
             _ => false,
         };
         if !percent_matches {
-            found.push(format!("{label} {name}: percent {:?}, want {:?}", got.percent, want.percent));
+            found.push(format!(
+                "{label} {name}: percent {:?}, want {:?}",
+                got.percent, want.percent
+            ));
         }
     }
     if answer.live != expected.live {
-        found.push(format!("{label}: live {:?}, want {:?}", answer.live, expected.live));
+        found.push(format!(
+            "{label}: live {:?}, want {:?}",
+            answer.live, expected.live
+        ));
     }
     found
 }
