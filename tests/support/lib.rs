@@ -1,1 +1,308 @@
+//! Support for the cross-service tests: the real `projector` and `kpictl`
+//! binaries, started as processes against a real `nats-server`.
 
+use std::future::IntoFuture;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use kpi_api::pb::kpi_service_client::KpiServiceClient;
+use kpi_api::pb::{GetRatesRequest, RatesReply};
+use kpi_bus::Bus;
+use kpi_testkit::{Answer, ExpectedLive, ExpectedRate};
+use tonic::transport::Channel;
+
+/// The service binaries, built once per test process in the profile the
+/// tests were built in.
+pub struct Binaries {
+    pub projector: PathBuf,
+    pub kpictl: PathBuf,
+}
+
+pub fn binaries() -> &'static Binaries {
+    static BINARIES: OnceLock<Binaries> = OnceLock::new();
+    BINARIES.get_or_init(|| {
+        // target/<profile>/deps/<test binary>
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test runs from target/<profile>/deps")
+            .to_path_buf();
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev".to_owned(),
+            Some(other) => other.to_owned(),
+        };
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "--profile",
+                &profile,
+                "-p",
+                "projector",
+                "-p",
+                "kpictl",
+            ])
+            .status()
+            .expect("running cargo build for the service binaries");
+        assert!(
+            status.success(),
+            "cargo build of projector and kpictl failed"
+        );
+        Binaries {
+            projector: profile_dir.join("projector"),
+            kpictl: profile_dir.join("kpictl"),
+        }
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
+}
+
+/// A running projector process, killed on drop.
+pub struct Projector {
+    child: Option<Child>,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Projector {
+    /// Starts the projector on a free port; extra arguments are appended.
+    pub fn start(nats_url: &str, units: &Path, data_dir: &Path, extra: &[&str]) -> Projector {
+        let port = free_port();
+        let log = data_dir.with_extension(format!("{port}.log"));
+        let log_file = std::fs::File::create(&log).expect("projector log file");
+        let child = Command::new(&binaries().projector)
+            .arg("--nats-url")
+            .arg(nats_url)
+            .arg("--units")
+            .arg(units)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("starting the projector");
+        Projector {
+            child: Some(child),
+            addr: format!("http://127.0.0.1:{port}"),
+            data_dir: data_dir.to_path_buf(),
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    /// A client, once the server answers (within 20 s).
+    pub async fn client(&mut self) -> KpiServiceClient<Channel> {
+        let started = Instant::now();
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "the projector exited with {status}; its log:\n{}",
+                        self.log()
+                    );
+                }
+            }
+            if let Ok(client) = KpiServiceClient::connect(self.addr.clone()).await {
+                return client;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the projector did not answer; its log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The stream sequence the views reflect.
+    pub async fn sequence(client: &mut KpiServiceClient<Channel>, unit_id: &str) -> u64 {
+        client
+            .get_rates(GetRatesRequest {
+                unit_id: unit_id.into(),
+                period: "2024-01-01".into(),
+            })
+            .await
+            .expect("GetRates")
+            .into_inner()
+            .stream_sequence
+    }
+
+    /// Waits until the views reflect at least `sequence`; returns what they
+    /// reflect then. Polls every few milliseconds.
+    pub async fn wait_for(&mut self, unit_id: &str, sequence: u64, timeout: Duration) -> u64 {
+        let mut client = self.client().await;
+        let started = Instant::now();
+        loop {
+            let now = Self::sequence(&mut client, unit_id).await;
+            if now >= sequence {
+                return now;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "the views reached sequence {now}, not {sequence}, within {timeout:?}; projector log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill_9(mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reaping the projector");
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit (the views are flushed).
+    pub fn terminate(mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for the projector") {
+                assert!(
+                    status.success(),
+                    "the projector exited with {status}; its log:\n{}",
+                    self.log()
+                );
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!(
+                    "the projector did not stop on SIGTERM; its log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Projector {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `kpictl` with arguments; returns its output.
+pub fn kpictl(args: &[&str]) -> Output {
+    Command::new(&binaries().kpictl)
+        .args(args)
+        .output()
+        .expect("running kpictl")
+}
+
+/// Publishes `(subject, message id, payload)` straight onto the bus and
+/// waits for every ack.
+pub async fn publish_all(bus: &Bus, messages: impl IntoIterator<Item = (String, String, Vec<u8>)>) {
+    let mut acks = FuturesUnordered::new();
+    for (subject, message_id, payload) in messages {
+        let ack = bus
+            .publish_event(subject, &message_id, Bytes::from(payload))
+            .await
+            .expect("publish");
+        acks.push(ack.into_future());
+        while acks.len() >= 512 {
+            acks.next().await.expect("ack").expect("stored");
+        }
+    }
+    while let Some(ack) = acks.next().await {
+        ack.expect("stored");
+    }
+}
+
+/// The message id a publisher would give a raw line: its event id, or
+/// something unique for lines without one.
+pub fn message_id_of(line: &[u8], fallback: &str) -> String {
+    serde_json::from_slice::<serde_json::Value>(line)
+        .ok()
+        .and_then(|value| {
+            value
+                .get("event_id")
+                .and_then(|id| id.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| fallback.to_owned())
+}
+
+/// A gRPC answer in the comparable form.
+pub fn answer_of(reply: &RatesReply) -> Answer {
+    let live = reply.live.unwrap_or_default();
+    Answer {
+        first_day: reply.first_day.clone(),
+        last_day: reply.last_day.clone(),
+        rates: reply
+            .rates
+            .iter()
+            .map(|rate| {
+                (
+                    rate.kpi.clone(),
+                    ExpectedRate {
+                        numerator: rate.numerator,
+                        denominator: rate.denominator,
+                        percent: rate.percent,
+                        target_percent: rate.target_percent,
+                        met: rate.met,
+                    },
+                )
+            })
+            .collect(),
+        live: ExpectedLive {
+            open: live.open,
+            overdue_open: live.overdue_open,
+            overdue_without_apology: live.overdue_without_apology,
+        },
+    }
+}
+
+/// Asks every query of expected.json and returns the differences.
+pub async fn differences_from_expected(client: &mut KpiServiceClient<Channel>) -> Vec<String> {
+    let mut differences = Vec::new();
+    for query in kpi_testkit::expected().queries {
+        let reply = client
+            .get_rates(GetRatesRequest {
+                unit_id: query.unit_id.clone(),
+                period: query.period.clone(),
+            })
+            .await
+            .expect("GetRates")
+            .into_inner();
+        assert_eq!(reply.unit_id, query.unit_id);
+        differences.extend(kpi_testkit::differences(&query, &answer_of(&reply)));
+    }
+    differences
+}

@@ -61,6 +61,25 @@ impl Kpi {
             .join(", ")
     }
 
+    /// The indicator in the words of the commune plans, for people.
+    pub fn title_vi(self) -> &'static str {
+        match self {
+            Kpi::OnTimeRate => "Hồ sơ giải quyết đúng hạn",
+            Kpi::LateRate => "Hồ sơ giải quyết trễ hạn",
+            Kpi::ApologyRate => "Hồ sơ trễ hạn có thư xin lỗi",
+            Kpi::ElectronicResultRate => "Trả kết quả điện tử",
+            Kpi::ResultDigitizationRate => "Số hóa kết quả giải quyết",
+            Kpi::OnlineApplicationRate => "Hồ sơ nộp trực tuyến",
+            Kpi::DossierDigitizationRate => "Số hóa hồ sơ",
+            Kpi::DataReuseRate => "Tái sử dụng dữ liệu",
+            Kpi::PortalSyncRate => "Đồng bộ lên Cổng DVC quốc gia",
+            Kpi::OnlinePaymentRate => "Thanh toán trực tuyến",
+            Kpi::SatisfactionRate => "Mức độ hài lòng",
+            Kpi::SatisfactionRateLand => "Hài lòng: đất đai, xây dựng, đầu tư",
+            Kpi::FeedbackOnTimeRate => "Phản ánh, kiến nghị xử lý đúng hạn",
+        }
+    }
+
     /// `late_rate` is informational: lower is better and it has no target.
     pub fn takes_target(self) -> bool {
         self != Kpi::LateRate

@@ -114,11 +114,13 @@ impl FoldTotals {
 }
 
 /// What one call to [`Store::ingest`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchReport {
     pub totals: FoldTotals,
     /// The checkpoint after the batch.
     pub checkpoint: u64,
+    /// The stream sequence and reason of each event parked by this batch.
+    pub parked: Vec<(u64, String)>,
 }
 
 /// A consistent answer for one unit and range of days.
@@ -232,15 +234,23 @@ impl Store {
             }
         }
         if last == checkpoint {
-            return Ok(BatchReport { totals, checkpoint });
+            return Ok(BatchReport {
+                checkpoint,
+                ..BatchReport::default()
+            });
         }
         let changes = fold.finish()?;
         let mut all_totals = self.totals()?;
         all_totals.add(&totals);
+        let parked_reasons = parked
+            .iter()
+            .map(|p| (p.sequence, p.reason.clone()))
+            .collect();
         self.commit(units, changes, parked, last, &all_totals)?;
         Ok(BatchReport {
             totals,
             checkpoint: last,
+            parked: parked_reasons,
         })
     }
 

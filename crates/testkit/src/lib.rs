@@ -10,6 +10,13 @@ pub const UNITS_JSON: &[u8] = include_bytes!("../../../tests/data/example/units.
 pub const EVENTS_NDJSON: &[u8] = include_bytes!("../../../tests/data/example/events.ndjson");
 const EXPECTED_JSON: &[u8] = include_bytes!("../../../tests/data/example/expected.json");
 
+/// The 1-based numbers of the scenario's invalid lines, one of each
+/// mistake of CONTRACT §2: rating level, unknown kind, unknown unit,
+/// negative amount, unknown channel, malformed JSON, time without offset,
+/// bad event id (and missing fields), case id too long, due before
+/// received.
+pub const INVALID_LINES: [usize; 10] = [50, 83, 112, 140, 276, 278, 322, 639, 640, 757];
+
 /// Where the scenario files are on disk (for tools that take a path).
 pub fn example_path(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

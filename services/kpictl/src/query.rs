@@ -1,0 +1,206 @@
+//! `kpictl rates` and `kpictl rejected`: reading the gRPC API.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use kpi_api::pb::kpi_service_client::KpiServiceClient;
+use kpi_api::pb::{GetRatesRequest, ListRejectedRequest, RatesReply};
+use kpi_domain::Kpi;
+use serde_json::{json, Map, Value};
+use tonic::transport::Channel;
+
+use crate::ApiArgs;
+
+#[derive(Debug, Args)]
+pub struct RatesArgs {
+    /// The unit (commune, district or province id).
+    #[arg(long)]
+    pub unit: String,
+    /// The period: 2025, 2025-H1, 2025-Q1, 2025-03, 2025-03-15, R2025,
+    /// R2025-Q1, R2025-6M, R2025-9M, R2025-03 or 2025-03-15..2025-06-14.
+    #[arg(long)]
+    pub period: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RejectedArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Only events after this stream sequence.
+    #[arg(long, default_value_t = 0)]
+    pub after: u64,
+    /// At most this many.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn connect(addr: &str) -> anyhow::Result<KpiServiceClient<Channel>> {
+    KpiServiceClient::connect(addr.to_owned())
+        .await
+        .with_context(|| format!("cannot reach the KPI API at {addr} (is the projector running?)"))
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", status.code().description(), status.message())
+}
+
+pub async fn rates(args: RatesArgs) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&args.api.addr).await?;
+    let reply = client
+        .get_rates(GetRatesRequest {
+            unit_id: args.unit,
+            period: args.period,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rates_json(&reply))?);
+    } else {
+        print!("{}", rates_table(&reply));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The answer in the shape of the scenario's expected.json.
+pub fn rates_json(reply: &RatesReply) -> Value {
+    let rates: Map<String, Value> = reply
+        .rates
+        .iter()
+        .map(|rate| {
+            (
+                rate.kpi.clone(),
+                json!({
+                    "numerator": rate.numerator,
+                    "denominator": rate.denominator,
+                    "percent": rate.percent,
+                    "target_percent": rate.target_percent,
+                    "met": rate.met,
+                }),
+            )
+        })
+        .collect();
+    let live = reply.live.unwrap_or_default();
+    json!({
+        "unit_id": reply.unit_id,
+        "unit_name": reply.unit_name,
+        "period": reply.period,
+        "first_day": reply.first_day,
+        "last_day": reply.last_day,
+        "target_year": reply.target_year,
+        "stream_sequence": reply.stream_sequence,
+        "rates": rates,
+        "counts": reply.counts,
+        "live": {
+            "open": live.open,
+            "overdue_open": live.overdue_open,
+            "overdue_without_apology": live.overdue_without_apology,
+        },
+    })
+}
+
+fn percent(value: Option<f64>) -> String {
+    value.map_or_else(|| "—".to_owned(), |p| format!("{p:.2}%"))
+}
+
+/// A table for people, Vietnamese titles first.
+pub fn rates_table(reply: &RatesReply) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} ({}) — {}: {} … {} — chỉ tiêu năm {} — stream sequence {}",
+        reply.unit_name,
+        reply.unit_id,
+        reply.period,
+        reply.first_day,
+        reply.last_day,
+        reply.target_year,
+        reply.stream_sequence
+    );
+    let _ = writeln!(
+        out,
+        "{:<38} {:<26} {:>9} {:>13} {:>8}  {}",
+        "Chỉ tiêu", "KPI", "Tỷ lệ", "Tử/Mẫu", "Mục tiêu", "Đạt"
+    );
+    for rate in &reply.rates {
+        let title = Kpi::parse(&rate.kpi).map_or("", Kpi::title_vi);
+        let met = match rate.met {
+            Some(true) => "đạt",
+            Some(false) => "chưa đạt",
+            None => "—",
+        };
+        let _ = writeln!(
+            out,
+            "{:<38} {:<26} {:>9} {:>13} {:>8}  {}",
+            title,
+            rate.kpi,
+            percent(rate.percent),
+            format!("{}/{}", rate.numerator, rate.denominator),
+            rate.target_percent
+                .map_or_else(|| "—".to_owned(), |t| format!("{t}%")),
+            met
+        );
+    }
+    let live = reply.live.unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "Đang xử lý (open): {} — quá hạn (overdue): {} — quá hạn chưa có thư xin lỗi: {}",
+        live.open, live.overdue_open, live.overdue_without_apology
+    );
+    out
+}
+
+pub async fn rejected(args: RejectedArgs) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&args.api.addr).await?;
+    let reply = client
+        .list_rejected(ListRejectedRequest {
+            after_sequence: args.after,
+            limit: args.limit,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if args.json {
+        let events: Vec<Value> = reply
+            .events
+            .iter()
+            .map(|event| {
+                json!({
+                    "stream_sequence": event.stream_sequence,
+                    "subject": event.subject,
+                    "field": event.field,
+                    "reason": event.reason,
+                    "published_at": event.published_at,
+                    "payload": String::from_utf8_lossy(&event.payload),
+                })
+            })
+            .collect();
+        let report = json!({"total_rejected": reply.total_rejected, "events": events});
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for event in &reply.events {
+            println!(
+                "#{} {} {}",
+                event.stream_sequence, event.published_at, event.subject
+            );
+            println!("  reason: {}", event.reason);
+            println!("  event:  {}", String::from_utf8_lossy(&event.payload));
+        }
+        println!(
+            "{} shown, {} rejected in all",
+            reply.events.len(),
+            reply.total_rejected
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
