@@ -1,1 +1,119 @@
+//! `kill -9` of the projector while it folds 100,000 events, twice, then a
+//! restart: the final views must equal those of an uninterrupted run, entry
+//! for entry.
 
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use kpi_bus::Bus;
+use kpi_domain::UnitRegistry;
+use kpi_e2e::{publish_all, Projector};
+use kpi_simulator::{synthetic_registry, vietnam_day, Simulator};
+use kpi_store::{Store, StoreOptions};
+use local_nats::LocalNats;
+
+const EVENTS: usize = 100_000;
+const FOLD_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Every view entry, the fold totals and the checkpoint of a data directory.
+type Views = (Vec<(Vec<u8>, Vec<u8>)>, kpi_store::FoldTotals, u64);
+
+fn views_of(dir: &std::path::Path) -> Views {
+    let store = Store::open(dir, &StoreOptions::default()).expect("open the views");
+    let entries = store
+        .view_entries()
+        .collect::<Result<Vec<_>, _>>()
+        .expect("read the views");
+    (
+        entries,
+        store.totals().unwrap(),
+        store.checkpoint().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_while_folding_then_restart_equals_an_uninterrupted_run() {
+    let nats = LocalNats::start().unwrap_or_else(|err| panic!("{err}"));
+    let dir = tempfile::tempdir().unwrap();
+    let units_path = dir.path().join("units.json");
+    std::fs::write(&units_path, synthetic_registry(1, 4, 5)).unwrap();
+    let units = UnitRegistry::from_json(&std::fs::read(&units_path).unwrap()).unwrap();
+
+    // 100,000 events of a simulated year, published before folding starts.
+    let year_start = vietnam_day(Utc.with_ymd_and_hms(2025, 1, 2, 0, 0, 0).unwrap(), 1);
+    let events: Vec<_> = Simulator::new(&units, 20_251_121)
+        .history(year_start, 365, 20.0)
+        .take(EVENTS)
+        .map(|event| (event.subject, event.event_id.to_string(), event.payload))
+        .collect();
+    assert_eq!(events.len(), EVENTS, "the simulated year has enough events");
+    let cases = events
+        .iter()
+        .map(|(_, _, payload)| {
+            let event: serde_json::Value = serde_json::from_slice(payload).unwrap();
+            let kind = event["kind"].as_str().unwrap().to_owned();
+            (
+                kind.starts_with("feedback"),
+                event["case_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    let bus = Bus::connect(&nats.url(), "crash-test").await.unwrap();
+    bus.ensure_stream().await.unwrap();
+    publish_all(&bus, events).await;
+    let last = bus.last_sequence().await.unwrap();
+    assert_eq!(last as usize, EVENTS);
+
+    // Interrupted run: killed twice in the middle of folding.
+    let interrupted = dir.path().join("interrupted");
+    let mut projector = Projector::start(&nats.url(), &units_path, &interrupted, &[]);
+    for kill_after in [EVENTS as u64 / 5, EVENTS as u64 / 2] {
+        let reached = projector.wait_for("P00", kill_after, FOLD_TIMEOUT).await;
+        assert!(
+            reached < last,
+            "killed while folding (at {reached} of {last})"
+        );
+        projector.kill_9();
+        let (_, _, recovered) = views_of(&interrupted);
+        assert!(
+            recovered < last,
+            "the views reopen mid-way, at {recovered} of {last}: the restart has work left"
+        );
+        projector = Projector::start(&nats.url(), &units_path, &interrupted, &[]);
+    }
+    projector.wait_for("P00", last, FOLD_TIMEOUT).await;
+    projector.terminate();
+
+    // Uninterrupted run over the same stream.
+    let uninterrupted = dir.path().join("uninterrupted");
+    let mut projector = Projector::start(&nats.url(), &units_path, &uninterrupted, &[]);
+    projector.wait_for("P00", last, FOLD_TIMEOUT).await;
+    projector.terminate();
+
+    let (after_crashes, totals_after_crashes, checkpoint_a) = views_of(&interrupted);
+    let (reference, reference_totals, checkpoint_b) = views_of(&uninterrupted);
+    assert_eq!((checkpoint_a, checkpoint_b), (last, last));
+    let records = reference
+        .iter()
+        .filter(|(key, _)| matches!(key[0], b'c' | b'f'))
+        .count();
+    assert_eq!(records, cases, "a record for every case and every feedback");
+    assert_eq!(
+        totals_after_crashes, reference_totals,
+        "nothing counted twice, nothing lost"
+    );
+    assert_eq!(reference_totals.folded as usize, EVENTS);
+    if after_crashes != reference {
+        let differing = after_crashes
+            .iter()
+            .zip(&reference)
+            .filter(|(a, b)| a != b)
+            .count();
+        panic!(
+            "views differ: {} vs {} entries, {differing} differing pairs",
+            after_crashes.len(),
+            reference.len()
+        );
+    }
+}

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use kpi_domain::{rates, Day, Moment, Period, Rate, Targets, UnitIdx, UnitRegistry};
 use kpi_store::{Snapshot, Store, StoreError};
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 /// Generated types and client/server stubs of `proto/kpi/v1/kpi.proto`.
@@ -240,7 +241,13 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Small replies must leave at once: without TCP_NODELAY, Nagle's
+    // algorithm and delayed acks add ~40 ms to a unary call.
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(stream)
+    });
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)

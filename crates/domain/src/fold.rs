@@ -12,7 +12,6 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 use kpi_events::Event;
-use uuid::Uuid;
 
 use crate::contribution::Contribution;
 use crate::counters::CounterDelta;
@@ -20,11 +19,10 @@ use crate::record::{Record, RecordKey};
 use crate::time::{Day, Moment};
 use crate::units::{UnitIdx, UnitRegistry};
 
-/// Where the fold reads the records and event ids of earlier batches.
+/// Where the fold reads the records of earlier batches.
 pub trait RecordSource {
     type Error;
     fn load_record(&self, key: &RecordKey) -> Result<Option<Record>, Self::Error>;
-    fn event_seen(&self, event_id: &Uuid) -> Result<bool, Self::Error>;
 }
 
 /// What folding one event did.
@@ -32,7 +30,7 @@ pub trait RecordSource {
 pub enum Folded {
     /// Applied to its record.
     Applied,
-    /// Its event id was folded before: it counts once.
+    /// Its event id was folded into its record before: it counts once.
     Duplicate,
 }
 
@@ -73,8 +71,6 @@ pub struct OpenKey {
 pub struct BatchChanges {
     /// Records whose content changed.
     pub records: Vec<(RecordKey, Record)>,
-    /// Event ids folded in this batch, with their stream sequence.
-    pub event_ids: Vec<(Uuid, u64)>,
     /// Counter changes per (unit, day), already rolled up to ancestors.
     pub counters: BTreeMap<(UnitIdx, Day), CounterDelta>,
     /// Open-case changes per (unit, due day), rolled up to ancestors.
@@ -95,7 +91,7 @@ pub struct BatchFold<'a, S: RecordSource> {
     units: &'a UnitRegistry,
     source: &'a S,
     touched: HashMap<RecordKey, Touched>,
-    event_ids: HashMap<Uuid, u64>,
+    applied: usize,
 }
 
 impl<'a, S: RecordSource> BatchFold<'a, S> {
@@ -104,18 +100,12 @@ impl<'a, S: RecordSource> BatchFold<'a, S> {
             units,
             source,
             touched: HashMap::new(),
-            event_ids: HashMap::new(),
+            applied: 0,
         }
     }
 
     /// Folds one valid event read at stream sequence `sequence`.
     pub fn fold(&mut self, sequence: u64, event: &Event) -> Result<Folded, S::Error> {
-        if self.event_ids.contains_key(&event.event_id)
-            || self.source.event_seen(&event.event_id)?
-        {
-            return Ok(Folded::Duplicate);
-        }
-        self.event_ids.insert(event.event_id, sequence);
         let key = RecordKey::for_event(event);
         let touched = match self.touched.entry(key) {
             Entry::Occupied(entry) => entry.into_mut(),
@@ -127,24 +117,22 @@ impl<'a, S: RecordSource> BatchFold<'a, S> {
                 entry.insert(Touched { before, after })
             }
         };
-        touched.after.apply(event);
-        Ok(Folded::Applied)
+        if touched.after.fold(sequence, event) {
+            self.applied += 1;
+            Ok(Folded::Applied)
+        } else {
+            Ok(Folded::Duplicate)
+        }
     }
 
     /// How many events this batch applied so far.
     pub fn applied(&self) -> usize {
-        self.event_ids.len()
+        self.applied
     }
 
     /// The batch's changes: new minus old contribution of every record.
     pub fn finish(self) -> Result<BatchChanges, UnknownUnit> {
-        let mut changes = BatchChanges {
-            event_ids: self.event_ids.into_iter().collect(),
-            ..BatchChanges::default()
-        };
-        changes
-            .event_ids
-            .sort_unstable_by_key(|(_, sequence)| *sequence);
+        let mut changes = BatchChanges::default();
         let units = self.units;
         for (key, touched) in self.touched {
             if touched.before.as_ref() == Some(&touched.after) {

@@ -146,9 +146,19 @@ pub struct Rating {
     pub level: RatingLevel,
 }
 
+/// An event folded into a record: its id (the idempotency key) and where
+/// it stands in the stream (for the case's audit trail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRef {
+    pub event_id: Uuid,
+    pub sequence: u64,
+}
+
 /// Everything about one case that its contribution depends on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaseRecord {
+    /// Every event folded in, sorted by event id.
+    pub events: Vec<EventRef>,
     pub received: Option<Received>,
     pub due_change: Option<DueChange>,
     pub apology: Option<Apology>,
@@ -260,6 +270,8 @@ pub struct FeedbackReceived {
 /// A complaint or recommendation (phản ánh, kiến nghị).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedbackRecord {
+    /// Every event folded in, sorted by event id.
+    pub events: Vec<EventRef>,
     pub received: Option<FeedbackReceived>,
     /// The earliest `feedback.resolved`.
     pub resolution: Option<Stamp>,
@@ -301,12 +313,36 @@ impl Record {
         }
     }
 
-    /// Folds one event in. Events of the other sort are ignored (the key
-    /// already separates them).
-    pub fn apply(&mut self, event: &Event) {
+    /// The events folded into this record, sorted by event id.
+    pub fn events(&self) -> &[EventRef] {
+        match self {
+            Record::Case(case) => &case.events,
+            Record::Feedback(feedback) => &feedback.events,
+        }
+    }
+
+    /// Folds one event read at stream `sequence` in, unless an event with
+    /// its id was folded before (then it returns false: it counts once).
+    /// Events of the other sort are ignored (the key separates them).
+    pub fn fold(&mut self, sequence: u64, event: &Event) -> bool {
+        let events = match self {
+            Record::Case(case) => &mut case.events,
+            Record::Feedback(feedback) => &mut feedback.events,
+        };
+        match events.binary_search_by(|seen| seen.event_id.cmp(&event.event_id)) {
+            Ok(_) => return false,
+            Err(position) => events.insert(
+                position,
+                EventRef {
+                    event_id: event.event_id,
+                    sequence,
+                },
+            ),
+        }
         match self {
             Record::Case(case) => case.apply(event),
             Record::Feedback(feedback) => feedback.apply(event),
         }
+        true
     }
 }

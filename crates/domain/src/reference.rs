@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 
 use kpi_events::Event;
-use uuid::Uuid;
 
 use crate::contribution::LiveCounts;
 use crate::counters::Counters;
@@ -20,7 +19,6 @@ use crate::units::{UnitIdx, UnitRegistry};
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct MemoryViews {
     records: HashMap<RecordKey, Record>,
-    event_ids: HashMap<Uuid, u64>,
     counters: BTreeMap<(UnitIdx, Day), Counters>,
     open_index: BTreeMap<OpenKey, bool>,
 }
@@ -30,10 +28,6 @@ impl RecordSource for MemoryViews {
 
     fn load_record(&self, key: &RecordKey) -> Result<Option<Record>, Infallible> {
         Ok(self.records.get(key).cloned())
-    }
-
-    fn event_seen(&self, event_id: &Uuid) -> Result<bool, Infallible> {
-        Ok(self.event_ids.contains_key(event_id))
     }
 }
 
@@ -62,7 +56,6 @@ impl MemoryViews {
         for (key, record) in changes.records {
             self.records.insert(key, record);
         }
-        self.event_ids.extend(changes.event_ids);
         for (key, delta) in changes.counters {
             let counters = self.counters.entry(key).or_default();
             counters

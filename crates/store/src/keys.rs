@@ -7,23 +7,25 @@
 //!
 //! | prefix | key after the prefix | value |
 //! |---|---|---|
-//! | `c` | case code | postcard [`Record`](kpi_domain::Record) |
+//! | `c` | case code | postcard [`Record`](kpi_domain::Record), with its event ids |
 //! | `f` | feedback code | postcard [`Record`](kpi_domain::Record) |
-//! | `e` | event id (16 bytes) | stream sequence, u64 BE |
 //! | `d` | unit, NUL, local day | counters, u32 LE each |
+//! | `M` | unit, NUL, month | the month's day counters summed (pre-sums for long periods) |
 //! | `o` | unit, NUL, local due day | open, open without apology: u32 LE |
+//! | `t` | unit, NUL | open, open without apology, over every due day |
 //! | `x` | unit, NUL, due instant, case code | 1 if an apology letter exists |
 //! | `p` | stream sequence, u64 BE | postcard [`ParkedEvent`](crate::ParkedEvent) |
 //! | `m` | name | metadata (checkpoint, units, statistics, format) |
 
+use chrono::{Datelike, NaiveDate};
 use kpi_domain::{Day, Moment, RecordKey};
-use uuid::Uuid;
 
 pub const CASE: u8 = b'c';
 pub const FEEDBACK: u8 = b'f';
-pub const EVENT: u8 = b'e';
 pub const DAY_COUNTERS: u8 = b'd';
+pub const MONTH_COUNTERS: u8 = b'M';
 pub const OPEN_BY_DUE_DAY: u8 = b'o';
+pub const OPEN_TOTAL: u8 = b't';
 pub const OPEN_INDEX: u8 = b'x';
 pub const PARKED: u8 = b'p';
 
@@ -37,9 +39,10 @@ pub const FORMAT: &[u8] = b"m/format";
 pub const VIEW_PREFIXES: &[u8] = &[
     CASE,
     FEEDBACK,
-    EVENT,
     DAY_COUNTERS,
+    MONTH_COUNTERS,
     OPEN_BY_DUE_DAY,
+    OPEN_TOTAL,
     OPEN_INDEX,
 ];
 
@@ -51,12 +54,6 @@ pub fn record(key: &RecordKey) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(1 + code.len());
     bytes.push(prefix);
     bytes.extend_from_slice(code.as_bytes());
-    bytes
-}
-
-pub fn event(event_id: &Uuid) -> [u8; 17] {
-    let mut bytes = [EVENT; 17];
-    bytes[1..].copy_from_slice(event_id.as_bytes());
     bytes
 }
 
@@ -75,10 +72,41 @@ pub fn unit_day(prefix: u8, unit_id: &str, day: Day) -> Vec<u8> {
     bytes
 }
 
-/// The day at the end of a `unit_day` key.
-pub fn day_of(key: &[u8]) -> Option<Day> {
-    let tail: [u8; 4] = key.get(key.len().checked_sub(4)?..)?.try_into().ok()?;
-    Some(Day::from_key(tail))
+/// A calendar month, as months since January of year 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Month(i32);
+
+impl Month {
+    pub fn of(day: Day) -> Month {
+        let date = day.to_date();
+        Month(date.year() * 12 + date.month0() as i32)
+    }
+
+    pub fn next(self) -> Month {
+        Month(self.0 + 1)
+    }
+
+    pub fn previous(self) -> Month {
+        Month(self.0 - 1)
+    }
+
+    /// The month's first and last days.
+    pub fn days(self) -> (Day, Day) {
+        let (year, month0) = (self.0.div_euclid(12), self.0.rem_euclid(12) as u32);
+        let first = NaiveDate::from_ymd_opt(year, month0 + 1, 1).unwrap_or(NaiveDate::MIN);
+        let next = Month(self.0 + 1);
+        let next_first =
+            NaiveDate::from_ymd_opt(next.0.div_euclid(12), next.0.rem_euclid(12) as u32 + 1, 1)
+                .unwrap_or(NaiveDate::MAX);
+        let last = next_first.pred_opt().unwrap_or(NaiveDate::MAX);
+        (Day::from_date(first), Day::from_date(last))
+    }
+}
+
+pub fn unit_month(unit_id: &str, month: Month) -> Vec<u8> {
+    let mut bytes = unit_prefix(MONTH_COUNTERS, unit_id);
+    bytes.extend_from_slice(&((month.0 as u32) ^ 0x8000_0000).to_be_bytes());
+    bytes
 }
 
 /// Twelve bytes that sort like the instants they encode.
@@ -146,6 +174,17 @@ mod tests {
         let a = unit_prefix(DAY_COUNTERS, "C1");
         let b = unit_prefix(DAY_COUNTERS, "C10");
         assert!(!b.starts_with(&a));
+    }
+
+    #[test]
+    fn months_know_their_days() {
+        let day = Day::from_date(NaiveDate::from_ymd_opt(2024, 2, 17).unwrap());
+        let (first, last) = Month::of(day).days();
+        assert_eq!(first.to_date().to_string(), "2024-02-01");
+        assert_eq!(last.to_date().to_string(), "2024-02-29");
+        let december = Day::from_date(NaiveDate::from_ymd_opt(2024, 12, 31).unwrap());
+        assert_eq!(Month::of(december).days().1, december);
+        assert!(unit_month("C1", Month::of(day)) < unit_month("C1", Month::of(december)));
     }
 
     #[test]

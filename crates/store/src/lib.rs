@@ -20,9 +20,11 @@ use std::sync::{Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
 use kpi_domain::fold::{BatchChanges, BatchFold, RecordSource};
-use kpi_domain::{Counters, Day, Folded, LiveCounts, Moment, Record, RecordKey, UnitRegistry};
+use kpi_domain::{
+    CounterDelta, Counters, Day, Folded, LiveCounts, Moment, OpenDelta, Record, RecordKey, UnitIdx,
+    UnitRegistry,
+};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 pub use keys::VIEW_PREFIXES;
 
@@ -41,8 +43,10 @@ pub enum StoreError {
     Units(#[from] kpi_domain::units::IncompatibleUnits),
     #[error(transparent)]
     UnknownUnit(#[from] kpi_domain::UnknownUnit),
-    #[error("unit `{0}` is not in the units file")]
-    NoSuchUnit(String),
+    #[error(
+        "the views in {dir} are in use by another process (a running projector?); stop it first"
+    )]
+    Locked { dir: String },
 }
 
 fn corrupt(key: &[u8], detail: impl ToString) -> StoreError {
@@ -99,7 +103,7 @@ pub struct ParkedEvent {
 pub struct FoldTotals {
     /// Valid events applied to their record.
     pub folded: u64,
-    /// Valid events whose event id was already folded.
+    /// Valid events whose event id was already folded into their record.
     pub duplicates: u64,
     /// Invalid events parked.
     pub parked: u64,
@@ -144,12 +148,30 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the views in `dir`.
+    ///
+    /// One process at a time: sled locks the directory. A store dropped by
+    /// this process releases it a moment later, so opening waits up to two
+    /// seconds for the lock before saying who may hold it.
     pub fn open(dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(options.cache_bytes)
-            .flush_every_ms(Some(options.flush_every_ms))
-            .open()?;
+            .flush_every_ms(Some(options.flush_every_ms));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(err)) if err.to_string().contains("could not acquire lock") => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StoreError::Locked {
+                            dir: dir.display().to_string(),
+                        });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(err) => return Err(err.into()),
+            }
+        };
         let views = db.open_tree("views")?;
         match views.get(keys::FORMAT)? {
             None => {
@@ -268,46 +290,36 @@ impl Store {
                 postcard::to_stdvec(record).map_err(|err| corrupt(&keys::record(key), err))?;
             batch.insert(keys::record(key), bytes);
         }
-        for (event_id, sequence) in &changes.event_ids {
-            batch.insert(&keys::event(event_id)[..], &sequence.to_be_bytes()[..]);
-        }
+        let mut months: BTreeMap<(UnitIdx, keys::Month), CounterDelta> = BTreeMap::new();
         for ((unit, day), delta) in &changes.counters {
-            if delta.is_zero() {
-                continue;
-            }
+            months
+                .entry((*unit, keys::Month::of(*day)))
+                .or_default()
+                .add(delta);
             let key = keys::unit_day(keys::DAY_COUNTERS, &units.unit(*unit).id, *day);
-            let mut counters = self
-                .views
-                .get(&key)?
-                .map_or_else(Counters::default, |bytes| Counters::from_bytes(&bytes));
-            if let Err(counter) = counters.apply(delta) {
-                tracing::error!(unit = %units.unit(*unit).id, day = %day.to_date(), counter = counter.name(),
-                    "a counter would go below zero; the views disagree with the log: run `kpictl verify`");
-            }
-            if counters.is_zero() {
-                batch.remove(key);
-            } else {
-                batch.insert(key, counters.to_bytes());
-            }
+            self.add_counters(&mut batch, key, delta)?;
         }
+        for ((unit, month), delta) in &months {
+            self.add_counters(
+                &mut batch,
+                keys::unit_month(&units.unit(*unit).id, *month),
+                delta,
+            )?;
+        }
+        let mut open_totals: BTreeMap<UnitIdx, OpenDelta> = BTreeMap::new();
         for ((unit, day), delta) in &changes.open_by_due_day {
-            if delta.is_zero() {
-                continue;
-            }
+            let total = open_totals.entry(*unit).or_default();
+            total.open += delta.open;
+            total.without_apology += delta.without_apology;
             let key = keys::unit_day(keys::OPEN_BY_DUE_DAY, &units.unit(*unit).id, *day);
-            let (open, without_apology) = self
-                .views
-                .get(&key)?
-                .map_or((0, 0), |bytes| decode_pair(&bytes));
-            let open = (open as i64 + delta.open).max(0) as u32;
-            let without_apology = (without_apology as i64 + delta.without_apology).max(0) as u32;
-            if open == 0 && without_apology == 0 {
-                batch.remove(key);
-            } else {
-                let mut bytes = open.to_le_bytes().to_vec();
-                bytes.extend_from_slice(&without_apology.to_le_bytes());
-                batch.insert(key, bytes);
-            }
+            self.add_open(&mut batch, key, delta)?;
+        }
+        for (unit, delta) in &open_totals {
+            self.add_open(
+                &mut batch,
+                keys::unit_prefix(keys::OPEN_TOTAL, &units.unit(*unit).id),
+                delta,
+            )?;
         }
         for key in &changes.open_removed {
             batch.remove(keys::open_index(
@@ -337,6 +349,58 @@ impl Store {
         Ok(())
     }
 
+    /// Adds a counter change to the stored counters at `key`.
+    fn add_counters(
+        &self,
+        batch: &mut sled::Batch,
+        key: Vec<u8>,
+        delta: &CounterDelta,
+    ) -> Result<(), StoreError> {
+        if delta.is_zero() {
+            return Ok(());
+        }
+        let mut counters = self
+            .views
+            .get(&key)?
+            .map_or_else(Counters::default, |bytes| Counters::from_bytes(&bytes));
+        if let Err(counter) = counters.apply(delta) {
+            tracing::error!(key = %String::from_utf8_lossy(&key), counter = counter.name(),
+                "a counter would go below zero; the views disagree with the log: run `kpictl verify`");
+        }
+        if counters.is_zero() {
+            batch.remove(key);
+        } else {
+            batch.insert(key, counters.to_bytes());
+        }
+        Ok(())
+    }
+
+    /// Adds a change in open cases to the pair stored at `key`.
+    fn add_open(
+        &self,
+        batch: &mut sled::Batch,
+        key: Vec<u8>,
+        delta: &OpenDelta,
+    ) -> Result<(), StoreError> {
+        if delta.is_zero() {
+            return Ok(());
+        }
+        let (open, without_apology) = self
+            .views
+            .get(&key)?
+            .map_or((0, 0), |bytes| decode_pair(&bytes));
+        let open = (i64::from(open) + delta.open).max(0) as u32;
+        let without_apology = (i64::from(without_apology) + delta.without_apology).max(0) as u32;
+        if open == 0 && without_apology == 0 {
+            batch.remove(key);
+        } else {
+            let mut bytes = open.to_le_bytes().to_vec();
+            bytes.extend_from_slice(&without_apology.to_le_bytes());
+            batch.insert(key, bytes);
+        }
+        Ok(())
+    }
+
     /// The counters of `unit_id` summed over `first..=last` and its live
     /// counts at `now`, as of one checkpoint.
     pub fn snapshot(
@@ -360,45 +424,82 @@ impl Store {
         })
     }
 
+    /// Whole months are read from their pre-sums, the days around them
+    /// one by one: a year is one scan of 12 entries, not 365. Three range
+    /// scans at most, whatever the period's length.
     fn sum_counters(&self, unit_id: &str, first: Day, last: Day) -> Result<Counters, StoreError> {
-        let start = keys::unit_day(keys::DAY_COUNTERS, unit_id, first);
-        let end = keys::unit_day(keys::DAY_COUNTERS, unit_id, last);
         let mut sum = Counters::default();
-        for entry in self.views.range(start..=end) {
-            let (_, value) = entry?;
-            sum.add(&Counters::from_bytes(&value));
+        if last < first {
+            return Ok(sum);
+        }
+        let mut add_range = |start: Vec<u8>, end: Vec<u8>| -> Result<(), StoreError> {
+            for entry in self.views.range(start..=end) {
+                sum.add(&Counters::from_bytes(&entry?.1));
+            }
+            Ok(())
+        };
+        let days = |from: Day, to: Day| {
+            (
+                keys::unit_day(keys::DAY_COUNTERS, unit_id, from),
+                keys::unit_day(keys::DAY_COUNTERS, unit_id, to),
+            )
+        };
+        let (first_month, last_month) = (keys::Month::of(first), keys::Month::of(last));
+        let mut full_from = first_month;
+        if first != first_month.days().0 {
+            let (start, end) = days(first, first_month.days().1.min(last));
+            add_range(start, end)?;
+            full_from = first_month.next();
+        }
+        let mut full_to = last_month;
+        if last != last_month.days().1 && last_month >= full_from {
+            let (start, end) = days(last_month.days().0.max(first), last);
+            add_range(start, end)?;
+            full_to = last_month.previous();
+        }
+        if full_from <= full_to {
+            add_range(
+                keys::unit_month(unit_id, full_from),
+                keys::unit_month(unit_id, full_to),
+            )?;
         }
         Ok(sum)
     }
 
-    /// Open cases by due day: days before today are overdue as a whole;
-    /// today's cases are counted exactly from the open index.
+    /// Live counts from the open cases' due days. Every open case is in the
+    /// unit's total; those not yet overdue are the ones due on later days
+    /// (a short scan: cases fall due within weeks) and those due later
+    /// today, counted exactly from the open index.
     fn live_counts(&self, unit_id: &str, now: Moment) -> Result<LiveCounts, StoreError> {
-        let today = now.local_day();
-        let mut live = LiveCounts::default();
-        for entry in self
+        let (open, open_without_apology) = self
             .views
-            .scan_prefix(keys::unit_prefix(keys::OPEN_BY_DUE_DAY, unit_id))
-        {
-            let (key, value) = entry?;
-            let day = keys::day_of(&key).ok_or_else(|| corrupt(&key, "no day in key"))?;
-            let (open, without_apology) = decode_pair(&value);
-            live.open += u64::from(open);
-            if day < today {
-                live.overdue_open += u64::from(open);
-                live.overdue_without_apology += u64::from(without_apology);
-            }
+            .get(keys::unit_prefix(keys::OPEN_TOTAL, unit_id))?
+            .map_or((0, 0), |bytes| decode_pair(&bytes));
+        let (open, open_without_apology) = (u64::from(open), u64::from(open_without_apology));
+        let today = now.local_day();
+        let tomorrow = Day::from_date(today.to_date().succ_opt().unwrap_or(chrono::NaiveDate::MAX));
+        let (mut not_due, mut not_due_without_apology) = (0u64, 0u64);
+        let later_days = keys::unit_day(keys::OPEN_BY_DUE_DAY, unit_id, tomorrow);
+        let unit_end = keys::prefix_end(&keys::unit_prefix(keys::OPEN_BY_DUE_DAY, unit_id));
+        for entry in self.views.range(later_days..unit_end) {
+            let (open, without_apology) = decode_pair(&entry?.1);
+            not_due += u64::from(open);
+            not_due_without_apology += u64::from(without_apology);
         }
-        let start = keys::open_index_at(unit_id, Moment::start_of(today));
-        let end = keys::open_index_at(unit_id, now);
-        for entry in self.views.range(start..end) {
+        let from_now = keys::open_index_at(unit_id, now);
+        let until_tomorrow = keys::open_index_at(unit_id, Moment::start_of(tomorrow));
+        for entry in self.views.range(from_now..until_tomorrow) {
             let (_, has_apology) = entry?;
-            live.overdue_open += 1;
+            not_due += 1;
             if has_apology.first() != Some(&1) {
-                live.overdue_without_apology += 1;
+                not_due_without_apology += 1;
             }
         }
-        Ok(live)
+        Ok(LiveCounts {
+            open,
+            overdue_open: open.saturating_sub(not_due),
+            overdue_without_apology: open_without_apology.saturating_sub(not_due_without_apology),
+        })
     }
 
     /// Parked events after `after_sequence`, oldest first, at most `limit`.
@@ -456,10 +557,6 @@ impl RecordSource for Store {
                 .map(Some)
                 .map_err(|err| corrupt(&stored_key, err)),
         }
-    }
-
-    fn event_seen(&self, event_id: &Uuid) -> Result<bool, StoreError> {
-        Ok(self.views.contains_key(keys::event(event_id))?)
     }
 }
 

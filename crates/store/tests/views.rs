@@ -194,6 +194,28 @@ fn the_store_agrees_with_the_reference_views_at_any_time_of_day() {
                 now.to_utc()
             );
         }
+        // Every kind of range: within a month, across months, whole months
+        // (read from the month pre-sums) and ragged ends.
+        for start in (0..240).step_by(7) {
+            for length in [0, 1, 13, 30, 31, 45, 59, 90, 200, 400] {
+                let first = chrono::NaiveDate::from_ymd_opt(2024, 11, 1).unwrap()
+                    + chrono::Duration::days(start);
+                let last = first + chrono::Duration::days(length);
+                let (first, last) = (Day::from_date(first), Day::from_date(last));
+                let sums = store
+                    .snapshot(&unit.id, first, last, nows[0])
+                    .unwrap()
+                    .counters;
+                assert_eq!(
+                    sums,
+                    reference.counters(idx, first, last),
+                    "{} {:?}..{:?}",
+                    unit.id,
+                    first.to_date(),
+                    last.to_date()
+                );
+            }
+        }
         let all = store
             .snapshot(
                 &unit.id,

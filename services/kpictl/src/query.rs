@@ -129,8 +129,8 @@ pub fn rates_table(reply: &RatesReply) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<38} {:<26} {:>9} {:>13} {:>8}  {}",
-        "Chỉ tiêu", "KPI", "Tỷ lệ", "Tử/Mẫu", "Mục tiêu", "Đạt"
+        "{:<38} {:<26} {:>9} {:>13} {:>8}  Đạt",
+        "Chỉ tiêu", "KPI", "Tỷ lệ", "Tử/Mẫu", "Mục tiêu"
     );
     for rate in &reply.rates {
         let title = Kpi::parse(&rate.kpi).map_or("", Kpi::title_vi);
