@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The whole system on this machine, with a demo:
+#   nats-server (JetStream, store in data/nats, 127.0.0.1:4222),
+#   the projector (views in data/projector, gRPC on 127.0.0.1:50051),
+#   60 days of simulated traffic for the seed communes, then live traffic,
+#   and the live rates printed every few seconds.
+# Stop it with Ctrl-C. DEMO_SECONDS=N stops it after N seconds.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+NATS_PORT=${NATS_PORT:-4222}
+API_PORT=${API_PORT:-50051}
+DEMO_SECONDS=${DEMO_SECONDS:-0}
+export NATS_URL="nats://127.0.0.1:${NATS_PORT}"
+export KPI_UNITS="deploy/units/seed-communes.json"
+export KPI_ADDR="http://127.0.0.1:${API_PORT}"
+
+deploy/scripts/setup.sh
+echo "demo: building (release)…" >&2
+cargo build --release --locked -p projector -p kpictl
+bin=target/release
+mkdir -p data/nats data/projector logs
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for port in "$NATS_PORT" "$API_PORT"; do
+  if port_busy "$port"; then
+    echo "demo: port $port on 127.0.0.1 is in use; stop what uses it or set NATS_PORT / API_PORT" >&2
+    exit 1
+  fi
+done
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  echo "demo: stopped (data kept in data/; logs in logs/)" >&2
+}
+trap cleanup EXIT
+trap 'exit 0' INT TERM
+
+nats_server=$(command -v nats-server || echo /usr/sbin/nats-server)
+"$nats_server" -c deploy/nats/demo.conf -p "$NATS_PORT" >logs/nats-server.log 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do port_busy "$NATS_PORT" && break; sleep 0.1; done
+port_busy "$NATS_PORT" || { echo "demo: nats-server did not start; see logs/nats-server.log" >&2; exit 1; }
+
+"$bin/projector" --data-dir data/projector --listen "127.0.0.1:${API_PORT}" >logs/projector.log 2>&1 &
+pids+=($!)
+
+echo "demo: publishing 60 days of traffic for the seed communes…" >&2
+"$bin/kpictl" simulate --days 60 --cases-per-day 25
+"$bin/kpictl" simulate --days 0 --follow --cases-per-minute 120 >logs/simulate.log 2>&1 &
+pids+=($!)
+
+year=$(TZ=Asia/Ho_Chi_Minh date +%Y)
+month=$(TZ=Asia/Ho_Chi_Minh date +%Y-%m)
+started=$(date +%s)
+while :; do
+  echo
+  echo "=== $(TZ=Asia/Ho_Chi_Minh date '+%Y-%m-%d %H:%M:%S') (giờ Việt Nam) — live rates from ${KPI_ADDR} ==="
+  "$bin/kpictl" rates --unit 51 --period "$year" || true
+  echo
+  "$bin/kpictl" rates --unit 5153105 --period "$month" || true
+  if [ "$DEMO_SECONDS" -gt 0 ] && [ $(( $(date +%s) - started )) -ge "$DEMO_SECONDS" ]; then
+    break
+  fi
+  sleep 5
+done
