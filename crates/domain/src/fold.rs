@@ -96,10 +96,15 @@ pub struct BatchFold<'a, S: RecordSource> {
 
 impl<'a, S: RecordSource> BatchFold<'a, S> {
     pub fn new(units: &'a UnitRegistry, source: &'a S) -> Self {
+        Self::with_capacity(units, source, 0)
+    }
+
+    /// A fold for a batch of about `events` events.
+    pub fn with_capacity(units: &'a UnitRegistry, source: &'a S, events: usize) -> Self {
         BatchFold {
             units,
             source,
-            touched: HashMap::new(),
+            touched: HashMap::with_capacity(events),
             applied: 0,
         }
     }

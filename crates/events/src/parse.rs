@@ -42,6 +42,34 @@ pub fn parse_event(bytes: &[u8], units: &dyn UnitDirectory) -> Result<Event, Eve
     if bytes.len() > MAX_EVENT_BYTES {
         return Err(EventError::TooLarge { size: bytes.len() });
     }
+    // Fast path: decode straight into borrowed fields. Any doubt about a
+    // field's presence or type sends the event down the detailed path, so
+    // both paths apply the same rules in the same order (`build_event`).
+    if let Ok(envelope) = serde_json::from_slice::<FastEnvelope<'_>>(bytes) {
+        let fields = FastFields {
+            values: &envelope,
+            prefix: "",
+        };
+        let data = || match &envelope.data {
+            Some(data) => Ok(FastFields {
+                values: data,
+                prefix: "data.",
+            }),
+            None => Err(EventError::Missing {
+                field: "data".into(),
+            }),
+        };
+        match build_event(&fields, data, units) {
+            Err(EventError::Missing { .. } | EventError::WrongType { .. }) => {}
+            decided => return decided,
+        }
+    }
+    parse_detailed(bytes, units)
+}
+
+/// The detailed path: a JSON value first, then each member with the exact
+/// reason it is missing or of the wrong type.
+fn parse_detailed(bytes: &[u8], units: &dyn UnitDirectory) -> Result<Event, EventError> {
     let value: Value = serde_json::from_slice(bytes).map_err(|err| EventError::MalformedJson {
         detail: err.to_string(),
     })?;
@@ -50,21 +78,33 @@ pub fn parse_event(bytes: &[u8], units: &dyn UnitDirectory) -> Result<Event, Eve
             found: type_name(&value),
         });
     };
-    let fields = Fields {
+    let fields = JsonFields {
         object: &envelope,
         prefix: "",
     };
+    let data = || match fields.required("data")? {
+        Value::Object(object) => Ok(JsonFields {
+            object,
+            prefix: "data.",
+        }),
+        other => Err(fields.wrong_type("data", "an object ({} where a kind has no fields)", other)),
+    };
+    build_event(&fields, data, units)
+}
 
-    if let Some(schema) = fields.optional("schema") {
-        match schema.as_u64() {
-            Some(SCHEMA_VERSION) => {}
-            Some(other) => {
-                return Err(EventError::invalid(
-                    "schema",
-                    format!("envelope version {other} is not supported; this build reads version {SCHEMA_VERSION}"),
-                ))
-            }
-            None => return Err(fields.wrong_type("schema", "an integer", schema)),
+/// Every rule of §2, in the order errors are reported.
+fn build_event<'a, E: Fields<'a>, D: Fields<'a>>(
+    fields: &E,
+    data: impl FnOnce() -> Result<D, EventError>,
+    units: &dyn UnitDirectory,
+) -> Result<Event, EventError> {
+    match fields.schema()? {
+        None | Some(SCHEMA_VERSION) => {}
+        Some(other) => {
+            return Err(EventError::invalid(
+                "schema",
+                format!("envelope version {other} is not supported; this build reads version {SCHEMA_VERSION}"),
+            ))
         }
     }
 
@@ -99,25 +139,7 @@ pub fn parse_event(bytes: &[u8], units: &dyn UnitDirectory) -> Result<Event, Eve
     }
 
     let occurred_at = fields.timestamp("occurred_at")?;
-
-    let data_object = match fields.required("data")? {
-        Value::Object(object) => object,
-        other => {
-            return Err(fields.wrong_type(
-                "data",
-                "an object ({} where a kind has no fields)",
-                other,
-            ))
-        }
-    };
-    let data = parse_data(
-        kind,
-        &Fields {
-            object: data_object,
-            prefix: "data.",
-        },
-        occurred_at,
-    )?;
+    let data = parse_data(kind, &data()?, occurred_at)?;
 
     Ok(Event {
         event_id,
@@ -128,9 +150,9 @@ pub fn parse_event(bytes: &[u8], units: &dyn UnitDirectory) -> Result<Event, Eve
     })
 }
 
-fn parse_data(
+fn parse_data<'a>(
     kind: Kind,
-    data: &Fields<'_>,
+    data: &impl Fields<'a>,
     occurred_at: DateTime<FixedOffset>,
 ) -> Result<EventData, EventError> {
     Ok(match kind {
@@ -261,16 +283,44 @@ fn type_name(value: &Value) -> &'static str {
 
 /// Typed access to the members of one JSON object, with errors that carry
 /// the member's full dotted name.
-struct Fields<'a> {
+trait Fields<'a> {
+    /// The full name of a member (`data.due_at`).
+    fn name(&self, key: &str) -> String;
+    fn string(&self, key: &str) -> Result<&'a str, EventError>;
+    fn bool(&self, key: &str) -> Result<bool, EventError>;
+    /// Absent or null reads as false.
+    fn optional_bool(&self, key: &str) -> Result<bool, EventError>;
+    fn non_negative_integer(&self, key: &str) -> Result<u64, EventError>;
+    /// The envelope version, if given.
+    fn schema(&self) -> Result<Option<u64>, EventError>;
+
+    fn timestamp(&self, key: &str) -> Result<DateTime<FixedOffset>, EventError> {
+        parse_timestamp(self.string(key)?, &self.name(key))
+    }
+
+    fn choice<T>(
+        &self,
+        key: &str,
+        parse: fn(&str) -> Option<T>,
+        accepted: fn() -> String,
+    ) -> Result<T, EventError> {
+        let text = self.string(key)?;
+        parse(text).ok_or_else(|| {
+            EventError::invalid(
+                self.name(key),
+                format!("`{text}` is not one of {}", accepted()),
+            )
+        })
+    }
+}
+
+/// The members of a parsed JSON object: exact errors for every case.
+struct JsonFields<'a> {
     object: &'a Map<String, Value>,
     prefix: &'static str,
 }
 
-impl<'a> Fields<'a> {
-    fn name(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
-    }
-
+impl<'a> JsonFields<'a> {
     fn optional(&self, key: &str) -> Option<&'a Value> {
         self.object.get(key).filter(|value| !value.is_null())
     }
@@ -287,6 +337,12 @@ impl<'a> Fields<'a> {
             expected,
             found: type_name(found),
         }
+    }
+}
+
+impl<'a> Fields<'a> for JsonFields<'a> {
+    fn name(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
     }
 
     fn string(&self, key: &str) -> Result<&'a str, EventError> {
@@ -312,10 +368,6 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn timestamp(&self, key: &str) -> Result<DateTime<FixedOffset>, EventError> {
-        parse_timestamp(self.string(key)?, &self.name(key))
-    }
-
     fn non_negative_integer(&self, key: &str) -> Result<u64, EventError> {
         let value = self.required(key)?;
         if let Some(amount) = value.as_u64() {
@@ -330,19 +382,172 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn choice<T>(
-        &self,
-        key: &str,
-        parse: fn(&str) -> Option<T>,
-        accepted: fn() -> String,
-    ) -> Result<T, EventError> {
-        let text = self.string(key)?;
-        parse(text).ok_or_else(|| {
-            EventError::invalid(
-                self.name(key),
-                format!("`{text}` is not one of {}", accepted()),
-            )
+    fn schema(&self) -> Result<Option<u64>, EventError> {
+        match self.optional("schema") {
+            None => Ok(None),
+            Some(value) => value
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| self.wrong_type("schema", "an integer", value)),
+        }
+    }
+}
+
+/// The envelope decoded in one pass, borrowing from the input. It fails to
+/// decode (and the detailed path takes over) on escaped strings, wrong
+/// types and repeated members.
+#[derive(serde::Deserialize)]
+struct FastEnvelope<'a> {
+    #[serde(default)]
+    schema: Option<u64>,
+    #[serde(borrow, default)]
+    event_id: Option<&'a str>,
+    #[serde(borrow, default)]
+    kind: Option<&'a str>,
+    #[serde(borrow, default)]
+    case_id: Option<&'a str>,
+    #[serde(borrow, default)]
+    unit_id: Option<&'a str>,
+    #[serde(borrow, default)]
+    occurred_at: Option<&'a str>,
+    #[serde(borrow, default)]
+    data: Option<FastData<'a>>,
+}
+
+/// Every member any kind's `data` has.
+#[derive(serde::Deserialize)]
+struct FastData<'a> {
+    #[serde(borrow, default)]
+    procedure_code: Option<&'a str>,
+    #[serde(borrow, default)]
+    field: Option<&'a str>,
+    #[serde(borrow, default)]
+    channel: Option<&'a str>,
+    #[serde(borrow, default)]
+    due_at: Option<&'a str>,
+    #[serde(default)]
+    dossier_digitized: Option<bool>,
+    #[serde(default)]
+    reused_data: Option<bool>,
+    #[serde(borrow, default)]
+    reason: Option<&'a str>,
+    #[serde(borrow, default)]
+    letter_ref: Option<&'a str>,
+    #[serde(borrow, default)]
+    new_due_at: Option<&'a str>,
+    #[serde(borrow, default)]
+    result: Option<&'a str>,
+    #[serde(default)]
+    result_electronic: Option<bool>,
+    #[serde(default)]
+    result_digitized: Option<bool>,
+    #[serde(default)]
+    amount_vnd: Option<u64>,
+    #[serde(default)]
+    online: Option<bool>,
+    #[serde(borrow, default)]
+    level: Option<&'a str>,
+    #[serde(borrow, default)]
+    portal: Option<&'a str>,
+}
+
+/// Members of a decoded struct by name.
+trait Members<'a> {
+    fn text(&self, key: &str) -> Option<&'a str>;
+    fn flag(&self, key: &str) -> Option<bool>;
+    fn whole(&self, key: &str) -> Option<u64>;
+}
+
+impl<'a> Members<'a> for FastEnvelope<'a> {
+    fn text(&self, key: &str) -> Option<&'a str> {
+        match key {
+            "event_id" => self.event_id,
+            "kind" => self.kind,
+            "case_id" => self.case_id,
+            "unit_id" => self.unit_id,
+            "occurred_at" => self.occurred_at,
+            _ => None,
+        }
+    }
+
+    fn flag(&self, _: &str) -> Option<bool> {
+        None
+    }
+
+    fn whole(&self, key: &str) -> Option<u64> {
+        (key == "schema").then_some(self.schema).flatten()
+    }
+}
+
+impl<'a> Members<'a> for FastData<'a> {
+    fn text(&self, key: &str) -> Option<&'a str> {
+        match key {
+            "procedure_code" => self.procedure_code,
+            "field" => self.field,
+            "channel" => self.channel,
+            "due_at" => self.due_at,
+            "reason" => self.reason,
+            "letter_ref" => self.letter_ref,
+            "new_due_at" => self.new_due_at,
+            "result" => self.result,
+            "level" => self.level,
+            "portal" => self.portal,
+            _ => None,
+        }
+    }
+
+    fn flag(&self, key: &str) -> Option<bool> {
+        match key {
+            "dossier_digitized" => self.dossier_digitized,
+            "reused_data" => self.reused_data,
+            "result_electronic" => self.result_electronic,
+            "result_digitized" => self.result_digitized,
+            "online" => self.online,
+            _ => None,
+        }
+    }
+
+    fn whole(&self, key: &str) -> Option<u64> {
+        (key == "amount_vnd").then_some(self.amount_vnd).flatten()
+    }
+}
+
+/// A decoded struct as [`Fields`]. An absent (or null) member reads as
+/// missing: the caller then asks the detailed path for the exact error.
+struct FastFields<'v, T> {
+    values: &'v T,
+    prefix: &'static str,
+}
+
+impl<'a, T: Members<'a>> Fields<'a> for FastFields<'_, T> {
+    fn name(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn string(&self, key: &str) -> Result<&'a str, EventError> {
+        self.values.text(key).ok_or_else(|| EventError::Missing {
+            field: self.name(key),
         })
+    }
+
+    fn bool(&self, key: &str) -> Result<bool, EventError> {
+        self.values.flag(key).ok_or_else(|| EventError::Missing {
+            field: self.name(key),
+        })
+    }
+
+    fn optional_bool(&self, key: &str) -> Result<bool, EventError> {
+        Ok(self.values.flag(key).unwrap_or(false))
+    }
+
+    fn non_negative_integer(&self, key: &str) -> Result<u64, EventError> {
+        self.values.whole(key).ok_or_else(|| EventError::Missing {
+            field: self.name(key),
+        })
+    }
+
+    fn schema(&self) -> Result<Option<u64>, EventError> {
+        Ok(self.values.whole("schema"))
     }
 }
 
@@ -621,7 +826,69 @@ mod tests {
         assert!(parse(&event).is_ok());
     }
 
+    /// Values of every JSON type, some valid for some member.
+    fn replacement() -> impl proptest::strategy::Strategy<Value = Option<Value>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(None),
+            Just(Some(Value::Null)),
+            any::<bool>().prop_map(|b| Some(json!(b))),
+            any::<i64>().prop_map(|n| Some(json!(n))),
+            Just(Some(json!(1.5))),
+            Just(Some(json!("online"))),
+            Just(Some(json!("case.paid"))),
+            Just(Some(json!("approved"))),
+            Just(Some(json!("C1"))),
+            Just(Some(json!("2024-03-20T08:30:00+07:00"))),
+            Just(Some(json!("2024-03-10T08:30:00"))),
+            Just(Some(json!("Bổ sung\n\"giấy tờ\""))),
+            Just(Some(json!({}))),
+            Just(Some(json!([1]))),
+        ]
+    }
+
+    const MEMBERS: &[&[&str]] = &[
+        &["schema"],
+        &["event_id"],
+        &["kind"],
+        &["case_id"],
+        &["unit_id"],
+        &["occurred_at"],
+        &["data"],
+        &["data", "procedure_code"],
+        &["data", "field"],
+        &["data", "channel"],
+        &["data", "due_at"],
+        &["data", "dossier_digitized"],
+        &["data", "reused_data"],
+        &["data", "amount_vnd"],
+        &["data", "online"],
+        &["data", "result"],
+        &["data", "level"],
+        &["data", "reason"],
+    ];
+
     proptest::proptest! {
+        #[test]
+        fn the_fast_path_decides_exactly_as_the_detailed_path(
+            edits in proptest::collection::vec((0..MEMBERS.len(), replacement()), 0..4),
+            kind in 0..Kind::ALL.len(),
+        ) {
+            let mut event = with(received(), &["kind"], Some(json!(Kind::ALL[kind].as_str())));
+            for (member, value) in edits {
+                let path = MEMBERS[member];
+                if path.len() == 2 && !event.get("data").is_some_and(Value::is_object) {
+                    continue;
+                }
+                event = with(event, path, value);
+            }
+            let bytes = event.to_string();
+            proptest::prop_assert_eq!(
+                parse_event(bytes.as_bytes(), &units()),
+                parse_detailed(bytes.as_bytes(), &units())
+            );
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
             let _ = parse_event(&bytes, &units());

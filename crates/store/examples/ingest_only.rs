@@ -29,11 +29,9 @@ fn main() {
         let incoming: Vec<Incoming<'_>> = chunk
             .iter()
             .enumerate()
-            .map(|(offset, event)| Incoming {
-                sequence: (index * batch + offset + 1) as u64,
-                subject: &event.subject,
-                payload: &event.payload,
-                published: None,
+            .map(|(offset, event)| {
+                let sequence = (index * batch + offset + 1) as u64;
+                Incoming::validate(sequence, &event.subject, &event.payload, None, &units)
             })
             .collect();
         store.ingest(&units, &incoming).unwrap();

@@ -9,8 +9,7 @@
 //! |---|---|---|
 //! | `c` | case code | postcard [`Record`](kpi_domain::Record), with its event ids |
 //! | `f` | feedback code | postcard [`Record`](kpi_domain::Record) |
-//! | `d` | unit, NUL, local day | counters, u32 LE each |
-//! | `M` | unit, NUL, month | the month's day counters summed (pre-sums for long periods) |
+//! | `M` | unit, NUL, month | the month's counters: total, then each local day (see `month.rs`) |
 //! | `o` | unit, NUL, local due day | open, open without apology: u32 LE |
 //! | `t` | unit, NUL | open, open without apology, over every due day |
 //! | `x` | unit, NUL, due instant, case code | 1 if an apology letter exists |
@@ -22,7 +21,6 @@ use kpi_domain::{Day, Moment, RecordKey};
 
 pub const CASE: u8 = b'c';
 pub const FEEDBACK: u8 = b'f';
-pub const DAY_COUNTERS: u8 = b'd';
 pub const MONTH_COUNTERS: u8 = b'M';
 pub const OPEN_BY_DUE_DAY: u8 = b'o';
 pub const OPEN_TOTAL: u8 = b't';
@@ -39,7 +37,6 @@ pub const FORMAT: &[u8] = b"m/format";
 pub const VIEW_PREFIXES: &[u8] = &[
     CASE,
     FEEDBACK,
-    DAY_COUNTERS,
     MONTH_COUNTERS,
     OPEN_BY_DUE_DAY,
     OPEN_TOTAL,
@@ -82,14 +79,6 @@ impl Month {
         Month(date.year() * 12 + date.month0() as i32)
     }
 
-    pub fn next(self) -> Month {
-        Month(self.0 + 1)
-    }
-
-    pub fn previous(self) -> Month {
-        Month(self.0 - 1)
-    }
-
     /// The month's first and last days.
     pub fn days(self) -> (Day, Day) {
         let (year, month0) = (self.0.div_euclid(12), self.0.rem_euclid(12) as u32);
@@ -107,6 +96,12 @@ pub fn unit_month(unit_id: &str, month: Month) -> Vec<u8> {
     let mut bytes = unit_prefix(MONTH_COUNTERS, unit_id);
     bytes.extend_from_slice(&((month.0 as u32) ^ 0x8000_0000).to_be_bytes());
     bytes
+}
+
+/// The month at the end of a `unit_month` key.
+pub fn month_of(key: &[u8]) -> Option<Month> {
+    let tail: [u8; 4] = key.get(key.len().checked_sub(4)?..)?.try_into().ok()?;
+    Some(Month((u32::from_be_bytes(tail) ^ 0x8000_0000) as i32))
 }
 
 /// Twelve bytes that sort like the instants they encode.
@@ -171,8 +166,8 @@ mod tests {
 
     #[test]
     fn a_unit_range_does_not_reach_units_with_longer_ids() {
-        let a = unit_prefix(DAY_COUNTERS, "C1");
-        let b = unit_prefix(DAY_COUNTERS, "C10");
+        let a = unit_prefix(MONTH_COUNTERS, "C1");
+        let b = unit_prefix(MONTH_COUNTERS, "C10");
         assert!(!b.starts_with(&a));
     }
 

@@ -13,17 +13,19 @@
 //! shared so that an answer never mixes two batches.
 
 mod keys;
+mod month;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use kpi_domain::fold::{BatchChanges, BatchFold, RecordSource};
 use kpi_domain::{
     CounterDelta, Counters, Day, Folded, LiveCounts, Moment, OpenDelta, Record, RecordKey, UnitIdx,
     UnitRegistry,
 };
+use kpi_events::{Event, EventError};
 use serde::{Deserialize, Serialize};
 
 pub use keys::VIEW_PREFIXES;
@@ -74,14 +76,37 @@ impl Default for StoreOptions {
     }
 }
 
-/// One message as read from the stream.
-#[derive(Debug, Clone, Copy)]
+/// One message as read from the stream, validated.
+#[derive(Debug, Clone)]
 pub struct Incoming<'a> {
     pub sequence: u64,
     pub subject: &'a str,
     pub payload: &'a [u8],
     /// When the stream stored it, if known.
     pub published: Option<DateTime<Utc>>,
+    /// The event, or why it is invalid.
+    pub event: Result<Event, EventError>,
+}
+
+impl<'a> Incoming<'a> {
+    /// Validates a message (CONTRACT §2, and its subject). This is the
+    /// costly part of ingesting; it may run on another thread than
+    /// [`Store::ingest`].
+    pub fn validate(
+        sequence: u64,
+        subject: &'a str,
+        payload: &'a [u8],
+        published: Option<DateTime<Utc>>,
+        units: &UnitRegistry,
+    ) -> Incoming<'a> {
+        Incoming {
+            sequence,
+            subject,
+            payload,
+            published,
+            event: kpi_events::parse_message(subject, payload, units),
+        }
+    }
 }
 
 /// An invalid event kept aside with its reason: never counted, never lost.
@@ -218,7 +243,7 @@ impl Store {
         }
     }
 
-    /// Validates, folds and parks a batch of messages in stream order, then
+    /// Folds and parks a batch of validated messages in stream order, then
     /// writes the changes and the new checkpoint atomically. Messages at or
     /// below the checkpoint are skipped (already folded).
     pub fn ingest(
@@ -234,11 +259,11 @@ impl Store {
         let mut totals = FoldTotals::default();
         let mut parked = Vec::new();
         let mut last = checkpoint;
-        let mut fold = BatchFold::new(units, self);
+        let mut fold = BatchFold::with_capacity(units, self, batch.len());
         for message in batch.iter().filter(|m| m.sequence > checkpoint) {
             last = last.max(message.sequence);
-            match kpi_events::parse_message(message.subject, message.payload, units) {
-                Ok(event) => match fold.fold(message.sequence, &event)? {
+            match &message.event {
+                Ok(event) => match fold.fold(message.sequence, event)? {
                     Folded::Applied => totals.folded += 1,
                     Folded::Duplicate => totals.duplicates += 1,
                 },
@@ -290,21 +315,32 @@ impl Store {
                 postcard::to_stdvec(record).map_err(|err| corrupt(&keys::record(key), err))?;
             batch.insert(keys::record(key), bytes);
         }
-        let mut months: BTreeMap<(UnitIdx, keys::Month), CounterDelta> = BTreeMap::new();
+        // Day changes grouped by (unit, month): one stored value each.
+        let mut months: BTreeMap<(UnitIdx, keys::Month), Vec<(Day, &CounterDelta)>> =
+            BTreeMap::new();
         for ((unit, day), delta) in &changes.counters {
-            months
-                .entry((*unit, keys::Month::of(*day)))
-                .or_default()
-                .add(delta);
-            let key = keys::unit_day(keys::DAY_COUNTERS, &units.unit(*unit).id, *day);
-            self.add_counters(&mut batch, key, delta)?;
+            if !delta.is_zero() {
+                months
+                    .entry((*unit, keys::Month::of(*day)))
+                    .or_default()
+                    .push((*day, delta));
+            }
         }
-        for ((unit, month), delta) in &months {
-            self.add_counters(
-                &mut batch,
-                keys::unit_month(&units.unit(*unit).id, *month),
-                delta,
-            )?;
+        for ((unit, month), days) in &months {
+            let key = keys::unit_month(&units.unit(*unit).id, *month);
+            let stored = self.views.get(&key)?;
+            let mut counters = month::MonthCounters::decode(stored.as_deref());
+            for (day, delta) in days {
+                if let Err(counter) = counters.apply(day.to_date().day() as usize, delta) {
+                    tracing::error!(unit = %units.unit(*unit).id, day = %day.to_date(), counter = counter.name(),
+                        "a counter would go below zero; the views disagree with the log: run `kpictl verify`");
+                }
+            }
+            if counters.is_zero() {
+                batch.remove(key);
+            } else {
+                batch.insert(key, counters.encode());
+            }
         }
         let mut open_totals: BTreeMap<UnitIdx, OpenDelta> = BTreeMap::new();
         for ((unit, day), delta) in &changes.open_by_due_day {
@@ -346,32 +382,6 @@ impl Store {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.views.apply_batch(batch)?;
-        Ok(())
-    }
-
-    /// Adds a counter change to the stored counters at `key`.
-    fn add_counters(
-        &self,
-        batch: &mut sled::Batch,
-        key: Vec<u8>,
-        delta: &CounterDelta,
-    ) -> Result<(), StoreError> {
-        if delta.is_zero() {
-            return Ok(());
-        }
-        let mut counters = self
-            .views
-            .get(&key)?
-            .map_or_else(Counters::default, |bytes| Counters::from_bytes(&bytes));
-        if let Err(counter) = counters.apply(delta) {
-            tracing::error!(key = %String::from_utf8_lossy(&key), counter = counter.name(),
-                "a counter would go below zero; the views disagree with the log: run `kpictl verify`");
-        }
-        if counters.is_zero() {
-            batch.remove(key);
-        } else {
-            batch.insert(key, counters.to_bytes());
-        }
         Ok(())
     }
 
@@ -424,44 +434,27 @@ impl Store {
         })
     }
 
-    /// Whole months are read from their pre-sums, the days around them
-    /// one by one: a year is one scan of 12 entries, not 365. Three range
-    /// scans at most, whatever the period's length.
+    /// One range scan over the unit's months: whole months read their
+    /// total row, the first and last months the rows of their days.
     fn sum_counters(&self, unit_id: &str, first: Day, last: Day) -> Result<Counters, StoreError> {
         let mut sum = Counters::default();
         if last < first {
             return Ok(sum);
         }
-        let mut add_range = |start: Vec<u8>, end: Vec<u8>| -> Result<(), StoreError> {
-            for entry in self.views.range(start..=end) {
-                sum.add(&Counters::from_bytes(&entry?.1));
-            }
-            Ok(())
-        };
-        let days = |from: Day, to: Day| {
-            (
-                keys::unit_day(keys::DAY_COUNTERS, unit_id, from),
-                keys::unit_day(keys::DAY_COUNTERS, unit_id, to),
-            )
-        };
         let (first_month, last_month) = (keys::Month::of(first), keys::Month::of(last));
-        let mut full_from = first_month;
-        if first != first_month.days().0 {
-            let (start, end) = days(first, first_month.days().1.min(last));
-            add_range(start, end)?;
-            full_from = first_month.next();
-        }
-        let mut full_to = last_month;
-        if last != last_month.days().1 && last_month >= full_from {
-            let (start, end) = days(last_month.days().0.max(first), last);
-            add_range(start, end)?;
-            full_to = last_month.previous();
-        }
-        if full_from <= full_to {
-            add_range(
-                keys::unit_month(unit_id, full_from),
-                keys::unit_month(unit_id, full_to),
-            )?;
+        let start = keys::unit_month(unit_id, first_month);
+        let end = keys::unit_month(unit_id, last_month);
+        for entry in self.views.range(start..=end) {
+            let (key, value) = entry?;
+            let month = keys::month_of(&key).ok_or_else(|| corrupt(&key, "no month in key"))?;
+            let (month_first, month_last) = month.days();
+            if first <= month_first && month_last <= last {
+                sum.add(&month::row(&value, 0));
+            } else {
+                let from = first.max(month_first).to_date().day() as usize;
+                let to = last.min(month_last).to_date().day() as usize;
+                sum.add(&month::days(&value, from, to));
+            }
         }
         Ok(sum)
     }

@@ -28,12 +28,7 @@ fn ingest(store: &Store, units: &UnitRegistry, lines: &[Line], batch: usize) {
     for chunk in lines.chunks(batch) {
         let incoming: Vec<Incoming<'_>> = chunk
             .iter()
-            .map(|line| Incoming {
-                sequence: line.sequence,
-                subject: &line.subject,
-                payload: line.payload,
-                published: None,
-            })
+            .map(|line| Incoming::validate(line.sequence, &line.subject, line.payload, None, units))
             .collect();
         store.ingest(units, &incoming).expect("ingest");
     }

@@ -1,11 +1,12 @@
 //! Reading the stream and folding it: the projector's pipeline.
 //!
-//! The reader (async) groups whatever messages are ready, up to the batch
-//! size, and hands each group to the fold thread through a short bounded
-//! queue; the fold thread commits each group with its checkpoint. Reading
-//! and folding thus overlap, and a slow store slows the reader down instead
-//! of filling memory.
+//! Three stages overlap, joined by short bounded queues: the reader (async)
+//! groups whatever messages are ready, up to the batch size; the validation
+//! thread parses and checks each message (CONTRACT §2); the fold thread
+//! folds each group and commits it with its checkpoint in one atomic write.
+//! A slow store slows the reader down instead of filling memory.
 
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use kpi_bus::{Bus, StreamMessage};
 use kpi_domain::UnitRegistry;
+use kpi_events::{Event, EventError};
 use kpi_store::{FoldTotals, Incoming, Store};
 use tokio::sync::{mpsc, watch};
 
@@ -21,8 +23,11 @@ pub struct Config {
     pub batch_size: usize,
 }
 
-/// Batches in flight between the reader and the fold thread.
+/// Batches in flight between two stages.
 const QUEUED_BATCHES: usize = 4;
+
+/// How long a batch waits for more messages before it is folded.
+const LINGER: Duration = Duration::from_millis(5);
 
 /// How often progress and lag are logged.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
@@ -36,36 +41,74 @@ pub async fn run(
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let first_sequence = store.checkpoint()? + 1;
-    let (batches, queue) = mpsc::channel(QUEUED_BATCHES);
+    let (batches, read_queue) = mpsc::channel(QUEUED_BATCHES);
+    let (validated, fold_queue) = sync_channel(QUEUED_BATCHES);
+    let validation_units = units.clone();
+    let validator = std::thread::Builder::new()
+        .name("validate".into())
+        .spawn(move || validate_batches(&validation_units, read_queue, validated))
+        .context("starting the validation thread")?;
     let fold_store = store.clone();
     let folder = std::thread::Builder::new()
         .name("fold".into())
-        .spawn(move || fold_batches(&fold_store, &units, queue))
+        .spawn(move || fold_batches(&fold_store, &units, fold_queue))
         .context("starting the fold thread")?;
     let read_result = read(&config, &store, first_sequence, batches, stop).await;
-    // The queue is closed now: the fold thread finishes what was read.
-    let fold_result = tokio::task::spawn_blocking(move || folder.join())
-        .await
-        .context("joining the fold thread")?
-        .map_err(|_| anyhow::anyhow!("the fold thread panicked"))?;
+    // The read queue is closed now: the other stages finish what was read.
+    let fold_result = tokio::task::spawn_blocking(move || {
+        let _ = validator.join();
+        folder.join()
+    })
+    .await
+    .context("joining the fold thread")?
+    .map_err(|_| anyhow::anyhow!("the fold thread panicked"))?;
     fold_result.and(read_result)
+}
+
+/// A batch read from the stream, with each message's validation.
+struct ValidatedBatch {
+    messages: Vec<StreamMessage>,
+    events: Vec<Result<Event, EventError>>,
+}
+
+fn validate_batches(
+    units: &UnitRegistry,
+    mut queue: mpsc::Receiver<Vec<StreamMessage>>,
+    validated: SyncSender<ValidatedBatch>,
+) {
+    while let Some(messages) = queue.blocking_recv() {
+        let events = messages
+            .iter()
+            .map(|message| kpi_events::parse_message(&message.subject, &message.payload, units))
+            .collect();
+        if validated.send(ValidatedBatch { messages, events }).is_err() {
+            return; // The fold thread stopped; it reports why.
+        }
+    }
 }
 
 fn fold_batches(
     store: &Store,
     units: &UnitRegistry,
-    mut queue: mpsc::Receiver<Vec<StreamMessage>>,
+    queue: Receiver<ValidatedBatch>,
 ) -> anyhow::Result<()> {
     let mut since_report = FoldTotals::default();
     let mut last_report = Instant::now();
-    while let Some(batch) = queue.blocking_recv() {
+    let mut busy = Duration::ZERO;
+    let mut batches = 0u64;
+    let mut checkpoint = 0;
+    for batch in queue.iter() {
+        let batch_started = Instant::now();
         let incoming: Vec<Incoming<'_>> = batch
+            .messages
             .iter()
-            .map(|message| Incoming {
+            .zip(batch.events)
+            .map(|(message, event)| Incoming {
                 sequence: message.sequence,
                 subject: &message.subject,
                 payload: &message.payload,
                 published: message.published,
+                event,
             })
             .collect();
         let report = store
@@ -74,27 +117,58 @@ fn fold_batches(
         for (sequence, reason) in &report.parked {
             tracing::warn!(sequence, %reason, "parked an invalid event; `kpictl rejected` lists it");
         }
+        checkpoint = report.checkpoint;
         since_report.folded += report.totals.folded;
         since_report.duplicates += report.totals.duplicates;
         since_report.parked += report.totals.parked;
+        busy += batch_started.elapsed();
+        batches += 1;
         if last_report.elapsed() >= REPORT_EVERY {
-            let seconds = last_report.elapsed().as_secs_f64();
-            tracing::info!(
-                checkpoint = report.checkpoint,
-                folded = since_report.folded,
-                duplicates = since_report.duplicates,
-                parked = since_report.parked,
-                events_per_second =
-                    ((since_report.folded + since_report.duplicates + since_report.parked) as f64
-                        / seconds)
-                        .round(),
-                "folding"
+            report_progress(
+                checkpoint,
+                &since_report,
+                busy,
+                batches,
+                last_report.elapsed(),
             );
             since_report = FoldTotals::default();
+            busy = Duration::ZERO;
+            batches = 0;
             last_report = Instant::now();
         }
     }
+    if since_report.folded + since_report.duplicates + since_report.parked > 0 {
+        report_progress(
+            checkpoint,
+            &since_report,
+            busy,
+            batches,
+            last_report.elapsed(),
+        );
+    }
     Ok(())
+}
+
+fn report_progress(
+    checkpoint: u64,
+    totals: &FoldTotals,
+    busy: Duration,
+    batches: u64,
+    elapsed: Duration,
+) {
+    let events = totals.folded + totals.duplicates + totals.parked;
+    let seconds = elapsed.as_secs_f64().max(1e-3);
+    tracing::info!(
+        checkpoint,
+        folded = totals.folded,
+        duplicates = totals.duplicates,
+        parked = totals.parked,
+        events_per_second = (events as f64 / seconds).round(),
+        events_per_batch = events / batches.max(1),
+        // Below 100, the fold waits for the reader: the bus is the limit.
+        busy_percent = (100.0 * busy.as_secs_f64() / seconds).round(),
+        "folding"
+    );
 }
 
 /// Reads from `next_sequence` on, reconnecting after any bus failure.
@@ -155,7 +229,14 @@ async fn read(
                 continue;
             }
         };
-        let mut chunks = std::pin::pin!(messages.ready_chunks(config.batch_size));
+        // A batch closes when full or LINGER after its first message: under
+        // load batches stay large (cheap per event), when quiet an event
+        // still shows within milliseconds.
+        let mut chunks = std::pin::pin!(tokio_stream::StreamExt::chunks_timeout(
+            messages,
+            config.batch_size,
+            LINGER
+        ));
         let mut report = tokio::time::interval(REPORT_EVERY);
         loop {
             tokio::select! {

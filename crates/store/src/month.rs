@@ -1,0 +1,108 @@
+//! One unit's counters for one calendar month, in one stored value.
+//!
+//! Row 0 holds the month's total, rows 1 to 31 the days. A batch touching
+//! many days of a month writes one key instead of one per day, and a period
+//! of whole months reads one row per month: a year is one scan of twelve
+//! values. The value starts with the row width (counters per row, u16 LE),
+//! so rows written before counters were added still read, as zeros.
+
+use kpi_domain::{Counter, CounterDelta, Counters};
+
+/// Row 0: the month's total; rows 1..=31: the days of the month.
+pub const ROWS: usize = 32;
+const WIDTH: usize = kpi_domain::counters::COUNTER_COUNT;
+const HEADER: usize = 2;
+
+fn width_of(bytes: &[u8]) -> usize {
+    match bytes {
+        [low, high, ..] => u16::from_le_bytes([*low, *high]) as usize,
+        _ => 0,
+    }
+}
+
+/// One row of a stored month (0 for the total, else the day of the month).
+pub fn row(bytes: &[u8], row: usize) -> Counters {
+    let width = width_of(bytes);
+    let start = HEADER + row * width * 4;
+    bytes
+        .get(start..start + width * 4)
+        .map_or_else(Counters::default, Counters::from_bytes)
+}
+
+/// The sum of days `first..=last` (days of the month, 1-based).
+pub fn days(bytes: &[u8], first: usize, last: usize) -> Counters {
+    let mut sum = Counters::default();
+    for day in first.max(1)..=last.min(ROWS - 1) {
+        sum.add(&row(bytes, day));
+    }
+    sum
+}
+
+/// A month being changed.
+pub struct MonthCounters {
+    rows: Vec<Counters>,
+}
+
+impl MonthCounters {
+    pub fn decode(bytes: Option<&[u8]>) -> MonthCounters {
+        let rows = (0..ROWS)
+            .map(|index| bytes.map_or_else(Counters::default, |bytes| row(bytes, index)))
+            .collect();
+        MonthCounters { rows }
+    }
+
+    /// Applies a day's change to that day and to the total. Returns the
+    /// first counter that would have gone below zero, if any.
+    pub fn apply(&mut self, day_of_month: usize, delta: &CounterDelta) -> Result<(), Counter> {
+        let day = self.rows[day_of_month.clamp(1, ROWS - 1)].apply(delta);
+        let total = self.rows[0].apply(delta);
+        day.and(total)
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.rows.iter().all(Counters::is_zero)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(HEADER + ROWS * WIDTH * 4);
+        bytes.extend_from_slice(&(WIDTH as u16).to_le_bytes());
+        for row in &self.rows {
+            bytes.extend_from_slice(&row.to_bytes());
+        }
+        bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_and_total_round_trip() {
+        let mut month = MonthCounters::decode(None);
+        let mut delta = CounterDelta::default();
+        delta.change(Counter::Received, 2);
+        month.apply(3, &delta).unwrap();
+        month.apply(31, &delta).unwrap();
+        let bytes = month.encode();
+        assert_eq!(row(&bytes, 0)[Counter::Received], 4);
+        assert_eq!(days(&bytes, 1, 3)[Counter::Received], 2);
+        assert_eq!(days(&bytes, 4, 30)[Counter::Received], 0);
+        assert_eq!(days(&bytes, 1, 31)[Counter::Received], 4);
+        let mut again = MonthCounters::decode(Some(&bytes));
+        delta.change(Counter::Received, -4);
+        again.apply(3, &delta).unwrap();
+        again.apply(31, &delta).unwrap();
+        assert!(again.is_zero());
+    }
+
+    #[test]
+    fn a_value_with_narrower_rows_reads_as_zeros_beyond_them() {
+        let mut bytes = 1u16.to_le_bytes().to_vec();
+        for value in 0..ROWS as u32 {
+            bytes.extend_from_slice(&value.to_le_bytes());
+        }
+        assert_eq!(row(&bytes, 5)[Counter::Received], 5);
+        assert_eq!(row(&bytes, 5)[Counter::ReceivedOnline], 0);
+    }
+}
