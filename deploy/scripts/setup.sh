@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the project needs beyond Rust crates, when it is missing:
-# nats-server (Debian package) and a C compiler (mimalloc is built from C).
+# nats-server (Debian package) and a C compiler (ring, under the NATS
+# client's TLS, builds C).
 # Cargo fetches the crates itself on the first build.
 set -euo pipefail
 

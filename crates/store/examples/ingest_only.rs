@@ -4,9 +4,6 @@
 
 use std::time::Instant;
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use chrono::{TimeZone, Utc};
 use kpi_domain::UnitRegistry;
 use kpi_simulator::{synthetic_registry, vietnam_day, Simulator};

@@ -232,11 +232,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "health_check_calls_per_second": measured.health_per_second,
         "get_rates_vs_health_check": measured.rates_per_second / measured.health_per_second,
         "clients": args.clients,
-        "rss_mib_after_100k_events": measured.memory_100k.map(|m| m.rss_mib),
-        "rss_mib_after_1m_events": measured.memory_1m.map(|m| m.rss_mib),
+        "memory_mib_by_events": measured
+            .memory_at
+            .iter()
+            .map(|(events, m)| json!({"events": events, "rss": m.rss_mib, "peak": m.peak_mib}))
+            .collect::<Vec<_>>(),
         "rss_mib_at_end": measured.memory_end.rss_mib,
-        "peak_rss_mib_after_100k_events": measured.memory_100k.map(|m| m.peak_mib),
-        "peak_rss_mib_after_1m_events": measured.memory_1m.map(|m| m.peak_mib),
         "peak_rss_mib_at_end": measured.memory_end.peak_mib,
         "sled_cache_mib": args.cache_mb,
         "views_on_disk_mib": disk_mib,
@@ -245,12 +246,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&figures)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let memory = |m: Option<Memory>| {
-        m.map_or_else(
-            || "not reached".to_owned(),
-            |m| format!("{:.0} MiB (peak {:.0} MiB)", m.rss_mib, m.peak_mib),
-        )
-    };
+    let memory = |m: &Memory| format!("{:.0} MiB (peak {:.0} MiB)", m.rss_mib, m.peak_mib);
     println!("kpictl bench: {} cases, {last} events (~{:.0} bytes each), {communes} communes, {cpus} CPUs", args.cases, payload_bytes as f64 / published.max(1) as f64);
     println!(
         "  publish, acked, 1024 in flight       {:>12.0} events/s",
@@ -264,17 +260,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "  health Check, {} clients             {:>12.0} calls/s",
         args.clients, measured.health_per_second
     );
-    println!(
-        "  projector memory after 100,000       {}",
-        memory(measured.memory_100k)
-    );
-    println!(
-        "  projector memory after 1,000,000     {}",
-        memory(measured.memory_1m)
-    );
+    for (events, at) in &measured.memory_at {
+        println!("  projector memory after {events:>9} events {}", memory(at));
+    }
     println!(
         "  projector memory at the end          {} with a {} MiB sled cache",
-        memory(Some(measured.memory_end)),
+        memory(&measured.memory_end),
         args.cache_mb
     );
     println!("  views on disk                        {disk_mib:.0} MiB");
@@ -304,8 +295,8 @@ async fn raw_read(bus: &Bus, last: u64) -> anyhow::Result<f64> {
 
 struct Measured {
     fold_seconds: f64,
-    memory_100k: Option<Memory>,
-    memory_1m: Option<Memory>,
+    /// Memory when the views first reflected each milestone (events).
+    memory_at: Vec<(u64, Memory)>,
     memory_end: Memory,
     p50_ms: f64,
     p99_ms: f64,
@@ -347,18 +338,22 @@ async fn fold_and_query(
         unit_id: "P00-D00-C00".into(),
         period: "2025-01-02".into(),
     };
-    let (mut memory_100k, mut memory_1m) = (None, None);
+    let mut milestones: Vec<u64> = [
+        100_000u64, 1_000_000, 2_000_000, 3_000_000, 4_000_000, 5_000_000,
+    ]
+    .into_iter()
+    .filter(|events| *events <= last)
+    .rev()
+    .collect();
+    let mut memory_at = Vec::new();
     let fold_seconds = loop {
         let sequence = client
             .get_rates(probe.clone())
             .await?
             .into_inner()
             .stream_sequence;
-        if sequence >= 100_000 && memory_100k.is_none() {
-            memory_100k = Some(memory_of(pid));
-        }
-        if sequence >= 1_000_000 && memory_1m.is_none() {
-            memory_1m = Some(memory_of(pid));
+        while let Some(milestone) = milestones.pop_if(|milestone| sequence >= *milestone) {
+            memory_at.push((milestone, memory_of(pid)));
         }
         if sequence >= last {
             break started.elapsed().as_secs_f64();
@@ -407,8 +402,7 @@ async fn fold_and_query(
 
     Ok(Measured {
         fold_seconds,
-        memory_100k,
-        memory_1m,
+        memory_at,
         memory_end,
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),

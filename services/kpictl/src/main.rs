@@ -68,11 +68,6 @@ pub fn load_units(path: &Path) -> anyhow::Result<UnitRegistry> {
     UnitRegistry::from_json(&bytes).with_context(|| format!("units file {}", path.display()))
 }
 
-/// mimalloc: glibc's allocator serialises the fold thread, the NATS reader
-/// and sled's threads on its arena locks.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

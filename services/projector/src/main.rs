@@ -48,11 +48,6 @@ struct Args {
     batch_size: usize,
 }
 
-/// mimalloc: glibc's allocator serialises the fold thread, the NATS reader
-/// and sled's threads on its arena locks.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
