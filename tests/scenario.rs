@@ -372,3 +372,109 @@ async fn the_api_refuses_unknown_units_and_bad_periods_with_actionable_messages(
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("accepted forms"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_targets_file_overrides_the_defaults_by_year_and_unit() {
+    let nats = LocalNats::start().unwrap_or_else(|err| panic!("{err}"));
+    let dir = tempfile::tempdir().unwrap();
+    let targets = dir.path().join("targets.json");
+    std::fs::write(
+        &targets,
+        r#"{"targets": [
+            {"year": 2025, "rates": {"on_time_rate": 77, "satisfaction_rate": 95}},
+            {"year": 2025, "unit_id": "D46-0", "rates": {"on_time_rate": 60}}
+        ]}"#,
+    )
+    .unwrap();
+    let units = example_path("units.json");
+    let mut projector = Projector::start(
+        &nats.url(),
+        &units,
+        &dir.path().join("views"),
+        &["--targets", targets.to_str().unwrap()],
+    );
+    let bus = Bus::connect(&nats.url(), "targets-test").await.unwrap();
+    bus.ensure_stream().await.unwrap();
+    publish_lines(&bus, &event_lines(), "").await;
+    projector
+        .wait_for("P46", bus.last_sequence().await.unwrap(), FOLD_TIMEOUT)
+        .await;
+    let client = projector.client().await;
+    let rate = |unit: &str, period: &str, kpi: &str| {
+        let request = GetRatesRequest {
+            unit_id: unit.into(),
+            period: period.into(),
+        };
+        let kpi = kpi.to_owned();
+        let mut client = client.clone();
+        async move {
+            let reply = client.get_rates(request).await.unwrap().into_inner();
+            reply
+                .rates
+                .into_iter()
+                .find(|rate| rate.kpi == kpi)
+                .unwrap()
+        }
+    };
+    // The whole year's override: 51/66 = 77.27% meets 77.
+    let on_time = rate("P46", "2025-Q1", "on_time_rate").await;
+    assert_eq!(
+        (on_time.target_percent, on_time.met),
+        (Some(77.0), Some(true))
+    );
+    assert_eq!(
+        rate("P46", "2025-Q1", "satisfaction_rate")
+            .await
+            .target_percent,
+        Some(95.0)
+    );
+    // A district's override reaches its communes; others keep the year's.
+    assert_eq!(
+        rate("C46-0-1", "2025", "on_time_rate").await.target_percent,
+        Some(60.0)
+    );
+    assert_eq!(
+        rate("C46-1-2", "2025", "on_time_rate").await.target_percent,
+        Some(77.0)
+    );
+    // Other years and KPIs keep the defaults (R2025 starts in 2024).
+    assert_eq!(
+        rate("P46", "R2025", "on_time_rate").await.target_percent,
+        Some(97.0)
+    );
+    assert_eq!(
+        rate("P46", "2025-Q1", "online_payment_rate")
+            .await
+            .target_percent,
+        Some(60.0)
+    );
+    drop(client);
+
+    // A targets file with a mistake stops the projector with the entry at fault.
+    std::fs::write(
+        &targets,
+        r#"{"targets": [{"year": 2025, "rates": {"late_rate": 3}}]}"#,
+    )
+    .unwrap();
+    let output = std::process::Command::new(&kpi_e2e::binaries().projector)
+        .args([
+            "--units",
+            units.to_str().unwrap(),
+            "--targets",
+            targets.to_str().unwrap(),
+        ])
+        .args([
+            "--data-dir",
+            dir.path().join("other").to_str().unwrap(),
+            "--nats-url",
+            &nats.url(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("targets[0]: late_rate is informational"),
+        "{stderr}"
+    );
+}
