@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use kpi_domain::{rates, Day, Moment, Period, Rate, Targets, UnitIdx, UnitRegistry};
+use kpi_domain::{Day, Moment, Period, Rate, Targets, UnitIdx, UnitRegistry};
 use kpi_store::{Snapshot, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
@@ -88,11 +88,9 @@ impl KpiApi {
                 now,
             )
             .map_err(internal)?;
-        let lineage = self.units.lineage_ids(unit_id).unwrap_or_default();
-        let year = period.target_year();
-        let rates = rates(&snapshot.counters, |kpi| {
-            self.targets.target(kpi, year, &lineage)
-        });
+        let rates = self
+            .targets
+            .rates_for(&self.units, unit_id, &period, &snapshot.counters);
         let unit = self.units.unit(unit);
         Ok(reply(
             unit.id.clone(),

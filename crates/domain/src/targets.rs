@@ -18,7 +18,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 
-use crate::kpi::Kpi;
+use crate::counters::Counters;
+use crate::kpi::{rates, Kpi, Rate};
+use crate::period::Period;
 use crate::units::UnitRegistry;
 
 /// The default target of a KPI for a year. Years before 2024 use 2024's
@@ -140,6 +142,20 @@ impl Targets {
             }
         }
         Ok(targets)
+    }
+
+    /// Every KPI of a unit (given by id) for a period, from its counters,
+    /// judged by the targets of the period's year for that unit.
+    pub fn rates_for(
+        &self,
+        units: &UnitRegistry,
+        unit_id: &str,
+        period: &Period,
+        counters: &Counters,
+    ) -> Vec<Rate> {
+        let lineage = units.lineage_ids(unit_id).unwrap_or_else(|| vec![unit_id]);
+        let year = period.target_year();
+        rates(counters, |kpi| self.target(kpi, year, &lineage))
     }
 
     /// The target of `kpi` in `year` for the unit whose lineage (the unit,

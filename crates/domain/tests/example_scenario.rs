@@ -4,9 +4,9 @@
 
 use chrono::DateTime;
 use kpi_domain::reference::MemoryViews;
-use kpi_domain::{rates, Day, Moment, Period, Targets, UnitRegistry};
+use kpi_domain::{Day, Moment, Period, Targets, UnitRegistry};
 use kpi_events::{parse_event, Event};
-use kpi_testkit::{Answer, ExpectedLive, ExpectedRate};
+use kpi_testkit::Answer;
 use proptest::prelude::*;
 
 struct Scenario {
@@ -46,34 +46,8 @@ fn differences(scenario: &Scenario, views: &MemoryViews) -> Vec<String> {
             Day::from_date(period.first_day),
             Day::from_date(period.last_day),
         );
-        let lineage = scenario.units.lineage_ids(&query.unit_id).unwrap();
-        let live = views.live(unit, now);
-        let answer = Answer {
-            first_day: period.first_day.to_string(),
-            last_day: period.last_day.to_string(),
-            rates: rates(&counters, |kpi| {
-                targets.target(kpi, period.target_year(), &lineage)
-            })
-            .into_iter()
-            .map(|rate| {
-                (
-                    rate.kpi.name().to_owned(),
-                    ExpectedRate {
-                        numerator: rate.numerator,
-                        denominator: rate.denominator,
-                        percent: rate.percent,
-                        target_percent: rate.target_percent,
-                        met: rate.met,
-                    },
-                )
-            })
-            .collect(),
-            live: ExpectedLive {
-                open: live.open,
-                overdue_open: live.overdue_open,
-                overdue_without_apology: live.overdue_without_apology,
-            },
-        };
+        let rates = targets.rates_for(&scenario.units, &query.unit_id, &period, &counters);
+        let answer = Answer::from_domain(&period, rates, views.live(unit, now));
         differences.extend(kpi_testkit::differences(&query, &answer));
     }
     differences

@@ -2,9 +2,9 @@
 
 use chrono::DateTime;
 use kpi_domain::reference::MemoryViews;
-use kpi_domain::{rates, Day, Moment, Period, Targets, UnitRegistry};
+use kpi_domain::{Day, Moment, Period, Targets, UnitRegistry};
 use kpi_store::{Incoming, Store, StoreOptions};
-use kpi_testkit::{Answer, ExpectedLive, ExpectedRate};
+use kpi_testkit::Answer;
 
 struct Line {
     sequence: u64,
@@ -54,34 +54,8 @@ fn answer(
             now,
         )
         .unwrap();
-    let lineage = units.lineage_ids(unit_id).unwrap();
-    let targets = Targets::defaults();
-    let answer = Answer {
-        first_day: period.first_day.to_string(),
-        last_day: period.last_day.to_string(),
-        rates: rates(&snapshot.counters, |kpi| {
-            targets.target(kpi, period.target_year(), &lineage)
-        })
-        .into_iter()
-        .map(|rate| {
-            (
-                rate.kpi.name().to_owned(),
-                ExpectedRate {
-                    numerator: rate.numerator,
-                    denominator: rate.denominator,
-                    percent: rate.percent,
-                    target_percent: rate.target_percent,
-                    met: rate.met,
-                },
-            )
-        })
-        .collect(),
-        live: ExpectedLive {
-            open: snapshot.live.open,
-            overdue_open: snapshot.live.overdue_open,
-            overdue_without_apology: snapshot.live.overdue_without_apology,
-        },
-    };
+    let rates = Targets::defaults().rates_for(units, unit_id, &period, &snapshot.counters);
+    let answer = Answer::from_domain(&period, rates, snapshot.live);
     (snapshot.sequence, answer)
 }
 

@@ -107,6 +107,38 @@ pub struct Answer {
     pub live: ExpectedLive,
 }
 
+impl Answer {
+    /// The answer the domain gives for a period: its rates and live counts.
+    pub fn from_domain(
+        period: &kpi_domain::Period,
+        rates: Vec<kpi_domain::Rate>,
+        live: kpi_domain::LiveCounts,
+    ) -> Answer {
+        Answer {
+            first_day: period.first_day.to_string(),
+            last_day: period.last_day.to_string(),
+            rates: rates
+                .into_iter()
+                .map(|rate| {
+                    let figures = ExpectedRate {
+                        numerator: rate.numerator,
+                        denominator: rate.denominator,
+                        percent: rate.percent,
+                        target_percent: rate.target_percent,
+                        met: rate.met,
+                    };
+                    (rate.kpi.name().to_owned(), figures)
+                })
+                .collect(),
+            live: ExpectedLive {
+                open: live.open,
+                overdue_open: live.overdue_open,
+                overdue_without_apology: live.overdue_without_apology,
+            },
+        }
+    }
+}
+
 /// Every way `answer` differs from `expected` (empty when equal).
 /// Numerators, denominators, targets and met must match exactly; percents
 /// within 1e-4 (expected.json rounds them to 4 decimals).

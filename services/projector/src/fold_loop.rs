@@ -15,7 +15,7 @@ use futures::StreamExt;
 use kpi_bus::{Bus, StreamMessage};
 use kpi_domain::UnitRegistry;
 use kpi_events::{Event, EventError};
-use kpi_store::{FoldTotals, Incoming, Store};
+use kpi_store::{BatchReport, FoldTotals, Incoming, Store};
 use tokio::sync::{mpsc, watch};
 
 pub struct Config {
@@ -92,11 +92,7 @@ fn fold_batches(
     units: &UnitRegistry,
     queue: Receiver<ValidatedBatch>,
 ) -> anyhow::Result<()> {
-    let mut since_report = FoldTotals::default();
-    let mut last_report = Instant::now();
-    let mut busy = Duration::ZERO;
-    let mut batches = 0u64;
-    let mut checkpoint = 0;
+    let mut progress = Progress::new();
     for batch in queue.iter() {
         let batch_started = Instant::now();
         let incoming: Vec<Incoming<'_>> = batch
@@ -117,58 +113,63 @@ fn fold_batches(
         for (sequence, reason) in &report.parked {
             tracing::warn!(sequence, %reason, "parked an invalid event; `kpictl rejected` lists it");
         }
-        checkpoint = report.checkpoint;
-        since_report.folded += report.totals.folded;
-        since_report.duplicates += report.totals.duplicates;
-        since_report.parked += report.totals.parked;
-        busy += batch_started.elapsed();
-        batches += 1;
-        if last_report.elapsed() >= REPORT_EVERY {
-            report_progress(
-                checkpoint,
-                &since_report,
-                busy,
-                batches,
-                last_report.elapsed(),
-            );
-            since_report = FoldTotals::default();
-            busy = Duration::ZERO;
-            batches = 0;
-            last_report = Instant::now();
+        progress.add(&report, batch_started.elapsed());
+        if progress.since.elapsed() >= REPORT_EVERY {
+            progress = progress.log();
         }
     }
-    if since_report.folded + since_report.duplicates + since_report.parked > 0 {
-        report_progress(
-            checkpoint,
-            &since_report,
-            busy,
-            batches,
-            last_report.elapsed(),
-        );
+    if progress.totals != FoldTotals::default() {
+        progress.log();
     }
     Ok(())
 }
 
-fn report_progress(
+/// What the fold did since the last progress line.
+struct Progress {
+    since: Instant,
+    totals: FoldTotals,
     checkpoint: u64,
-    totals: &FoldTotals,
     busy: Duration,
     batches: u64,
-    elapsed: Duration,
-) {
-    let events = totals.folded + totals.duplicates + totals.parked;
-    let seconds = elapsed.as_secs_f64().max(1e-3);
-    tracing::info!(
-        checkpoint,
-        folded = totals.folded,
-        duplicates = totals.duplicates,
-        parked = totals.parked,
-        events_per_second = (events as f64 / seconds).round(),
-        events_per_batch = events / batches.max(1),
-        // Below 100, the fold waits for the reader: the bus is the limit.
-        busy_percent = (100.0 * busy.as_secs_f64() / seconds).round(),
-        "folding"
-    );
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            since: Instant::now(),
+            totals: FoldTotals::default(),
+            checkpoint: 0,
+            busy: Duration::ZERO,
+            batches: 0,
+        }
+    }
+
+    fn add(&mut self, report: &BatchReport, busy: Duration) {
+        self.checkpoint = report.checkpoint;
+        self.totals.folded += report.totals.folded;
+        self.totals.duplicates += report.totals.duplicates;
+        self.totals.parked += report.totals.parked;
+        self.busy += busy;
+        self.batches += 1;
+    }
+
+    /// Logs the progress line and starts a new period.
+    fn log(self) -> Progress {
+        let events = self.totals.folded + self.totals.duplicates + self.totals.parked;
+        let seconds = self.since.elapsed().as_secs_f64().max(1e-3);
+        tracing::info!(
+            checkpoint = self.checkpoint,
+            folded = self.totals.folded,
+            duplicates = self.totals.duplicates,
+            parked = self.totals.parked,
+            events_per_second = (events as f64 / seconds).round(),
+            events_per_batch = events / self.batches.max(1),
+            // Below 100, the fold waits for the reader: the bus is the limit.
+            busy_percent = (100.0 * self.busy.as_secs_f64() / seconds).round(),
+            "folding"
+        );
+        Progress::new()
+    }
 }
 
 /// Reads from `next_sequence` on, reconnecting after any bus failure.
