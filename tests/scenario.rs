@@ -478,3 +478,34 @@ async fn a_targets_file_overrides_the_defaults_by_year_and_unit() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recreated_stream_stops_the_projector_instead_of_mixing_two_logs() {
+    let Setup {
+        nats,
+        bus,
+        mut projector,
+        _dir,
+    } = setup().await;
+    let lines = event_lines();
+    publish_lines(&bus, &lines[..100], "").await;
+    let folded = bus.last_sequence().await.unwrap();
+    projector.wait_for("P46", folded, FOLD_TIMEOUT).await;
+    let data_dir = projector.data_dir.clone();
+    projector.terminate();
+
+    // The stream is lost and recreated; more events than before arrive.
+    bus.jetstream()
+        .delete_stream(kpi_bus::STREAM_NAME)
+        .await
+        .unwrap();
+    bus.ensure_stream().await.unwrap();
+    publish_lines(&bus, &lines[100..400], "").await;
+
+    let units = example_path("units.json");
+    let mut restarted = Projector::start(&nats.url(), &units, &data_dir, &[]);
+    let status = restarted.wait_for_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    let log = restarted.log();
+    assert!(log.contains("it was recreated"), "{log}");
+}

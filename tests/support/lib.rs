@@ -169,6 +169,23 @@ impl Projector {
         }
     }
 
+    /// Waits for the process to exit on its own (within `timeout`).
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("the projector was started");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for the projector") {
+                return status;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "the projector kept running; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill_9(mut self) {
         if let Some(mut child) = self.child.take() {

@@ -60,6 +60,15 @@ pub struct Bus {
     jetstream: jetstream::Context,
 }
 
+/// The stream's identity (a recreated stream has a new creation time) and
+/// the sequences it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamState {
+    pub created: DateTime<Utc>,
+    pub first_sequence: u64,
+    pub last_sequence: u64,
+}
+
 /// One message read from the stream, with its position.
 #[derive(Debug, Clone)]
 pub struct StreamMessage {
@@ -104,6 +113,11 @@ impl Bus {
 
     /// The last sequence in the stream (0 when empty).
     pub async fn last_sequence(&self) -> Result<u64, BusError> {
+        Ok(self.stream_state().await?.last_sequence)
+    }
+
+    /// When the stream was created and which sequences it holds.
+    pub async fn stream_state(&self) -> Result<StreamState, BusError> {
         let mut stream = self
             .jetstream
             .get_stream(STREAM_NAME)
@@ -113,7 +127,11 @@ impl Bus {
             .info()
             .await
             .map_err(|err| BusError::Stream(err.to_string()))?;
-        Ok(info.state.last_sequence)
+        Ok(StreamState {
+            created: info.created,
+            first_sequence: info.state.first_sequence,
+            last_sequence: info.state.last_sequence,
+        })
     }
 
     /// Publishes one event on its subject with `Nats-Msg-Id`. The returned

@@ -74,7 +74,7 @@ pub enum UnitsError {
 /// Why a data store built with one registry cannot be used with another.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the units file changes units the stored views were rolled up with: {}; rebuild the views with `kpictl replay`",
+    "the units file changes units the stored views were rolled up with: {}; rebuild the views: stop the projector, move its data directory aside and start it again (it re-reads the stream from the start)",
     changes.join("; ")
 )]
 pub struct IncompatibleUnits {

@@ -45,19 +45,18 @@ pub fn parse_event(bytes: &[u8], units: &dyn UnitDirectory) -> Result<Event, Eve
     // Fast path: decode straight into borrowed fields. Any doubt about a
     // field's presence or type sends the event down the detailed path, so
     // both paths apply the same rules in the same order (`build_event`).
-    if let Ok(envelope) = serde_json::from_slice::<FastEnvelope<'_>>(bytes) {
+    // Derived structs would also read a JSON array by position, so the fast
+    // path takes objects only.
+    if let Some((envelope, data)) = decode_fast(bytes) {
         let fields = FastFields {
             values: &envelope,
             prefix: "",
         };
-        let data = || match &envelope.data {
-            Some(data) => Ok(FastFields {
-                values: data,
+        let data = || {
+            Ok(FastFields {
+                values: &data,
                 prefix: "data.",
-            }),
-            None => Err(EventError::Missing {
-                field: "data".into(),
-            }),
+            })
         };
         match build_event(&fields, data, units) {
             Err(EventError::Missing { .. } | EventError::WrongType { .. }) => {}
@@ -65,6 +64,25 @@ pub fn parse_event(bytes: &[u8], units: &dyn UnitDirectory) -> Result<Event, Eve
         }
     }
     parse_detailed(bytes, units)
+}
+
+fn starts_an_object(text: &[u8]) -> bool {
+    text.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'{')
+}
+
+/// The envelope and its data, when both are JSON objects that decode
+/// without escapes, type mismatches or repeated members.
+fn decode_fast(bytes: &[u8]) -> Option<(FastEnvelope<'_>, FastData<'_>)> {
+    if !starts_an_object(bytes) {
+        return None;
+    }
+    let envelope: FastEnvelope<'_> = serde_json::from_slice(bytes).ok()?;
+    let raw = envelope.data?.get();
+    if !starts_an_object(raw.as_bytes()) {
+        return None;
+    }
+    let data = serde_json::from_str(raw).ok()?;
+    Some((envelope, data))
 }
 
 /// The detailed path: a JSON value first, then each member with the exact
@@ -227,16 +245,38 @@ fn validate_case_id(case_id: &str) -> Result<(), EventError> {
             format!("must be 1 to {MAX_CASE_ID_CHARS} characters, found {chars}"),
         ));
     }
-    if let Some(bad) = case_id.chars().find(|c| c.is_control()) {
+    if let Some(bad) = case_id.chars().find(|c| c.is_control() || is_invisible(*c)) {
         return Err(EventError::invalid(
             "case_id",
             format!(
-                "must be printable, found control character U+{:04X}",
+                "must be printable, found invisible character U+{:04X}",
                 bad as u32
             ),
         ));
     }
+    if case_id.trim().is_empty() {
+        return Err(EventError::invalid("case_id", "must not be only spaces"));
+    }
     Ok(())
+}
+
+/// Format and separator characters that print as nothing (zero-width
+/// spaces and joiners, direction marks, the byte-order mark, soft hyphens,
+/// line and paragraph separators): a case code containing one looks like
+/// another code but is not.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
 }
 
 fn validate_field_code(code: &str, name: &str) -> Result<(), EventError> {
@@ -411,7 +451,7 @@ struct FastEnvelope<'a> {
     #[serde(borrow, default)]
     occurred_at: Option<&'a str>,
     #[serde(borrow, default)]
-    data: Option<FastData<'a>>,
+    data: Option<&'a serde_json::value::RawValue>,
 }
 
 /// Every member any kind's `data` has.
@@ -622,6 +662,22 @@ mod tests {
             err.to_string(),
             "the event must be a JSON object, found an array"
         );
+        // Not even one whose members are in the envelope's order.
+        let positional = br#"[null,"676b00ec-1b9e-778d-96ef-069b25f17f9a","case.paid","X-6","C1","2024-12-01T08:00:00+07:00",{"amount_vnd":5,"online":true}]"#;
+        let err = parse_event(positional, &units()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the event must be a JSON object, found an array"
+        );
+    }
+
+    #[test]
+    fn data_must_be_an_object_even_when_empty() {
+        let event = json!({"event_id": "f299414d-8d5c-64d7-0c90-c7bcef44b596",
+            "kind": "feedback.resolved", "case_id": "PAKN-0032", "unit_id": "C1",
+            "occurred_at": "2025-04-24T11:07:00+07:00", "data": []});
+        let err = error_of(event);
+        assert_eq!(err.field(), Some("data"), "{err}");
     }
 
     #[test]
@@ -754,6 +810,10 @@ mod tests {
         assert_eq!(err.field(), Some("case_id"));
         let err = error_of(with(received(), &["case_id"], Some(json!("A\u{7}B"))));
         assert!(err.to_string().contains("U+0007"), "{err}");
+        let err = error_of(with(received(), &["case_id"], Some(json!("A\u{200E}B"))));
+        assert!(err.to_string().contains("U+200E"), "{err}");
+        let err = error_of(with(received(), &["case_id"], Some(json!("   "))));
+        assert_eq!(err.to_string(), "field `case_id`: must not be only spaces");
     }
 
     #[test]
@@ -844,6 +904,10 @@ mod tests {
             Just(Some(json!("Bổ sung\n\"giấy tờ\""))),
             Just(Some(json!({}))),
             Just(Some(json!([1]))),
+            Just(Some(json!([]))),
+            Just(Some(json!([
+                null, null, null, null, null, null, null, null, null, null, null, null, 5, true
+            ]))),
         ]
     }
 

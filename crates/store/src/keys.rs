@@ -31,6 +31,7 @@ pub const CHECKPOINT: &[u8] = b"m/checkpoint";
 pub const UNITS: &[u8] = b"m/units";
 pub const STATS: &[u8] = b"m/stats";
 pub const FORMAT: &[u8] = b"m/format";
+pub const STREAM: &[u8] = b"m/stream";
 
 /// Prefixes of the entries that make up the views (everything but
 /// metadata and parked events): what `verify` compares.

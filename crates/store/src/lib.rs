@@ -39,12 +39,24 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("stored entry {key:?} cannot be read: {detail}")]
     Corrupt { key: String, detail: String },
-    #[error("the data directory holds views of format {found}, this build reads format 1; rebuild it with `kpictl replay`")]
+    #[error("the data directory holds views of format {found}, this build reads format 1; rebuild the views: move the directory aside and start the projector again (it re-reads the stream from the start)")]
     Format { found: String },
     #[error(transparent)]
     Units(#[from] kpi_domain::units::IncompatibleUnits),
     #[error(transparent)]
     UnknownUnit(#[from] kpi_domain::UnknownUnit),
+    #[error(
+        "the stream was created at {now} but the views were folded from a stream created at {folded_from}: \
+         it was recreated, and its sequences are not the ones the checkpoint counts; rebuild the views: \
+         stop the projector, move its data directory aside and start it again"
+    )]
+    StreamChanged { folded_from: String, now: String },
+    #[error(
+        "the stream starts at sequence {first} but the views reflect only up to {checkpoint}: the events \
+         after {checkpoint} and before {first} were removed before they were folded; restore the stream \
+         or rebuild the views from what is left (move the data directory aside)"
+    )]
+    StreamGap { first: u64, checkpoint: u64 },
     #[error(
         "the views in {dir} are in use by another process (a running projector?); stop it first"
     )]
@@ -228,6 +240,34 @@ impl Store {
         let current =
             serde_json::to_vec(&units.parent_map()).map_err(|err| corrupt(keys::UNITS, err))?;
         self.views.insert(keys::UNITS, current)?;
+        Ok(())
+    }
+
+    /// Checks that the stream about to be read is the one the views were
+    /// folded from (same creation time, nothing unfolded removed from its
+    /// start), and records it when the views are new.
+    pub fn adopt_stream(&self, created: &str, first_sequence: u64) -> Result<(), StoreError> {
+        let checkpoint = self.checkpoint()?;
+        let folded_from = self.views.get(keys::STREAM)?;
+        if checkpoint > 0 {
+            if let Some(folded_from) = &folded_from {
+                if folded_from.as_ref() != created.as_bytes() {
+                    return Err(StoreError::StreamChanged {
+                        folded_from: String::from_utf8_lossy(folded_from).into_owned(),
+                        now: created.to_owned(),
+                    });
+                }
+            }
+            if first_sequence > checkpoint + 1 {
+                return Err(StoreError::StreamGap {
+                    first: first_sequence,
+                    checkpoint,
+                });
+            }
+        }
+        if folded_from.as_deref() != Some(created.as_bytes()) {
+            self.views.insert(keys::STREAM, created.as_bytes())?;
+        }
         Ok(())
     }
 

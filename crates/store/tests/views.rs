@@ -245,5 +245,32 @@ fn a_units_file_that_moves_a_unit_is_refused() {
     let moved = UnitRegistry::from_json(moved.as_bytes()).unwrap();
     let err = store.adopt_units(&moved).unwrap_err().to_string();
     assert!(err.contains("moved from parent D46-0 to D46-1"), "{err}");
-    assert!(err.contains("kpictl replay"), "{err}");
+    assert!(err.contains("re-reads the stream"), "{err}");
+}
+
+#[test]
+fn views_refuse_a_recreated_or_truncated_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let units = UnitRegistry::from_json(kpi_testkit::UNITS_JSON).unwrap();
+    let store = open(dir.path());
+    // New views take whatever stream they are given.
+    store.adopt_stream("2025-01-01T00:00:00+00:00", 1).unwrap();
+    store.adopt_stream("2025-02-01T00:00:00+00:00", 1).unwrap();
+    ingest(&store, &units, &lines()[..100], 50);
+    // Once folded, the same stream is fine, a recreated one is not.
+    store.adopt_stream("2025-02-01T00:00:00+00:00", 1).unwrap();
+    store
+        .adopt_stream("2025-02-01T00:00:00+00:00", 101)
+        .unwrap();
+    let err = store
+        .adopt_stream("2025-03-01T00:00:00+00:00", 1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("it was recreated"), "{err}");
+    // Events removed from the start before they were folded are a gap.
+    let err = store
+        .adopt_stream("2025-02-01T00:00:00+00:00", 102)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("removed before they were folded"), "{err}");
 }

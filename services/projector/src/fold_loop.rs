@@ -55,13 +55,12 @@ pub async fn run(
         .context("starting the fold thread")?;
     let read_result = read(&config, &store, first_sequence, batches, stop).await;
     // The read queue is closed now: the other stages finish what was read.
-    let fold_result = tokio::task::spawn_blocking(move || {
-        let _ = validator.join();
-        folder.join()
-    })
-    .await
-    .context("joining the fold thread")?
-    .map_err(|_| anyhow::anyhow!("the fold thread panicked"))?;
+    let (validated, folded) =
+        tokio::task::spawn_blocking(move || (validator.join(), folder.join()))
+            .await
+            .context("joining the pipeline threads")?;
+    validated.map_err(|_| anyhow::anyhow!("the validation thread panicked"))?;
+    let fold_result = folded.map_err(|_| anyhow::anyhow!("the fold thread panicked"))?;
     fold_result.and(read_result)
 }
 
@@ -194,24 +193,32 @@ async fn read(
             }
         };
         retry_delay = Duration::from_millis(200);
-        let last = match bus.ensure_stream().await.and(Ok(())) {
-            Ok(()) => bus.last_sequence().await,
+        let state = match bus.ensure_stream().await {
+            Ok(_) => bus.stream_state().await,
             Err(err) => Err(err),
         };
-        match last {
-            Ok(last) if last + 1 < next_sequence => {
-                anyhow::bail!(
-                    "stream {} ends at sequence {last} but the views reflect sequence {}: the stream was \
-                     recreated or purged; rebuild the views with `kpictl replay`",
-                    kpi_bus::STREAM_NAME,
-                    next_sequence - 1
+        match state {
+            Ok(state) => {
+                // A recreated or truncated stream cannot continue these views.
+                store
+                    .adopt_stream(&state.created.to_rfc3339(), state.first_sequence)
+                    .context("checking the stream against the views")?;
+                if state.last_sequence + 1 < next_sequence {
+                    anyhow::bail!(
+                        "stream {} ends at sequence {} but the views reflect sequence {}: the stream was \
+                         recreated or purged; rebuild the views: stop the projector, move its data \
+                         directory aside and start it again",
+                        kpi_bus::STREAM_NAME,
+                        state.last_sequence,
+                        next_sequence - 1
+                    );
+                }
+                tracing::info!(
+                    from = next_sequence,
+                    stream_last = state.last_sequence,
+                    "reading the stream"
                 );
             }
-            Ok(last) => tracing::info!(
-                from = next_sequence,
-                stream_last = last,
-                "reading the stream"
-            ),
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read the stream yet");
                 if wait_or_stop(&mut stop, Duration::from_secs(1)).await {
@@ -242,7 +249,7 @@ async fn read(
         loop {
             tokio::select! {
                 _ = stop.changed() => return Ok(()),
-                _ = report.tick() => report_lag(&bus, store).await,
+                _ = report.tick() => check_and_report(&bus, store).await?,
                 chunk = chunks.next() => {
                     let Some(chunk) = chunk else { break };
                     let mut batch = Vec::with_capacity(chunk.len());
@@ -274,10 +281,16 @@ async fn read(
     Ok(())
 }
 
-async fn report_lag(bus: &Bus, store: &Store) {
-    let (Ok(stream_last), Ok(checkpoint)) = (bus.last_sequence().await, store.checkpoint()) else {
-        return;
+/// Logs the lag and checks, while reading, that the stream was not
+/// recreated under the views.
+async fn check_and_report(bus: &Bus, store: &Store) -> anyhow::Result<()> {
+    let (Ok(state), Ok(checkpoint)) = (bus.stream_state().await, store.checkpoint()) else {
+        return Ok(());
     };
+    store
+        .adopt_stream(&state.created.to_rfc3339(), state.first_sequence)
+        .context("checking the stream against the views")?;
+    let stream_last = state.last_sequence;
     let totals = store.totals().unwrap_or_default();
     tracing::info!(
         checkpoint,
@@ -288,6 +301,7 @@ async fn report_lag(bus: &Bus, store: &Store) {
         parked = totals.parked,
         "views"
     );
+    Ok(())
 }
 
 /// Sleeps for `delay`; true if asked to stop meanwhile.
