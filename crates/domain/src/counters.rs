@@ -155,12 +155,6 @@ impl CounterDelta {
     pub fn is_zero(&self) -> bool {
         self.0.iter().all(|value| *value == 0)
     }
-
-    pub fn add(&mut self, other: &CounterDelta) {
-        for (mine, theirs) in self.0.iter_mut().zip(other.0.iter()) {
-            *mine += theirs;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -91,7 +91,6 @@ pub struct BatchFold<'a, S: RecordSource> {
     units: &'a UnitRegistry,
     source: &'a S,
     touched: HashMap<RecordKey, Touched>,
-    applied: usize,
 }
 
 impl<'a, S: RecordSource> BatchFold<'a, S> {
@@ -105,7 +104,6 @@ impl<'a, S: RecordSource> BatchFold<'a, S> {
             units,
             source,
             touched: HashMap::with_capacity(events),
-            applied: 0,
         }
     }
 
@@ -123,16 +121,10 @@ impl<'a, S: RecordSource> BatchFold<'a, S> {
             }
         };
         if touched.after.fold(sequence, event) {
-            self.applied += 1;
             Ok(Folded::Applied)
         } else {
             Ok(Folded::Duplicate)
         }
-    }
-
-    /// How many events this batch applied so far.
-    pub fn applied(&self) -> usize {
-        self.applied
     }
 
     /// The batch's changes: new minus old contribution of every record.

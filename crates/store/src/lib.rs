@@ -572,11 +572,6 @@ impl Store {
         self.db.flush()?;
         Ok(())
     }
-
-    /// Bytes on disk, as sled reports them.
-    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
-    }
 }
 
 impl RecordSource for Store {
