@@ -373,7 +373,7 @@ impl Store {
             for (day, delta) in days {
                 if let Err(counter) = counters.apply(day.to_date().day() as usize, delta) {
                     tracing::error!(unit = %units.unit(*unit).id, day = %day.to_date(), counter = counter.name(),
-                        "a counter would go below zero; the views disagree with the log: run `kpictl verify`");
+                        "a counter would go below zero; the views disagree with the log: rebuild them (README, Operating it)");
                 }
             }
             if counters.is_zero() {
