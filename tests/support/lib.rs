@@ -109,10 +109,6 @@ impl Projector {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).unwrap_or_default()
-    }
-
     /// A client, once the server answers (within 20 s).
     pub async fn client(&mut self) -> KpiServiceClient<Channel> {
         let started = Instant::now();

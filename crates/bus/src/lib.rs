@@ -56,7 +56,6 @@ pub fn stream_config(replicas: usize) -> stream::Config {
 /// A connection to NATS with its JetStream context.
 #[derive(Clone)]
 pub struct Bus {
-    client: async_nats::Client,
     jetstream: jetstream::Context,
 }
 
@@ -91,12 +90,9 @@ impl Bus {
                 url: url.to_owned(),
                 detail: err.to_string(),
             })?;
-        let jetstream = jetstream::new(client.clone());
-        Ok(Bus { client, jetstream })
-    }
-
-    pub fn client(&self) -> &async_nats::Client {
-        &self.client
+        Ok(Bus {
+            jetstream: jetstream::new(client),
+        })
     }
 
     pub fn jetstream(&self) -> &jetstream::Context {

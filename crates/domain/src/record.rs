@@ -313,14 +313,6 @@ impl Record {
         }
     }
 
-    /// The events folded into this record, sorted by event id.
-    pub fn events(&self) -> &[EventRef] {
-        match self {
-            Record::Case(case) => &case.events,
-            Record::Feedback(feedback) => &feedback.events,
-        }
-    }
-
     /// Folds one event read at stream `sequence` in, unless an event with
     /// its id was folded before (then it returns false: it counts once).
     /// Events of the other sort are ignored (the key separates them).

@@ -54,7 +54,8 @@ pub fn find_nats_server() -> Result<PathBuf, LocalNatsError> {
 pub struct LocalNats {
     child: Child,
     port: u16,
-    dir: tempfile::TempDir,
+    /// The JetStream store, deleted when the server is dropped.
+    _store: tempfile::TempDir,
 }
 
 impl LocalNats {
@@ -71,7 +72,11 @@ impl LocalNats {
             let port = free_port().map_err(LocalNatsError::TempDir)?;
             match spawn(&binary, dir.path(), port) {
                 Ok(child) => {
-                    return Ok(LocalNats { child, port, dir });
+                    return Ok(LocalNats {
+                        child,
+                        port,
+                        _store: dir,
+                    });
                 }
                 Err(err @ LocalNatsError::NotReady { .. }) => last_error = Some(err),
                 Err(other) => return Err(other),
@@ -87,16 +92,6 @@ impl LocalNats {
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// The JetStream store directory.
-    pub fn store_dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// The process id, e.g. to read its memory use.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 }
 

@@ -7,8 +7,7 @@
 //! arriving at `--cases-per-minute` and waiting events are published when
 //! their time comes.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,32 +53,27 @@ pub struct SimulateArgs {
     pub out: Option<PathBuf>,
 }
 
-/// Events whose time has not come yet, earliest first.
+/// Events whose time has not come yet, earliest first (ties in the order
+/// they were generated).
 #[derive(Default)]
 struct Waiting {
-    heap: BinaryHeap<Reverse<(DateTime<FixedOffset>, u64)>>,
-    events: std::collections::HashMap<u64, SimEvent>,
+    events: BTreeMap<(DateTime<FixedOffset>, u64), SimEvent>,
     next: u64,
 }
 
 impl Waiting {
     fn push(&mut self, event: SimEvent) {
         self.next += 1;
-        self.heap.push(Reverse((event.occurred_at, self.next)));
-        self.events.insert(self.next, event);
+        self.events.insert((event.occurred_at, self.next), event);
     }
 
     fn pop_due(&mut self, now: DateTime<FixedOffset>) -> Option<SimEvent> {
-        let Reverse((at, id)) = *self.heap.peek()?;
-        if at > now {
-            return None;
-        }
-        self.heap.pop();
-        self.events.remove(&id)
+        let entry = self.events.first_entry()?;
+        (entry.key().0 <= now).then(|| entry.remove())
     }
 
     fn len(&self) -> usize {
-        self.heap.len()
+        self.events.len()
     }
 }
 
