@@ -21,6 +21,14 @@ use tonic::transport::Channel;
 pub struct Binaries {
     pub projector: PathBuf,
     pub kpictl: PathBuf,
+    dir: PathBuf,
+}
+
+impl Binaries {
+    /// An ingest service's binary (`intake`, `resolution`, `feedback`).
+    pub fn service(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
 }
 
 pub fn binaries() -> &'static Binaries {
@@ -47,21 +55,28 @@ pub fn binaries() -> &'static Binaries {
                 "projector",
                 "-p",
                 "kpictl",
+                "-p",
+                "intake",
+                "-p",
+                "resolution",
+                "-p",
+                "feedback",
             ])
             .status()
             .expect("running cargo build for the service binaries");
         assert!(
             status.success(),
-            "cargo build of projector and kpictl failed"
+            "cargo build of the service binaries failed"
         );
         Binaries {
             projector: profile_dir.join("projector"),
             kpictl: profile_dir.join("kpictl"),
+            dir: profile_dir,
         }
     })
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
@@ -223,6 +238,113 @@ impl Projector {
 }
 
 impl Drop for Projector {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A running ingest service (`intake`, `resolution` or `feedback`),
+/// killed on drop.
+pub struct IngestService {
+    child: Option<Child>,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    log: PathBuf,
+}
+
+impl IngestService {
+    /// Starts `name` on a free port and waits until it answers `/healthz`
+    /// with 200 (within 20 s). `log_dir` receives its log.
+    pub async fn start(
+        name: &str,
+        nats_url: &str,
+        units: &Path,
+        log_dir: &Path,
+        extra: &[&str],
+    ) -> IngestService {
+        let port = free_port();
+        let log = log_dir.join(format!("{name}-{port}.log"));
+        let log_file = std::fs::File::create(&log).expect("service log file");
+        let child = Command::new(binaries().service(name))
+            .arg("--nats-url")
+            .arg(nats_url)
+            .arg("--units")
+            .arg(units)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("starting the ingest service");
+        let mut service = IngestService {
+            child: Some(child),
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        service.wait_healthy(Duration::from_secs(20)).await;
+        service
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `/healthz` answers 200.
+    pub async fn wait_healthy(&mut self, timeout: Duration) {
+        let started = Instant::now();
+        let client = reqwest::Client::new();
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("the service exited with {status}; its log:\n{}", self.log());
+                }
+            }
+            let health = client.get(format!("{}/healthz", self.url)).send().await;
+            if health.is_ok_and(|response| response.status() == 200) {
+                return;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "the service did not become healthy; its log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Posts a body with a content type; returns the status and JSON answer.
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
+        let response = reqwest::Client::new()
+            .post(format!("{}{path}", self.url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("posting to the service");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let json = response.json().await.unwrap_or_default();
+        (status, json, headers)
+    }
+
+    /// Posts NDJSON to `/v1/events`.
+    pub async fn post_events(&self, body: impl Into<reqwest::Body>) -> (u16, serde_json::Value) {
+        let (status, json, _) = self.post("/v1/events", "application/x-ndjson", body).await;
+        (status, json)
+    }
+}
+
+impl Drop for IngestService {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

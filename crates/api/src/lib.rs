@@ -201,7 +201,7 @@ impl KpiService for KpiApi {
             .store
             .parked(request.after_sequence, limit)
             .map_err(internal)?;
-        let total_rejected = self.store.totals().map_err(internal)?.parked;
+        let total_rejected = self.store.totals().map_err(internal)?.kept_aside();
         let events = parked
             .into_iter()
             .map(|event| pb::RejectedEvent {

@@ -6,6 +6,7 @@
 //! consumer: it reads with an ordered consumer from checkpoint + 1, so a
 //! restart, a rebuild and a benchmark all read the log the same way.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, context::PublishAckFuture, stream};
@@ -17,9 +18,16 @@ use futures::{Stream, StreamExt};
 /// The stream that holds every case event (§2).
 pub const STREAM_NAME: &str = "CASES";
 
+/// The longest wait for a JetStream API reply or a publish ack.
+pub const API_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a re-publish. The
 /// projector deduplicates by event id for ever; this only saves work.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// The header a redriven event carries: the stream sequence of the parked
+/// copy it replaces (`kpictl redrive`), so the projector can retire it.
+pub const REDRIVE_OF_HEADER: &str = "Kpi-Redrive-Of";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -27,8 +35,19 @@ pub enum BusError {
         "cannot reach NATS at {url}: {detail} (is nats-server running? see deploy/scripts/demo.sh)"
     )]
     Connect { url: String, detail: String },
+    #[error("reading the NATS credentials file {path}: {detail}")]
+    Credentials { path: String, detail: String },
     #[error("stream {STREAM_NAME}: {0}")]
     Stream(String),
+    #[error(
+        "stream {STREAM_NAME} exists with another configuration: {differences}; this system needs \
+         file storage, limits retention and the subjects [{expected_subjects}]. Refusing to use it: \
+         fix or recreate the stream as an operator (nats stream info {STREAM_NAME} shows it)"
+    )]
+    StreamMismatch {
+        differences: String,
+        expected_subjects: String,
+    },
     #[error("publish to {subject}: {detail}")]
     Publish { subject: String, detail: String },
     #[error("reading stream {STREAM_NAME}: {0}")]
@@ -49,7 +68,88 @@ pub fn stream_config(replicas: usize) -> stream::Config {
         discard: stream::DiscardPolicy::New,
         duplicate_window: DUPLICATE_WINDOW,
         num_replicas: replicas.max(1),
+        // The log is the audit trail: no message is ever deleted or purged.
+        deny_delete: true,
+        deny_purge: true,
         ..Default::default()
+    }
+}
+
+/// How an existing stream differs from [`stream_config`] in what the
+/// system relies on (storage, retention, subjects); empty when it fits.
+pub fn config_differences(found: &stream::Config, wanted: &stream::Config) -> Vec<String> {
+    let mut differences = Vec::new();
+    if found.storage != wanted.storage {
+        differences.push(format!(
+            "storage is {:?}, not {:?}",
+            found.storage, wanted.storage
+        ));
+    }
+    if found.retention != wanted.retention {
+        differences.push(format!(
+            "retention is {:?}, not {:?}",
+            found.retention, wanted.retention
+        ));
+    }
+    let mut found_subjects = found.subjects.clone();
+    found_subjects.sort();
+    let mut wanted_subjects = wanted.subjects.clone();
+    wanted_subjects.sort();
+    if found_subjects != wanted_subjects {
+        differences.push(format!(
+            "subjects are [{}], not [{}]",
+            found_subjects.join(", "),
+            wanted_subjects.join(", ")
+        ));
+    }
+    differences
+}
+
+/// How to reach NATS, shared by every service and `kpictl`: the server and
+/// the credentials of this service's own NATS user (CONTRACT §8).
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// A NATS credentials file (JWT and NKey seed) for this service's user.
+    #[arg(long, env = "NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// This service's NATS user (with --nats-password).
+    #[arg(long, env = "NATS_USER")]
+    pub nats_user: Option<String>,
+    /// The NATS user's password.
+    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+}
+
+impl NatsArgs {
+    /// Plain access to `url`, without credentials (tests, local demos).
+    pub fn plain(url: impl Into<String>) -> Self {
+        NatsArgs {
+            nats_url: url.into(),
+            nats_creds: None,
+            nats_user: None,
+            nats_password: None,
+        }
+    }
+
+    /// Connects as `client_name` with these credentials.
+    pub async fn connect(&self, client_name: &str) -> Result<Bus, BusError> {
+        let mut options = match &self.nats_creds {
+            Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+                .await
+                .map_err(|err| BusError::Credentials {
+                    path: path.display().to_string(),
+                    detail: err.to_string(),
+                })?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        if let Some(user) = &self.nats_user {
+            options = options
+                .user_and_password(user.clone(), self.nats_password.clone().unwrap_or_default());
+        }
+        Bus::connect_with(options, &self.nats_url, client_name).await
     }
 }
 
@@ -75,15 +175,25 @@ pub struct StreamMessage {
     pub subject: String,
     pub payload: Bytes,
     pub published: Option<DateTime<Utc>>,
+    /// The parked copy this message redrives ([`REDRIVE_OF_HEADER`]).
+    pub redrive_of: Option<u64>,
 }
 
 impl Bus {
-    /// Connects, failing fast with a clear message when NATS is down.
+    /// Connects without credentials, failing fast with a clear message
+    /// when NATS is down.
     pub async fn connect(url: &str, client_name: &str) -> Result<Bus, BusError> {
-        let options = async_nats::ConnectOptions::new()
-            .name(client_name)
-            .connection_timeout(Duration::from_secs(5));
+        Bus::connect_with(async_nats::ConnectOptions::new(), url, client_name).await
+    }
+
+    async fn connect_with(
+        options: async_nats::ConnectOptions,
+        url: &str,
+        client_name: &str,
+    ) -> Result<Bus, BusError> {
         let client = options
+            .name(client_name)
+            .connection_timeout(Duration::from_secs(5))
             .connect(url)
             .await
             .map_err(|err| BusError::Connect {
@@ -91,20 +201,61 @@ impl Bus {
                 detail: err.to_string(),
             })?;
         Ok(Bus {
-            jetstream: jetstream::new(client),
+            jetstream: jetstream::ContextBuilder::new()
+                .timeout(API_TIMEOUT)
+                .build(client),
         })
+    }
+
+    /// The same connection, with another wait for API replies and acks.
+    pub fn with_timeout(&self, timeout: Duration) -> Bus {
+        let mut jetstream = self.jetstream.clone();
+        jetstream.set_timeout(timeout);
+        Bus { jetstream }
     }
 
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.jetstream
     }
 
-    /// Creates the `CASES` stream if it does not exist yet.
+    /// The `CASES` stream, created if it does not exist yet (when this
+    /// user may create it). An existing stream whose storage, retention or
+    /// subjects differ from [`stream_config`] is refused.
     pub async fn ensure_stream(&self) -> Result<stream::Stream, BusError> {
-        self.jetstream
-            .get_or_create_stream(stream_config(1))
+        let wanted = stream_config(1);
+        let mut stream = match self.jetstream.get_stream(STREAM_NAME).await {
+            Ok(stream) => stream,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(inner)
+                        if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                return self
+                    .jetstream
+                    .get_or_create_stream(wanted)
+                    .await
+                    .map_err(|err| {
+                        BusError::Stream(format!(
+                            "it does not exist and could not be created ({err}); create it as the operator user (`kpictl stream-init`)"
+                        ))
+                    });
+            }
+            Err(err) => return Err(BusError::Stream(err.to_string())),
+        };
+        let info = stream
+            .info()
             .await
-            .map_err(|err| BusError::Stream(err.to_string()))
+            .map_err(|err| BusError::Stream(err.to_string()))?;
+        let differences = config_differences(&info.config, &wanted);
+        if !differences.is_empty() {
+            return Err(BusError::StreamMismatch {
+                differences: differences.join("; "),
+                expected_subjects: wanted.subjects.join(", "),
+            });
+        }
+        Ok(stream)
     }
 
     /// The last sequence in the stream (0 when empty).
@@ -140,6 +291,30 @@ impl Bus {
     ) -> Result<PublishAckFuture, BusError> {
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id);
+        self.publish_with_headers(subject, headers, payload).await
+    }
+
+    /// Publishes a parked event again after a fix, marked with the parked
+    /// copy's sequence so that the projector retires that copy.
+    pub async fn publish_redrive(
+        &self,
+        subject: String,
+        parked_sequence: u64,
+        payload: Bytes,
+    ) -> Result<PublishAckFuture, BusError> {
+        let mut headers = HeaderMap::new();
+        let message_id = format!("redrive/{parked_sequence}");
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id.as_str());
+        headers.insert(REDRIVE_OF_HEADER, parked_sequence.to_string().as_str());
+        self.publish_with_headers(subject, headers, payload).await
+    }
+
+    async fn publish_with_headers(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<PublishAckFuture, BusError> {
         self.jetstream
             .publish_with_headers(subject.clone(), headers, payload)
             .await
@@ -176,11 +351,17 @@ impl Bus {
             let info = message
                 .info()
                 .map_err(|err| BusError::Read(err.to_string()))?;
+            let redrive_of = message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(REDRIVE_OF_HEADER))
+                .and_then(|value| value.as_str().parse().ok());
             Ok(StreamMessage {
                 sequence: info.stream_sequence,
                 published: Some(info.published),
                 subject: message.subject.to_string(),
                 payload: message.payload.clone(),
+                redrive_of,
             })
         }))
     }

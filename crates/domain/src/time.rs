@@ -3,15 +3,11 @@
 //! Every day boundary of the contract is in Vietnam time (UTC+07:00, no
 //! daylight saving), whatever offset an event was sent with.
 
-use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
-const VIETNAM_OFFSET_SECONDS: i32 = 7 * 3600;
-
 /// UTC+07:00.
-pub fn vietnam() -> FixedOffset {
-    FixedOffset::east_opt(VIETNAM_OFFSET_SECONDS).expect("+07:00 is a valid offset")
-}
+pub use kpi_events::vietnam;
 
 /// An exact instant, compact in stored records and totally ordered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

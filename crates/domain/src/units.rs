@@ -54,6 +54,9 @@ pub struct Unit {
     pub name: String,
     pub level: Level,
     pub parent: Option<UnitIdx>,
+    /// The agency code the national portal (DVCQG) knows the unit by,
+    /// e.g. `000.00.31.H31` (CONTRACT §7.1).
+    pub dvcqg_code: Option<String>,
 }
 
 /// A units file that cannot be used, with the entry at fault.
@@ -93,6 +96,8 @@ struct UnitEntry {
     level: String,
     #[serde(default)]
     parent: Option<String>,
+    #[serde(default)]
+    dvcqg_code: Option<String>,
 }
 
 /// The unit tree with each unit's lineage precomputed.
@@ -100,6 +105,7 @@ struct UnitEntry {
 pub struct UnitRegistry {
     units: Vec<Unit>,
     by_id: HashMap<String, UnitIdx>,
+    by_dvcqg_code: HashMap<String, UnitIdx>,
     lineages: Vec<Vec<UnitIdx>>,
     children: Vec<Vec<UnitIdx>>,
     roots: Vec<UnitIdx>,
@@ -120,6 +126,7 @@ impl UnitRegistry {
         };
 
         let mut by_id = HashMap::with_capacity(file.units.len());
+        let mut by_dvcqg_code = HashMap::new();
         let mut levels = Vec::with_capacity(file.units.len());
         for (index, entry) in file.units.iter().enumerate() {
             if !is_valid_unit_id(&entry.id) {
@@ -154,6 +161,26 @@ impl UnitRegistry {
                     entry,
                     "id appears more than once".into(),
                 ));
+            }
+            if let Some(code) = &entry.dvcqg_code {
+                if code.trim().is_empty() || code.trim() != code {
+                    return Err(entry_error(
+                        index,
+                        entry,
+                        "dvcqg_code must be a code without surrounding spaces, e.g. 000.00.31.H31"
+                            .into(),
+                    ));
+                }
+                if let Some(other) = by_dvcqg_code.insert(code.clone(), UnitIdx(index as u32)) {
+                    return Err(entry_error(
+                        index,
+                        entry,
+                        format!(
+                            "dvcqg_code `{code}` is also the code of `{}`",
+                            file.units[other.0 as usize].id
+                        ),
+                    ));
+                }
             }
         }
 
@@ -190,6 +217,7 @@ impl UnitRegistry {
                 name: entry.name.clone(),
                 level,
                 parent,
+                dvcqg_code: entry.dvcqg_code.clone(),
             });
         }
 
@@ -214,6 +242,7 @@ impl UnitRegistry {
         Ok(UnitRegistry {
             units,
             by_id,
+            by_dvcqg_code,
             lineages,
             children,
             roots,
@@ -231,6 +260,11 @@ impl UnitRegistry {
     /// The unit with this id, if the registry has it.
     pub fn find(&self, id: &str) -> Option<UnitIdx> {
         self.by_id.get(id).copied()
+    }
+
+    /// The unit the national portal knows by this agency code (`madonvi`).
+    pub fn find_by_dvcqg_code(&self, code: &str) -> Option<UnitIdx> {
+        self.by_dvcqg_code.get(code).copied()
     }
 
     pub fn unit(&self, idx: UnitIdx) -> &Unit {
@@ -307,8 +341,12 @@ impl UnitRegistry {
 }
 
 impl UnitDirectory for UnitRegistry {
-    fn contains_unit(&self, unit_id: &str) -> bool {
-        self.by_id.contains_key(unit_id)
+    fn check_unit(&self, unit_id: &str, _on: chrono::NaiveDate) -> Result<(), String> {
+        if self.by_id.contains_key(unit_id) {
+            Ok(())
+        } else {
+            Err(format!("unit `{unit_id}` is not in the unit registry"))
+        }
     }
 }
 
@@ -405,6 +443,25 @@ mod tests {
             "the units file lists no units"
         );
         assert!(error_for("[]").starts_with("units file is not valid JSON"));
+    }
+
+    #[test]
+    fn units_are_found_by_their_dvcqg_code() {
+        let units = UnitRegistry::from_json(
+            r#"{"units":[{"id":"51","name":"Tỉnh Quảng Ngãi","level":"province"},
+            {"id":"5153105","name":"Phường Nguyễn Nghiêm","level":"commune","parent":"51","dvcqg_code":"000.00.31.H31"}]}"#
+                .as_bytes(),
+        )
+        .unwrap();
+        let idx = units.find_by_dvcqg_code("000.00.31.H31").unwrap();
+        assert_eq!(units.unit(idx).id, "5153105");
+        assert!(units.find_by_dvcqg_code("000.00.31.H32").is_none());
+        assert_eq!(
+            error_for(
+                r#"{"units":[{"id":"A","name":"X","level":"province","dvcqg_code":"C"},{"id":"B","name":"Y","level":"province","dvcqg_code":"C"}]}"#
+            ),
+            "units[1] (`B`): dvcqg_code `C` is also the code of `A`"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ fn scenario() -> Scenario {
     let mut events = Vec::new();
     let mut rejected = 0;
     for (_, line) in kpi_testkit::event_lines() {
-        match parse_event(line, &units) {
+        match parse_event(line, &kpi_events::Validation::now(&units)) {
             Ok(event) => events.push(event),
             Err(_) => rejected += 1,
         }

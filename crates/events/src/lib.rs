@@ -14,7 +14,10 @@ mod subject;
 
 pub use error::EventError;
 pub use kind::{Channel, Kind, RatingLevel, ResolutionResult};
-pub use parse::{parse_event, UnitDirectory};
+pub use parse::{
+    parse_event, vietnam, UnitDirectory, Validation, EARLIEST_DAY, MAX_CASE_ID_CHARS,
+    MAX_HOURS_AHEAD,
+};
 pub use subject::{
     parse_message, subject_for, SubjectError, SubjectRoute, STREAM_SUBJECTS, SUBJECT_PREFIX,
 };

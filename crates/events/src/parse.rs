@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use chrono::{DateTime, FixedOffset, NaiveDateTime};
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -11,21 +11,65 @@ use crate::{
     MAX_EVENT_BYTES, SCHEMA_VERSION,
 };
 
-/// The unit registry as event validation needs it: is this id known?
+/// The unit registry as event validation needs it: may an event name this
+/// unit on this (Vietnam-local) day?
 pub trait UnitDirectory {
-    fn contains_unit(&self, unit_id: &str) -> bool;
+    /// `Err` says why not, e.g. "unit `X` is not in the unit registry" or
+    /// "unit 5153105 ceased on 2025-06-30; its successor is 5101234".
+    fn check_unit(&self, unit_id: &str, on: NaiveDate) -> Result<(), String>;
+}
+
+fn not_in_registry(unit_id: &str) -> String {
+    format!("unit `{unit_id}` is not in the unit registry")
 }
 
 impl UnitDirectory for HashSet<String> {
-    fn contains_unit(&self, unit_id: &str) -> bool {
+    fn check_unit(&self, unit_id: &str, _: NaiveDate) -> Result<(), String> {
         self.contains(unit_id)
+            .then_some(())
+            .ok_or_else(|| not_in_registry(unit_id))
     }
 }
 
 impl UnitDirectory for BTreeSet<String> {
-    fn contains_unit(&self, unit_id: &str) -> bool {
+    fn check_unit(&self, unit_id: &str, _: NaiveDate) -> Result<(), String> {
         self.contains(unit_id)
+            .then_some(())
+            .ok_or_else(|| not_in_registry(unit_id))
     }
+}
+
+/// What validating an event needs besides its bytes.
+#[derive(Clone, Copy)]
+pub struct Validation<'a> {
+    /// The unit registry.
+    pub units: &'a (dyn UnitDirectory + Sync),
+    /// When the event is validated: an `occurred_at` more than 24 hours
+    /// later is refused. On the bus this is the time the stream stored the
+    /// message, so that every replay decides the same way.
+    pub at: DateTime<Utc>,
+}
+
+impl<'a> Validation<'a> {
+    pub fn new(units: &'a (dyn UnitDirectory + Sync), at: DateTime<Utc>) -> Self {
+        Validation { units, at }
+    }
+
+    /// Validation as of now (ingest, import).
+    pub fn now(units: &'a (dyn UnitDirectory + Sync)) -> Self {
+        Validation::new(units, Utc::now())
+    }
+}
+
+/// How far in the future an `occurred_at` may be, in hours (§2).
+pub const MAX_HOURS_AHEAD: i64 = 24;
+
+/// The first day an `occurred_at` may fall on (§2), Vietnam time.
+pub const EARLIEST_DAY: (i32, u32, u32) = (2000, 1, 1);
+
+/// UTC+07:00, the offset of every day boundary of the contract.
+pub fn vietnam() -> FixedOffset {
+    FixedOffset::east_opt(7 * 3600).expect("+07:00 is a valid offset")
 }
 
 /// The longest `case_id`, in characters.
@@ -38,7 +82,7 @@ const MAX_FIELD_CODE_CHARS: usize = 64;
 ///
 /// `bytes` is exactly what was sent (one NDJSON line, one NATS message).
 /// On failure the error names the field and the reason.
-pub fn parse_event(bytes: &[u8], units: &dyn UnitDirectory) -> Result<Event, EventError> {
+pub fn parse_event(bytes: &[u8], validation: &Validation<'_>) -> Result<Event, EventError> {
     if bytes.len() > MAX_EVENT_BYTES {
         return Err(EventError::TooLarge { size: bytes.len() });
     }
@@ -58,12 +102,12 @@ pub fn parse_event(bytes: &[u8], units: &dyn UnitDirectory) -> Result<Event, Eve
                 prefix: "data.",
             })
         };
-        match build_event(&fields, data, units) {
+        match build_event(&fields, data, validation) {
             Err(EventError::Missing { .. } | EventError::WrongType { .. }) => {}
             decided => return decided,
         }
     }
-    parse_detailed(bytes, units)
+    parse_detailed(bytes, validation)
 }
 
 fn starts_an_object(text: &[u8]) -> bool {
@@ -87,7 +131,7 @@ fn decode_fast(bytes: &[u8]) -> Option<(FastEnvelope<'_>, FastData<'_>)> {
 
 /// The detailed path: a JSON value first, then each member with the exact
 /// reason it is missing or of the wrong type.
-fn parse_detailed(bytes: &[u8], units: &dyn UnitDirectory) -> Result<Event, EventError> {
+fn parse_detailed(bytes: &[u8], validation: &Validation<'_>) -> Result<Event, EventError> {
     let value: Value = serde_json::from_slice(bytes).map_err(|err| EventError::MalformedJson {
         detail: err.to_string(),
     })?;
@@ -107,14 +151,14 @@ fn parse_detailed(bytes: &[u8], units: &dyn UnitDirectory) -> Result<Event, Even
         }),
         other => Err(fields.wrong_type("data", "an object ({} where a kind has no fields)", other)),
     };
-    build_event(&fields, data, units)
+    build_event(&fields, data, validation)
 }
 
 /// Every rule of §2, in the order errors are reported.
 fn build_event<'a, E: Fields<'a>, D: Fields<'a>>(
     fields: &E,
     data: impl FnOnce() -> Result<D, EventError>,
-    units: &dyn UnitDirectory,
+    validation: &Validation<'_>,
 ) -> Result<Event, EventError> {
     match fields.schema()? {
         None | Some(SCHEMA_VERSION) => {}
@@ -149,14 +193,13 @@ fn build_event<'a, E: Fields<'a>, D: Fields<'a>>(
     validate_case_id(case_id)?;
 
     let unit_id = fields.string("unit_id")?;
-    if !units.contains_unit(unit_id) {
-        return Err(EventError::invalid(
-            "unit_id",
-            format!("unit `{unit_id}` is not in the unit registry"),
-        ));
-    }
-
     let occurred_at = fields.timestamp("occurred_at")?;
+    validate_occurred_at(occurred_at, validation.at)?;
+    let local_day = occurred_at.with_timezone(&vietnam()).date_naive();
+    validation
+        .units
+        .check_unit(unit_id, local_day)
+        .map_err(|reason| EventError::invalid("unit_id", reason))?;
     let data = parse_data(kind, &data()?, occurred_at)?;
 
     Ok(Event {
@@ -180,16 +223,7 @@ fn parse_data<'a>(
             validate_field_code(field, &data.name("field"))?;
             let channel = data.choice("channel", Channel::parse, Channel::accepted)?;
             let due_at = data.timestamp("due_at")?;
-            if due_at <= occurred_at {
-                return Err(EventError::invalid(
-                    data.name("due_at"),
-                    format!(
-                        "{} is not after occurred_at {}",
-                        due_at.to_rfc3339(),
-                        occurred_at.to_rfc3339()
-                    ),
-                ));
-            }
+            due_after(data, "due_at", due_at, occurred_at)?;
             EventData::CaseReceived(CaseReceived {
                 procedure_code,
                 field: field.to_owned(),
@@ -199,10 +233,12 @@ fn parse_data<'a>(
                 reused_data: data.optional_bool("reused_data")?,
             })
         }
-        Kind::CaseSupplementRequested => EventData::CaseSupplementRequested {
-            reason: data.string("reason")?.to_owned(),
-            due_at: data.timestamp("due_at")?,
-        },
+        Kind::CaseSupplementRequested => {
+            let reason = data.string("reason")?.to_owned();
+            let due_at = data.timestamp("due_at")?;
+            due_after(data, "due_at", due_at, occurred_at)?;
+            EventData::CaseSupplementRequested { reason, due_at }
+        }
         Kind::CaseApologyIssued => EventData::CaseApologyIssued {
             letter_ref: data.string("letter_ref")?.to_owned(),
             reason: data.string("reason")?.to_owned(),
@@ -237,6 +273,63 @@ fn parse_data<'a>(
     })
 }
 
+/// A due time must come after the event that sets it.
+fn due_after<'a>(
+    data: &impl Fields<'a>,
+    key: &str,
+    due_at: DateTime<FixedOffset>,
+    occurred_at: DateTime<FixedOffset>,
+) -> Result<(), EventError> {
+    if due_at > occurred_at {
+        return Ok(());
+    }
+    Err(EventError::invalid(
+        data.name(key),
+        format!(
+            "{} is not after occurred_at {}",
+            due_at.to_rfc3339(),
+            occurred_at.to_rfc3339()
+        ),
+    ))
+}
+
+/// `occurred_at` must fall in a plausible window: not before 2000-01-01
+/// (Vietnam time), not more than 24 hours after validation.
+fn validate_occurred_at(
+    occurred_at: DateTime<FixedOffset>,
+    validated_at: DateTime<Utc>,
+) -> Result<(), EventError> {
+    let (year, month, day) = EARLIEST_DAY;
+    let earliest = NaiveDate::from_ymd_opt(year, month, day)
+        .and_then(|date| date.and_hms_opt(0, 0, 0))
+        .and_then(|midnight| vietnam().from_local_datetime(&midnight).single())
+        .expect("2000-01-01 exists");
+    if occurred_at < earliest {
+        return Err(EventError::invalid(
+            "occurred_at",
+            format!(
+                "{} is before {}: not a plausible time for a case event",
+                occurred_at.to_rfc3339(),
+                earliest.to_rfc3339()
+            ),
+        ));
+    }
+    let latest = validated_at.checked_add_signed(chrono::Duration::hours(MAX_HOURS_AHEAD));
+    if let Some(latest) = latest.filter(|latest| occurred_at > *latest) {
+        return Err(EventError::invalid(
+            "occurred_at",
+            format!(
+                "{} is more than {MAX_HOURS_AHEAD} hours after the time it was received ({}): check the sender's clock",
+                occurred_at.to_rfc3339(),
+                (latest - chrono::Duration::hours(MAX_HOURS_AHEAD))
+                    .with_timezone(&vietnam())
+                    .to_rfc3339()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_case_id(case_id: &str) -> Result<(), EventError> {
     let chars = case_id.chars().count();
     if chars == 0 || chars > MAX_CASE_ID_CHARS {
@@ -256,6 +349,21 @@ fn validate_case_id(case_id: &str) -> Result<(), EventError> {
     }
     if case_id.trim().is_empty() {
         return Err(EventError::invalid("case_id", "must not be only spaces"));
+    }
+    if case_id.trim() != case_id {
+        return Err(EventError::invalid(
+            "case_id",
+            format!("`{case_id}` has leading or trailing spaces; send the code without them"),
+        ));
+    }
+    if !unicode_normalization::is_nfc(case_id) {
+        return Err(EventError::invalid(
+            "case_id",
+            format!(
+                "`{case_id}` is not in Unicode NFC (composed) form; send it composed, e.g. `{}`, so that one case is not split in two by its spelling",
+                unicode_normalization::UnicodeNormalization::nfc(case_id).collect::<String>()
+            ),
+        ));
     }
     Ok(())
 }
@@ -596,8 +704,15 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn units() -> HashSet<String> {
-        ["C1".to_owned()].into_iter().collect()
+    static UNITS: std::sync::LazyLock<HashSet<String>> =
+        std::sync::LazyLock::new(|| ["C1".to_owned()].into_iter().collect());
+
+    /// Validation as of 2025-06-01, against a registry of one unit.
+    fn units() -> Validation<'static> {
+        let at = DateTime::parse_from_rfc3339("2025-06-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        Validation::new(&*UNITS, at)
     }
 
     fn received() -> Value {
@@ -814,6 +929,116 @@ mod tests {
         assert!(err.to_string().contains("U+200E"), "{err}");
         let err = error_of(with(received(), &["case_id"], Some(json!("   "))));
         assert_eq!(err.to_string(), "field `case_id`: must not be only spaces");
+    }
+
+    #[test]
+    fn case_ids_must_be_unpadded_and_composed() {
+        let err = error_of(with(received(), &["case_id"], Some(json!(" H31-0001"))));
+        assert!(
+            err.to_string().contains("leading or trailing spaces"),
+            "{err}"
+        );
+        let err = error_of(with(received(), &["case_id"], Some(json!("H31-0001 "))));
+        assert_eq!(err.field(), Some("case_id"));
+        // "Sơn" with the horn and the dot as combining marks (NFD).
+        let decomposed = "So\u{31b}n-01";
+        let err = error_of(with(received(), &["case_id"], Some(json!(decomposed))));
+        assert!(err.to_string().contains("not in Unicode NFC"), "{err}");
+        assert!(
+            err.to_string().contains("Sơn-01"),
+            "the composed form is shown: {err}"
+        );
+        assert!(parse(&with(received(), &["case_id"], Some(json!("Sơn-01")))).is_ok());
+    }
+
+    #[test]
+    fn occurred_at_must_be_plausible() {
+        let err = error_of(with(
+            received(),
+            &["occurred_at"],
+            Some(json!("1999-12-31T23:59:59+07:00")),
+        ));
+        assert_eq!(err.field(), Some("occurred_at"));
+        assert!(err.to_string().contains("is before 2000-01-01"), "{err}");
+        // 2000-01-01 00:00 in Vietnam is the first instant allowed.
+        let first = with(
+            received(),
+            &["occurred_at"],
+            Some(json!("1999-12-31T17:00:00Z")),
+        );
+        let first = with(
+            first,
+            &["data", "due_at"],
+            Some(json!("2000-01-05T08:00:00+07:00")),
+        );
+        assert!(parse(&first).is_ok());
+        // Validation happens at 2025-06-01T00:00Z: a day later is the limit.
+        let ahead = |at: &str| {
+            let event = with(received(), &["occurred_at"], Some(json!(at)));
+            with(
+                event,
+                &["data", "due_at"],
+                Some(json!("2025-07-01T08:00:00+07:00")),
+            )
+        };
+        assert!(parse(&ahead("2025-06-02T00:00:00Z")).is_ok());
+        let err = error_of(ahead("2025-06-02T00:00:01Z"));
+        assert!(
+            err.to_string().contains("more than 24 hours after"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_supplement_must_be_due_after_it_is_requested() {
+        let supplement = |due: &str| {
+            json!({"event_id": "676b00ec-1b9e-778d-96ef-069b25f17f9a",
+                   "kind": "case.supplement_requested", "case_id": "X-6", "unit_id": "C1",
+                   "occurred_at": "2024-12-01T08:00:00+07:00",
+                   "data": {"reason": "Bổ sung giấy tờ", "due_at": due}})
+        };
+        assert!(parse(&supplement("2024-12-05T08:00:00+07:00")).is_ok());
+        let err = error_of(supplement("2024-12-01T08:00:00+07:00"));
+        assert_eq!(err.field(), Some("data.due_at"));
+        assert!(
+            err.to_string().contains("is not after occurred_at"),
+            "{err}"
+        );
+    }
+
+    /// A registry where C1 exists only until 2025-06-30 (Vietnam time).
+    struct Ceased;
+    impl UnitDirectory for Ceased {
+        fn check_unit(&self, unit_id: &str, on: NaiveDate) -> Result<(), String> {
+            if unit_id == "C1" && on <= NaiveDate::from_ymd_opt(2025, 6, 30).unwrap() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "unit {unit_id} ceased on 2025-06-30; its successor is W"
+                ))
+            }
+        }
+    }
+
+    #[test]
+    fn units_are_checked_on_the_local_day_of_the_event() {
+        let validation = Validation::new(&Ceased, Utc::now());
+        let at = |time: &str| {
+            let event = with(received(), &["occurred_at"], Some(json!(time)));
+            with(
+                event,
+                &["data", "due_at"],
+                Some(json!("2025-07-09T08:00:00+07:00")),
+            )
+            .to_string()
+        };
+        // 16:59 UTC on 30 June is 23:59 in Vietnam: still 30 June.
+        assert!(parse_event(at("2025-06-30T16:59:00Z").as_bytes(), &validation).is_ok());
+        let err = parse_event(at("2025-06-30T17:00:00Z").as_bytes(), &validation).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "field `unit_id`: unit C1 ceased on 2025-06-30; its successor is W"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Subject permissions are how each publisher is limited to its own units and
 //! kinds, so a consumer must check that the event says what its subject says.
 
-use crate::{parse_event, Event, EventError, Kind, UnitDirectory};
+use crate::{parse_event, Event, EventError, Kind, Validation};
 
 /// The first token of every case-event subject.
 pub const SUBJECT_PREFIX: &str = "cases";
@@ -78,10 +78,10 @@ impl<'a> SubjectRoute<'a> {
 pub fn parse_message(
     subject: &str,
     payload: &[u8],
-    units: &dyn UnitDirectory,
+    validation: &Validation<'_>,
 ) -> Result<Event, EventError> {
     // The event's own faults first: they are what the sender must fix.
-    let event = parse_event(payload, units)?;
+    let event = parse_event(payload, validation)?;
     let route = SubjectRoute::parse(subject).map_err(|err| EventError::Invalid {
         field: "subject".into(),
         reason: err.to_string(),
@@ -97,8 +97,11 @@ mod tests {
 
     const PAID: &str = r#"{"event_id":"676b00ec-1b9e-778d-96ef-069b25f17f9a","kind":"case.paid","case_id":"X-6","unit_id":"C1","occurred_at":"2024-12-01T08:00:00+07:00","data":{"amount_vnd":5,"online":true}}"#;
 
-    fn units() -> HashSet<String> {
-        ["C1".to_owned(), "C2".to_owned()].into_iter().collect()
+    static UNITS: std::sync::LazyLock<HashSet<String>> =
+        std::sync::LazyLock::new(|| ["C1".to_owned(), "C2".to_owned()].into_iter().collect());
+
+    fn units() -> Validation<'static> {
+        Validation::now(&*UNITS)
     }
 
     #[test]

@@ -52,15 +52,39 @@ pub fn find_nats_server() -> Result<PathBuf, LocalNatsError> {
 
 /// A running `nats-server` with JetStream, stopped on drop.
 pub struct LocalNats {
-    child: Child,
+    child: Option<Child>,
     port: u16,
-    /// The JetStream store, deleted when the server is dropped.
-    _store: tempfile::TempDir,
+    binary: PathBuf,
+    extra_config: String,
+    env: Vec<(String, String)>,
+    /// The JetStream store and the server's config and log, deleted when
+    /// the server is dropped.
+    dir: tempfile::TempDir,
 }
 
 impl LocalNats {
     /// Starts a server on a free loopback port with a fresh JetStream store.
     pub fn start() -> Result<LocalNats, LocalNatsError> {
+        LocalNats::start_with_config("")
+    }
+
+    /// Starts a server whose config file also holds `extra_config` (users
+    /// and permissions, say); the listen address and the JetStream store
+    /// are set here.
+    pub fn start_with_config(extra_config: &str) -> Result<LocalNats, LocalNatsError> {
+        LocalNats::start_with_config_and_env(extra_config, &[])
+    }
+
+    /// Like [`LocalNats::start_with_config`], with environment variables
+    /// for the server (a config file reads them as `$NAME`).
+    pub fn start_with_config_and_env(
+        extra_config: &str,
+        env: &[(&str, &str)],
+    ) -> Result<LocalNats, LocalNatsError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
         let binary = find_nats_server()?;
         let dir = tempfile::Builder::new()
             .prefix("local-nats-")
@@ -70,12 +94,15 @@ impl LocalNats {
         let mut last_error = None;
         for _ in 0..5 {
             let port = free_port().map_err(LocalNatsError::TempDir)?;
-            match spawn(&binary, dir.path(), port) {
+            match spawn(&binary, dir.path(), port, extra_config, &env) {
                 Ok(child) => {
                     return Ok(LocalNats {
-                        child,
+                        child: Some(child),
                         port,
-                        _store: dir,
+                        binary,
+                        extra_config: extra_config.to_owned(),
+                        env,
+                        dir,
                     });
                 }
                 Err(err @ LocalNatsError::NotReady { .. }) => last_error = Some(err),
@@ -93,13 +120,63 @@ impl LocalNats {
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
+
+    /// The JetStream store directory (for tests that inspect what the
+    /// server wrote to disk).
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("jetstream")
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(log_path(self.dir.path(), self.port)).unwrap_or_default()
+    }
+
+    /// Stops the server (SIGKILL: an outage, not a shutdown), keeping its
+    /// store for [`LocalNats::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub fn restart(&mut self) -> Result<(), LocalNatsError> {
+        self.stop();
+        let mut last_error = None;
+        // The port may take a moment to be free again.
+        for _ in 0..20 {
+            match spawn(
+                &self.binary,
+                self.dir.path(),
+                self.port,
+                &self.extra_config,
+                &self.env,
+            ) {
+                Ok(child) => {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                Err(err @ LocalNatsError::NotReady { .. }) => {
+                    last_error = Some(err);
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Err(last_error.unwrap_or(LocalNatsError::NotInstalled))
+    }
 }
 
 impl Drop for LocalNats {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
+}
+
+fn log_path(dir: &Path, port: u16) -> PathBuf {
+    dir.join(format!("nats-server-{port}.log"))
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -107,20 +184,30 @@ fn free_port() -> std::io::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-fn spawn(binary: &Path, dir: &Path, port: u16) -> Result<Child, LocalNatsError> {
-    let log = dir.join(format!("nats-server-{port}.log"));
+fn spawn(
+    binary: &Path,
+    dir: &Path,
+    port: u16,
+    extra_config: &str,
+    env: &[(String, String)],
+) -> Result<Child, LocalNatsError> {
+    let log = log_path(dir, port);
+    let config = dir.join("nats-server.conf");
+    let store = dir.join("jetstream");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n}}\n{extra_config}\n",
+            store.display().to_string()
+        ),
+    )
+    .map_err(LocalNatsError::TempDir)?;
     let mut child = Command::new(binary)
-        .args([
-            "--addr",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--jetstream",
-            "--store_dir",
-        ])
-        .arg(dir.join("jetstream"))
+        .arg("--config")
+        .arg(&config)
         .arg("--log")
         .arg(&log)
+        .envs(env.iter().map(|(name, value)| (name, value)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -152,6 +239,16 @@ fn spawn(binary: &Path, dir: &Path, port: u16) -> Result<Child, LocalNatsError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restarts_on_the_same_port() {
+        let mut server = LocalNats::start().unwrap_or_else(|err| panic!("{err}"));
+        let address = SocketAddrV4::new(Ipv4Addr::LOCALHOST, server.port());
+        server.stop();
+        assert!(TcpStream::connect(address).is_err(), "stopped");
+        server.restart().unwrap_or_else(|err| panic!("{err}"));
+        assert!(TcpStream::connect(address).is_ok(), "back");
+    }
 
     #[test]
     fn starts_on_loopback_and_stops_on_drop() {

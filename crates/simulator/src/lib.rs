@@ -507,7 +507,9 @@ mod tests {
         let events: Vec<SimEvent> = simulator.history(start, 60, 8.0).collect();
         assert!(events.len() > 1000, "{}", events.len());
         for event in &events {
-            let parsed = parse_event(&event.payload, &units)
+            // Validated as of its own time, as the bus would when it is published.
+            let at = event.occurred_at.with_timezone(&Utc);
+            let parsed = parse_event(&event.payload, &kpi_events::Validation::new(&units, at))
                 .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&event.payload)));
             assert_eq!(parsed.subject(), event.subject);
             assert_eq!(parsed.event_id, event.event_id);

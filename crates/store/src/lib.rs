@@ -25,13 +25,13 @@ use kpi_domain::{
     CounterDelta, Counters, Day, Folded, LiveCounts, Moment, OpenDelta, Record, RecordKey, UnitIdx,
     UnitRegistry,
 };
-use kpi_events::{Event, EventError};
+use kpi_events::{Event, EventError, Validation};
 use serde::{Deserialize, Serialize};
 
 pub use keys::VIEW_PREFIXES;
 
 /// The stored layout version this build reads and writes.
-const FORMAT_VERSION: &[u8] = b"1";
+const FORMAT_VERSION: &[u8] = b"2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -39,7 +39,7 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("stored entry {key:?} cannot be read: {detail}")]
     Corrupt { key: String, detail: String },
-    #[error("the data directory holds views of format {found}, this build reads format 1; rebuild the views: move the directory aside and start the projector again (it re-reads the stream from the start)")]
+    #[error("the data directory holds views of format {found}, this build reads format 2; rebuild the views: move the directory aside and start the projector again (it re-reads the stream from the start)")]
     Format { found: String },
     #[error(transparent)]
     Units(#[from] kpi_domain::units::IncompatibleUnits),
@@ -96,13 +96,17 @@ pub struct Incoming<'a> {
     pub payload: &'a [u8],
     /// When the stream stored it, if known.
     pub published: Option<DateTime<Utc>>,
+    /// The parked event this message sends again after a fix
+    /// (`kpictl redrive`): once this one is valid, that one is retired.
+    pub redrive_of: Option<u64>,
     /// The event, or why it is invalid.
     pub event: Result<Event, EventError>,
 }
 
 impl<'a> Incoming<'a> {
-    /// Validates a message (CONTRACT §2, and its subject). This is the
-    /// costly part of ingesting; it may run on another thread than
+    /// Validates a message (CONTRACT §2, and its subject) as of the time
+    /// the stream stored it, so that every replay decides alike. This is
+    /// the costly part of ingesting; it may run on another thread than
     /// [`Store::ingest`].
     pub fn validate(
         sequence: u64,
@@ -111,12 +115,14 @@ impl<'a> Incoming<'a> {
         published: Option<DateTime<Utc>>,
         units: &UnitRegistry,
     ) -> Incoming<'a> {
+        let validation = Validation::new(units, published.unwrap_or_else(Utc::now));
         Incoming {
             sequence,
             subject,
             payload,
             published,
-            event: kpi_events::parse_message(subject, payload, units),
+            redrive_of: None,
+            event: kpi_events::parse_message(subject, payload, &validation),
         }
     }
 }
@@ -144,13 +150,21 @@ pub struct FoldTotals {
     pub duplicates: u64,
     /// Invalid events parked.
     pub parked: u64,
+    /// Parked events retired because a redriven copy was folded.
+    pub redriven: u64,
 }
 
 impl FoldTotals {
-    fn add(&mut self, other: &FoldTotals) {
+    pub fn add(&mut self, other: &FoldTotals) {
         self.folded += other.folded;
         self.duplicates += other.duplicates;
         self.parked += other.parked;
+        self.redriven += other.redriven;
+    }
+
+    /// Parked events still kept aside.
+    pub fn kept_aside(&self) -> u64 {
+        self.parked.saturating_sub(self.redriven)
     }
 }
 
@@ -298,15 +312,29 @@ impl Store {
         let checkpoint = self.checkpoint()?;
         let mut totals = FoldTotals::default();
         let mut parked = Vec::new();
+        let mut retired = Vec::new();
         let mut last = checkpoint;
         let mut fold = BatchFold::with_capacity(units, self, batch.len());
         for message in batch.iter().filter(|m| m.sequence > checkpoint) {
             last = last.max(message.sequence);
             match &message.event {
-                Ok(event) => match fold.fold(message.sequence, event)? {
-                    Folded::Applied => totals.folded += 1,
-                    Folded::Duplicate => totals.duplicates += 1,
-                },
+                Ok(event) => {
+                    match fold.fold(message.sequence, event)? {
+                        Folded::Applied => totals.folded += 1,
+                        Folded::Duplicate => totals.duplicates += 1,
+                    }
+                    if let Some(parked_sequence) = message.redrive_of {
+                        let key = keys::parked(parked_sequence);
+                        let pending = parked
+                            .iter()
+                            .any(|p: &ParkedEvent| p.sequence == parked_sequence);
+                        if (pending || self.views.contains_key(key)?)
+                            && !retired.contains(&parked_sequence)
+                        {
+                            retired.push(parked_sequence);
+                        }
+                    }
+                }
                 Err(error) => {
                     totals.parked += 1;
                     parked.push(ParkedEvent {
@@ -327,13 +355,14 @@ impl Store {
             });
         }
         let changes = fold.finish()?;
+        totals.redriven = retired.len() as u64;
         let mut all_totals = self.totals()?;
         all_totals.add(&totals);
         let parked_reasons = parked
             .iter()
             .map(|p| (p.sequence, p.reason.clone()))
             .collect();
-        self.commit(units, changes, parked, last, &all_totals)?;
+        self.commit(units, changes, parked, &retired, last, &all_totals)?;
         Ok(BatchReport {
             totals,
             checkpoint: last,
@@ -346,6 +375,7 @@ impl Store {
         units: &UnitRegistry,
         changes: BatchChanges,
         parked: Vec<ParkedEvent>,
+        retired: &[u64],
         checkpoint: u64,
         totals: &FoldTotals,
     ) -> Result<(), StoreError> {
@@ -412,6 +442,9 @@ impl Store {
             let bytes = postcard::to_stdvec(event)
                 .map_err(|err| corrupt(&keys::parked(event.sequence), err))?;
             batch.insert(&keys::parked(event.sequence)[..], bytes);
+        }
+        for sequence in retired {
+            batch.remove(&keys::parked(*sequence)[..]);
         }
         let totals_bytes = postcard::to_stdvec(totals).map_err(|err| corrupt(keys::STATS, err))?;
         batch.insert(keys::STATS, totals_bytes);

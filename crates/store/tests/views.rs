@@ -124,7 +124,7 @@ fn the_store_agrees_with_the_reference_views_at_any_time_of_day() {
     let events: Vec<_> = lines
         .iter()
         .filter_map(|line| {
-            kpi_events::parse_event(line.payload, &units)
+            kpi_events::parse_event(line.payload, &kpi_events::Validation::now(&units))
                 .ok()
                 .map(|e| (line.sequence, e))
         })

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_nats::jetstream::consumer;
-use bytes::Bytes;
 use chrono::{Datelike, TimeZone, Utc, Weekday};
 use clap::Args;
 use futures::StreamExt;
@@ -36,7 +35,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::publish::Publisher;
+use kpi_ingest::{Publisher, DEFAULT_DEADLINE};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -145,21 +144,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         0,
     );
     let mut simulator = Simulator::new(&units, args.seed);
-    let mut publisher = Publisher::new(bus.clone());
+    let mut publisher = Publisher::new(bus.clone(), DEFAULT_DEADLINE);
     let started = Instant::now();
     let mut published = 0u64;
     let mut failures = 0usize;
     let mut payload_bytes = 0u64;
     for event in simulator.history(year_start, 365, per_commune_day) {
         payload_bytes += event.payload.len() as u64;
-        let acks = publisher
-            .send(
-                (),
-                event.subject,
-                &event.event_id.to_string(),
-                Bytes::from(event.payload),
-            )
-            .await?;
+        let acks = publisher.send((), crate::simulate::outgoing(event)).await;
         failures += acks.iter().filter(|(_, ack)| ack.is_err()).count();
         published += 1;
         if published.is_multiple_of(500_000) {

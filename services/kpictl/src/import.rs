@@ -1,128 +1,391 @@
-//! `kpictl import FILE`: validate every line, publish the valid ones with
-//! `Nats-Msg-Id` = `event_id`, report the rest by line number and reason.
+//! `kpictl import FILE`: validate every line (or CSV row, or DVCQG
+//! payload), publish the valid events with `Nats-Msg-Id` = `event_id`, and
+//! report the rest by line number, field and reason.
 //!
-//! Re-running an import is safe: events already in the stream are dropped by
-//! JetStream within its duplicate window and by the projector after it.
+//! The file is read as a stream with a bounded window of acks in flight, so
+//! memory stays flat however long it is; files over 10,000 lines show a
+//! progress bar. Re-running an import is safe: events already in the stream
+//! are dropped by JetStream within its duplicate window and by the
+//! projector after it.
 
-use std::io::BufRead;
-use std::path::PathBuf;
+use std::io::{BufRead, Read};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
-use bytes::Bytes;
-use clap::Args;
-use kpi_bus::Bus;
-use kpi_events::parse_event;
-use serde_json::json;
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use kpi_bus::NatsArgs;
+use kpi_ingest::csv::CsvEvents;
+use kpi_ingest::http::ingest_dvcqg;
+use kpi_ingest::server::{load_field_map, load_units};
+use kpi_ingest::{Accepts, Ingestor, LineError, Publisher, Stored};
+use serde_json::{json, Value};
+use uuid::Uuid;
 
-use crate::publish::Publisher;
-use crate::{load_units, BusArgs};
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One JSON event a line.
+    Ndjson,
+    /// A CSV export with a header row naming the columns (README).
+    Csv,
+    /// One DVCQG payload a line: a DongBoHoSoMC or CapNhatTienDoHoSoMC
+    /// envelope, or a bare data array (with --madonvi).
+    Dvcqg,
+}
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// The NDJSON file, one event a line (`-` reads standard input).
+    /// The file (`-` reads standard input).
     pub file: PathBuf,
+    /// The file's format (default: csv for a .csv file, else ndjson).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
     #[command(flatten)]
-    pub bus: BusArgs,
+    pub nats: NatsArgs,
+    /// The unit registry (JSON, CONTRACT §1).
+    #[arg(long, env = "KPI_UNITS")]
+    pub units: PathBuf,
+    /// How long an event may take to be stored (retried meanwhile).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub publish_deadline: Duration,
+    /// DVCQG: the agency code of bare data arrays.
+    #[arg(long)]
+    pub madonvi: Option<String>,
+    /// DVCQG: the province's field codes mapped to contract field codes.
+    #[arg(long, env = "KPI_FIELD_MAP")]
+    pub field_map: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
-struct Rejected {
-    line: usize,
-    field: Option<String>,
-    reason: String,
+/// Lines above which a progress bar is shown.
+const PROGRESS_ABOVE_LINES: usize = 10_000;
+
+/// What happened to the whole file. Accepted events are only counted, so
+/// memory does not grow with the file.
+#[derive(Default)]
+struct Tally {
+    lines: usize,
+    accepted: usize,
+    duplicates: usize,
+    rejected: Vec<Value>,
+    not_stored: Vec<Value>,
+    print_as_we_go: bool,
+}
+
+impl Tally {
+    fn reject(&mut self, line: usize, what: Option<String>, error: LineError) {
+        let what_for_json = what.clone();
+        if self.print_as_we_go {
+            let what = what.map_or_else(String::new, |what| format!("{what}: "));
+            println!("line {line}: rejected: {what}{}", error.reason);
+        }
+        let mut entry = json!({
+            "line": line,
+            "field": error.field,
+            "reason": error.reason,
+        });
+        if let Some(what) = what_for_json {
+            entry["item"] = Value::String(what);
+        }
+        self.rejected.push(entry);
+    }
+
+    fn not_stored(&mut self, line: usize, reason: String) {
+        if self.print_as_we_go {
+            println!("line {line}: not stored by JetStream: {reason}");
+        }
+        self.not_stored
+            .push(json!({"line": line, "reason": reason}));
+    }
+
+    fn record(&mut self, outcomes: Vec<((usize, Uuid), Result<Stored, String>)>) {
+        for ((line, _), outcome) in outcomes {
+            match outcome {
+                Ok(stored) => {
+                    self.accepted += 1;
+                    if stored.duplicate {
+                        self.duplicates += 1;
+                    }
+                }
+                Err(reason) => self.not_stored(line, reason),
+            }
+        }
+    }
+}
+
+fn format_of(args: &ImportArgs) -> Format {
+    args.format.unwrap_or_else(|| {
+        let is_csv = args
+            .file
+            .extension()
+            .and_then(|extension| extension.to_str())
+            .is_some_and(|extension| extension.eq_ignore_ascii_case("csv"));
+        if is_csv {
+            Format::Csv
+        } else {
+            Format::Ndjson
+        }
+    })
+}
+
+/// A progress bar over the file's bytes, for files of more than
+/// [`PROGRESS_ABOVE_LINES`] lines.
+fn progress_for(path: &Path) -> anyhow::Result<Option<ProgressBar>> {
+    if path.as_os_str() == "-" {
+        return Ok(None);
+    }
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let size = file.metadata()?.len();
+    let mut lines = 0usize;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    loop {
+        let buffer = reader.fill_buf()?;
+        if buffer.is_empty() {
+            break;
+        }
+        lines += buffer.iter().filter(|byte| **byte == b'\n').count();
+        let consumed = buffer.len();
+        reader.consume(consumed);
+        if lines > PROGRESS_ABOVE_LINES {
+            let bar = ProgressBar::new(size).with_style(
+                ProgressStyle::with_template(
+                    "import [{bar:40}] {percent}% of {total_bytes}, {msg}, eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            return Ok(Some(bar));
+        }
+    }
+    Ok(None)
+}
+
+/// Counts the bytes read, for the progress bar.
+struct Counted<R> {
+    inner: R,
+    bar: Option<ProgressBar>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buffer)?;
+        if let Some(bar) = &self.bar {
+            bar.inc(read as u64);
+        }
+        Ok(read)
+    }
 }
 
 pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
-    let units = load_units(&args.bus.units)?;
-    let reader: Box<dyn BufRead> = if args.file.as_os_str() == "-" {
+    let units = std::sync::Arc::new(load_units(&args.units)?);
+    let format = format_of(&args);
+    let field_map = match format {
+        Format::Dvcqg => Some(load_field_map(args.field_map.as_deref())?),
+        _ => None,
+    };
+    let bar = progress_for(&args.file)?;
+    let input: Box<dyn Read> = if args.file.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
-        let file = std::fs::File::open(&args.file)
-            .with_context(|| format!("opening {}", args.file.display()))?;
-        Box::new(std::io::BufReader::new(file))
+        Box::new(
+            std::fs::File::open(&args.file)
+                .with_context(|| format!("opening {}", args.file.display()))?,
+        )
     };
-    let bus = Bus::connect(&args.bus.nats_url, "kpictl-import").await?;
+    let input = std::io::BufReader::with_capacity(
+        1 << 20,
+        Counted {
+            inner: input,
+            bar: bar.clone(),
+        },
+    );
+    let bus = args.nats.connect("kpictl-import").await?;
     bus.ensure_stream().await?;
-    let mut publisher = Publisher::new(bus);
+    let ingestor = Ingestor::new(bus, units, Accepts::Any, args.publish_deadline);
 
-    let mut rejected = Vec::new();
-    let mut acks = Vec::new();
-    let mut lines = 0usize;
-    for (index, line) in reader.split(b'\n').enumerate() {
-        let number = index + 1;
-        let mut line = line.with_context(|| format!("reading line {number}"))?;
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        lines += 1;
-        match parse_event(&line, &units) {
-            Ok(event) => {
-                let sent = publisher
-                    .send(number, event.subject(), &event.event_id.to_string(), Bytes::from(line))
-                    .await
-                    .with_context(|| {
-                        format!("publishing line {number}; the lines before it were sent (re-running the import is safe)")
-                    })?;
-                acks.extend(sent);
-            }
-            Err(error) => rejected.push(Rejected {
-                line: number,
-                field: error.field().map(str::to_owned),
-                reason: error.to_string(),
-            }),
+    let mut tally = Tally {
+        print_as_we_go: !args.json,
+        ..Tally::default()
+    };
+    match format {
+        Format::Ndjson => import_ndjson(&ingestor, input, &mut tally, bar.as_ref()).await?,
+        Format::Csv => import_csv(&ingestor, input, &mut tally, bar.as_ref()).await?,
+        Format::Dvcqg => {
+            let field_map = field_map.unwrap_or_default();
+            import_dvcqg(
+                &ingestor,
+                &field_map,
+                args.madonvi.as_deref(),
+                input,
+                &mut tally,
+            )
+            .await?
         }
     }
-    acks.extend(publisher.finish().await);
-
-    let mut failed: Vec<(usize, String)> = Vec::new();
-    let mut duplicates = 0;
-    for (line, ack) in &acks {
-        match ack {
-            Ok(ack) if ack.duplicate => duplicates += 1,
-            Ok(_) => {}
-            Err(err) => failed.push((*line, err.clone())),
-        }
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
     }
-    failed.sort();
-    let accepted = acks.len() - failed.len();
 
+    let unit = if format == Format::Dvcqg {
+        "dossiers"
+    } else {
+        "events"
+    };
     if args.json {
         let report = json!({
-            "lines": lines,
-            "accepted": accepted,
-            "already_in_stream": duplicates,
-            "rejected": rejected.iter().map(|r| json!({"line": r.line, "field": r.field, "reason": r.reason})).collect::<Vec<_>>(),
-            "not_stored": failed.iter().map(|(line, reason)| json!({"line": line, "reason": reason})).collect::<Vec<_>>(),
+            "lines": tally.lines,
+            "accepted": tally.accepted,
+            "already_in_stream": tally.duplicates,
+            "rejected": tally.rejected,
+            "not_stored": tally.not_stored,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        for item in &rejected {
-            println!("line {}: rejected: {}", item.line, item.reason);
-        }
-        for (line, reason) in &failed {
-            println!("line {line}: not stored by JetStream: {reason}");
-        }
         println!(
-            "{lines} lines: {accepted} accepted ({duplicates} already in the stream), {} rejected{}",
-            rejected.len(),
-            if failed.is_empty() { String::new() } else { format!(", {} not stored", failed.len()) }
+            "{} lines: {} {unit} accepted ({} already in the stream), {} rejected{}",
+            tally.lines,
+            tally.accepted,
+            tally.duplicates,
+            tally.rejected.len(),
+            if tally.not_stored.is_empty() {
+                String::new()
+            } else {
+                format!(", {} not stored", tally.not_stored.len())
+            }
         );
     }
-    if !failed.is_empty() {
+    if !tally.not_stored.is_empty() {
         anyhow::bail!(
             "{} valid lines were not stored by JetStream; run the import again (duplicates are dropped)",
-            failed.len()
+            tally.not_stored.len()
         );
     }
-    Ok(if rejected.is_empty() {
+    Ok(if tally.rejected.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+fn show_progress(bar: Option<&ProgressBar>, tally: &Tally) {
+    if let Some(bar) = bar {
+        if tally.lines.is_multiple_of(1000) {
+            bar.set_message(format!(
+                "{} lines, {} rejected",
+                tally.lines,
+                tally.rejected.len()
+            ));
+        }
+    }
+}
+
+async fn import_ndjson(
+    ingestor: &Ingestor,
+    mut input: impl BufRead,
+    tally: &mut Tally,
+    bar: Option<&ProgressBar>,
+) -> anyhow::Result<()> {
+    let mut publisher: Publisher<(usize, Uuid)> = ingestor.publisher();
+    let mut line = Vec::new();
+    let mut number = 0;
+    loop {
+        line.clear();
+        if input
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("reading line {}", number + 1))?
+            == 0
+        {
+            break;
+        }
+        number += 1;
+        let bytes = line.strip_suffix(b"\n").unwrap_or(&line);
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        tally.lines += 1;
+        match ingestor.prepare(bytes) {
+            Ok((event, message)) => {
+                let done = publisher.send((number, event.event_id), message).await;
+                tally.record(done);
+            }
+            Err(error) => tally.reject(number, None, error),
+        }
+        show_progress(bar, tally);
+    }
+    tally.record(publisher.finish().await);
+    Ok(())
+}
+
+async fn import_csv(
+    ingestor: &Ingestor,
+    input: impl Read,
+    tally: &mut Tally,
+    bar: Option<&ProgressBar>,
+) -> anyhow::Result<()> {
+    let mut rows = CsvEvents::new(input)?;
+    let mut publisher: Publisher<(usize, Uuid)> = ingestor.publisher();
+    while let Some((number, row)) = rows.next_event() {
+        tally.lines += 1;
+        match row.and_then(|event| ingestor.prepare(&event)) {
+            Ok((event, message)) => {
+                let done = publisher.send((number, event.event_id), message).await;
+                tally.record(done);
+            }
+            Err(error) => tally.reject(number, None, error),
+        }
+        show_progress(bar, tally);
+    }
+    tally.record(publisher.finish().await);
+    Ok(())
+}
+
+async fn import_dvcqg(
+    ingestor: &Ingestor,
+    field_map: &kpi_ingest::dvcqg::FieldMap,
+    madonvi: Option<&str>,
+    input: impl BufRead,
+    tally: &mut Tally,
+) -> anyhow::Result<()> {
+    for (index, line) in input.split(b'\n').enumerate() {
+        let number = index + 1;
+        let line = line.with_context(|| format!("reading line {number}"))?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        tally.lines += 1;
+        match ingest_dvcqg(ingestor, field_map, &line, madonvi).await {
+            Err(error) => tally.reject(number, None, error),
+            Ok(report) => {
+                for dossier in report.accepted {
+                    tally.accepted += 1;
+                    if dossier.events.iter().all(|event| event.duplicate) {
+                        tally.duplicates += 1;
+                    }
+                }
+                for rejected in report.rejected {
+                    let error = LineError {
+                        field: rejected.field,
+                        reason: rejected.reason,
+                    };
+                    tally.reject(number, Some(format!("dossier {}", rejected.line)), error);
+                }
+                for unstored in report.not_stored {
+                    tally.not_stored(
+                        number,
+                        format!(
+                            "dossier {} ({}): {}",
+                            unstored.line,
+                            unstored.case_id.unwrap_or_default(),
+                            unstored.reason
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }

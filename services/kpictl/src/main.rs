@@ -6,16 +6,14 @@
 
 mod bench;
 mod import;
-mod publish;
 mod query;
+mod redrive;
 mod simulate;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use kpi_domain::UnitRegistry;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,13 +27,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Validate and publish events from an NDJSON file (one event a line).
-    /// Exit status 1 when any line was rejected.
+    /// Validate and publish events from a file: NDJSON (one event a line),
+    /// a CSV export, or DVCQG payloads. Exit status 1 when any line was
+    /// rejected.
     Import(import::ImportArgs),
     /// The rates of a unit for a period, from the gRPC API.
     Rates(query::RatesArgs),
     /// List the invalid events the projector kept aside, with their reason.
     Rejected(query::RejectedArgs),
+    /// Send parked events again after a fix (they then count, once).
+    Redrive(redrive::RedriveArgs),
+    /// Create the CASES stream, or check an existing one (as the operator).
+    StreamInit(StreamInitArgs),
     /// Publish realistic synthetic traffic for the units of a registry.
     Simulate(simulate::SimulateArgs),
     /// Measure the fold rate, GetRates latency and memory against the raw
@@ -46,12 +49,17 @@ enum Command {
 /// Where the bus is and which units exist.
 #[derive(Debug, Clone, Args)]
 pub struct BusArgs {
-    /// NATS server.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    #[command(flatten)]
+    pub nats: kpi_bus::NatsArgs,
     /// The unit registry (JSON, CONTRACT §1).
     #[arg(long, env = "KPI_UNITS")]
     pub units: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StreamInitArgs {
+    #[command(flatten)]
+    pub nats: kpi_bus::NatsArgs,
 }
 
 /// Where the gRPC API is.
@@ -62,10 +70,19 @@ pub struct ApiArgs {
     pub addr: String,
 }
 
-pub fn load_units(path: &Path) -> anyhow::Result<UnitRegistry> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("reading the units file {}", path.display()))?;
-    UnitRegistry::from_json(&bytes).with_context(|| format!("units file {}", path.display()))
+pub use kpi_ingest::server::load_units;
+
+async fn stream_init(args: StreamInitArgs) -> anyhow::Result<ExitCode> {
+    let bus = args.nats.connect("kpictl-stream-init").await?;
+    bus.ensure_stream().await?;
+    let state = bus.stream_state().await?;
+    println!(
+        "stream {} ready: file storage, kept for ever, no deletes or purges; sequences {}..{}",
+        kpi_bus::STREAM_NAME,
+        state.first_sequence,
+        state.last_sequence
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -91,6 +108,8 @@ fn main() -> ExitCode {
             Command::Import(args) => import::run(args).await,
             Command::Rates(args) => query::rates(args).await,
             Command::Rejected(args) => query::rejected(args).await,
+            Command::Redrive(args) => redrive::run(args).await,
+            Command::StreamInit(args) => stream_init(args).await,
             Command::Simulate(args) => simulate::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }

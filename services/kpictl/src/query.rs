@@ -49,7 +49,7 @@ pub async fn connect(addr: &str) -> anyhow::Result<KpiServiceClient<Channel>> {
         .with_context(|| format!("cannot reach the KPI API at {addr} (is the projector running?)"))
 }
 
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}: {}", status.code().description(), status.message())
 }
 

@@ -18,12 +18,11 @@ use bytes::Bytes;
 use chrono::{DateTime, FixedOffset, Utc};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use kpi_bus::Bus;
 use kpi_domain::vietnam;
 use kpi_simulator::{vietnam_day, SimEvent, Simulator};
 
-use crate::publish::Publisher;
 use crate::{load_units, BusArgs};
+use kpi_ingest::{Outgoing, Publisher, Service, Stored, DEFAULT_DEADLINE};
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
@@ -51,6 +50,139 @@ pub struct SimulateArgs {
     /// instead of publishing.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Send the events through the ingest services over HTTP (as the
+    /// provincial system would) instead of publishing them directly.
+    #[arg(long)]
+    pub via_services: bool,
+    /// The intake service, with --via-services.
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    pub intake_url: String,
+    /// The resolution service, with --via-services.
+    #[arg(long, default_value = "http://127.0.0.1:8082")]
+    pub resolution_url: String,
+    /// The feedback service, with --via-services.
+    #[arg(long, default_value = "http://127.0.0.1:8083")]
+    pub feedback_url: String,
+}
+
+/// Where simulated events go: straight onto the bus, or through the
+/// ingest services' HTTP API in NDJSON posts.
+enum Sink {
+    Bus(Box<Publisher<()>>),
+    Services(ServiceSink),
+}
+
+/// Lines a post carries at most.
+const LINES_PER_POST: usize = 500;
+
+struct ServiceSink {
+    client: reqwest::Client,
+    /// Per service: its URL and the NDJSON body being filled.
+    services: Vec<(Service, String, Vec<u8>, usize)>,
+}
+
+impl Sink {
+    /// Sends one event; returns how many events failed meanwhile.
+    async fn send(&mut self, event: SimEvent) -> anyhow::Result<usize> {
+        match self {
+            Sink::Bus(publisher) => Ok(count_failures(publisher.send((), outgoing(event)).await)),
+            Sink::Services(sink) => sink.send(event).await,
+        }
+    }
+
+    /// Sends everything still buffered; returns how many failed.
+    async fn flush(&mut self) -> anyhow::Result<usize> {
+        match self {
+            Sink::Bus(publisher) => Ok(count_failures(publisher.drain().await)),
+            Sink::Services(sink) => sink.flush_all().await,
+        }
+    }
+}
+
+impl ServiceSink {
+    fn new(args: &SimulateArgs) -> ServiceSink {
+        let url = |base: &str| format!("{}/v1/events", base.trim_end_matches('/'));
+        ServiceSink {
+            client: reqwest::Client::new(),
+            services: vec![
+                (Service::Intake, url(&args.intake_url), Vec::new(), 0),
+                (
+                    Service::Resolution,
+                    url(&args.resolution_url),
+                    Vec::new(),
+                    0,
+                ),
+                (Service::Feedback, url(&args.feedback_url), Vec::new(), 0),
+            ],
+        }
+    }
+
+    async fn send(&mut self, event: SimEvent) -> anyhow::Result<usize> {
+        let owner = Service::owner_of(event.kind);
+        let index = self
+            .services
+            .iter()
+            .position(|(service, ..)| *service == owner)
+            .unwrap_or(0);
+        let (_, _, body, lines) = &mut self.services[index];
+        body.extend_from_slice(&event.payload);
+        body.push(b'\n');
+        *lines += 1;
+        if *lines >= LINES_PER_POST {
+            return self.flush(index).await;
+        }
+        Ok(0)
+    }
+
+    async fn flush_all(&mut self) -> anyhow::Result<usize> {
+        let mut failed = 0;
+        for index in 0..self.services.len() {
+            failed += self.flush(index).await?;
+        }
+        Ok(failed)
+    }
+
+    /// Posts one service's buffered lines; a 503 is sent again (the same
+    /// body: what was stored is not counted twice) up to three times.
+    async fn flush(&mut self, index: usize) -> anyhow::Result<usize> {
+        let (service, url, body, lines) = &mut self.services[index];
+        if *lines == 0 {
+            return Ok(0);
+        }
+        let body = std::mem::take(body);
+        let sent = std::mem::take(lines);
+        for attempt in 1..=3 {
+            let response = self
+                .client
+                .post(url.as_str())
+                .header("content-type", "application/x-ndjson")
+                .body(body.clone())
+                .send()
+                .await
+                .with_context(|| {
+                    format!(
+                        "posting to the {} service at {url} (is it running?)",
+                        service.name()
+                    )
+                })?;
+            let status = response.status();
+            let report: serde_json::Value = response.json().await.unwrap_or_default();
+            if status.as_u16() == 503 && attempt < 3 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            let accepted = report["accepted"].as_array().map_or(0, Vec::len);
+            if !status.is_success() {
+                eprintln!(
+                    "the {} service answered {status}: {}",
+                    service.name(),
+                    report
+                );
+            }
+            return Ok(sent.saturating_sub(accepted));
+        }
+        Ok(sent)
+    }
 }
 
 /// Events whose time has not come yet, earliest first (ties in the order
@@ -114,9 +246,13 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let bus = Bus::connect(&args.bus.nats_url, "kpictl-simulate").await?;
-    bus.ensure_stream().await?;
-    let mut publisher = Publisher::new(bus);
+    let mut sink = if args.via_services {
+        Sink::Services(ServiceSink::new(&args))
+    } else {
+        let bus = args.bus.nats.connect("kpictl-simulate").await?;
+        bus.ensure_stream().await?;
+        Sink::Bus(Box::new(Publisher::new(bus, DEFAULT_DEADLINE)))
+    };
     let mut waiting = Waiting::default();
     let current = now();
     let (due, later): (Vec<SimEvent>, Vec<SimEvent>) =
@@ -135,10 +271,10 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     let mut failures = 0usize;
     let published = due.len();
     for event in due {
-        failures += count_failures(send(&mut publisher, event).await?);
+        failures += sink.send(event).await?;
         progress.inc(1);
     }
-    failures += count_failures(publisher.finish().await);
+    failures += sink.flush().await?;
     progress.finish_and_clear();
     eprintln!(
         "published {published} backfill events ({} waiting for their time), seed {seed}",
@@ -151,8 +287,6 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let bus = Bus::connect(&args.bus.nats_url, "kpictl-simulate").await?;
-    let mut publisher = Publisher::new(bus);
     let deadline = args
         .duration
         .map(|seconds| tokio::time::Instant::now() + Duration::from_secs(seconds));
@@ -177,9 +311,10 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         }
         let current = now();
         while let Some(event) = waiting.pop_due(current) {
-            failures += count_failures(send(&mut publisher, event).await?);
+            failures += sink.send(event).await?;
             live_published += 1;
         }
+        failures += sink.flush().await?;
         if last_status.elapsed() >= Duration::from_secs(10) {
             eprintln!(
                 "live: {live_published} events published, {} waiting",
@@ -188,7 +323,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             last_status = tokio::time::Instant::now();
         }
     }
-    failures += count_failures(publisher.finish().await);
+    failures += sink.flush().await?;
     eprintln!("live: {live_published} events published; stopped");
     if failures > 0 {
         anyhow::bail!("{failures} events were not stored by JetStream");
@@ -196,30 +331,15 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn send(
-    publisher: &mut Publisher<()>,
-    event: SimEvent,
-) -> anyhow::Result<
-    Vec<(
-        (),
-        Result<async_nats::jetstream::publish::PublishAck, String>,
-    )>,
-> {
-    Ok(publisher
-        .send(
-            (),
-            event.subject,
-            &event.event_id.to_string(),
-            Bytes::from(event.payload),
-        )
-        .await?)
+/// A simulated event as a message to publish.
+pub fn outgoing(event: SimEvent) -> Outgoing {
+    Outgoing {
+        subject: event.subject,
+        message_id: event.event_id.to_string(),
+        payload: Bytes::from(event.payload),
+    }
 }
 
-fn count_failures<T>(
-    acks: Vec<(
-        T,
-        Result<async_nats::jetstream::publish::PublishAck, String>,
-    )>,
-) -> usize {
+fn count_failures<T>(acks: Vec<(T, Result<Stored, String>)>) -> usize {
     acks.iter().filter(|(_, ack)| ack.is_err()).count()
 }

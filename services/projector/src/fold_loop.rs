@@ -78,7 +78,12 @@ fn validate_batches(
     while let Some(messages) = queue.blocking_recv() {
         let events = messages
             .iter()
-            .map(|message| kpi_events::parse_message(&message.subject, &message.payload, units))
+            .map(|message| {
+                // As of when the stream stored it: every replay decides alike.
+                let at = message.published.unwrap_or_else(chrono::Utc::now);
+                let validation = kpi_events::Validation::new(units, at);
+                kpi_events::parse_message(&message.subject, &message.payload, &validation)
+            })
             .collect();
         if validated.send(ValidatedBatch { messages, events }).is_err() {
             return; // The fold thread stopped; it reports why.
@@ -103,6 +108,7 @@ fn fold_batches(
                 subject: &message.subject,
                 payload: &message.payload,
                 published: message.published,
+                redrive_of: message.redrive_of,
                 event,
             })
             .collect();

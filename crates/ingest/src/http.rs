@@ -1,0 +1,385 @@
+//! The HTTP face of an ingest service (CONTRACT §7):
+//!
+//! - `POST /v1/events`: one JSON event (`application/json`) or NDJSON
+//!   (`application/x-ndjson`), at most 10,000 lines and 16 MiB;
+//! - `POST /v1/dvcqg` (intake only): a DVCQG snapshot or progress payload;
+//! - `GET /healthz`: 200 when JetStream answers, else 503.
+//!
+//! Status: 200 when every line was stored; 400 when any was rejected (the
+//! others are stored and listed all the same); 413 for a body too large;
+//! 415 for another content type; 503 with `Retry-After` when the bus did not
+//! store an event in time, listing what it did store. Never a 2xx for an
+//! event that is not stored. Payloads are never logged: DVCQG snapshots
+//! carry personal data.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::batch::{ndjson_lines, Ingestor, Line, LineError, Rejected};
+use crate::dvcqg::{self, FieldMap};
+use crate::publish::{Outgoing, Publisher};
+
+/// The largest body (CONTRACT §7).
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// The most lines in one NDJSON body (CONTRACT §7).
+pub const MAX_LINES: usize = 10_000;
+
+/// What the client should wait before sending again after a 503, seconds.
+pub const RETRY_AFTER_SECONDS: u64 = 5;
+
+/// The state every handler shares.
+pub struct App {
+    pub name: &'static str,
+    pub ingestor: Ingestor,
+    /// Present on the service that takes DVCQG payloads (intake).
+    pub dvcqg: Option<FieldMap>,
+}
+
+/// The service's routes.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/events", post(post_events))
+        .route("/v1/dvcqg", post(post_dvcqg))
+        .route("/healthz", get(healthz))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(app)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    Refusal(status, message.into()).into_response()
+}
+
+/// A request refused as a whole: its status and what to do about it.
+#[derive(Debug)]
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+/// The body, or why it cannot be read.
+fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Refusal> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {MAX_BODY_BYTES} bytes (16 MiB); split it into several requests"),
+            )
+        } else {
+            Refusal(rejection.status(), rejection.body_text())
+        }
+    })
+}
+
+/// How a body's events are framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    One,
+    Ndjson,
+}
+
+fn framing(headers: &HeaderMap) -> Result<Framing, Refusal> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Ok(Framing::One),
+        "application/x-ndjson" => Ok(Framing::Ndjson),
+        _ => Err(Refusal(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "Content-Type `{content_type}` is not accepted: send one event as application/json or several, one a line, as application/x-ndjson"
+            ),
+        )),
+    }
+}
+
+fn too_many_lines(body: &[u8]) -> bool {
+    let body = body.strip_suffix(b"\n").unwrap_or(body);
+    body.iter().filter(|byte| **byte == b'\n').count() + 1 > MAX_LINES
+}
+
+/// 200, 400 or 503 (with `Retry-After`) for a report.
+fn answer<T: Serialize>(report: &T, rejected: bool, not_stored: bool) -> Response {
+    let status = if not_stored {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else if rejected {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let mut response = (status, Json(report)).into_response();
+    if not_stored {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+    }
+    response
+}
+
+async fn post_events(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let framing = match framing(&headers) {
+        Ok(framing) => framing,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let body = match read_body(body) {
+        Ok(body) => body,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let started = Instant::now();
+    let report = match framing {
+        Framing::One => {
+            let trimmed = body.trim_ascii();
+            app.ingestor
+                .ingest([Line {
+                    number: 1,
+                    bytes: trimmed,
+                }])
+                .await
+        }
+        Framing::Ndjson => {
+            if too_many_lines(&body) {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the body has more than {MAX_LINES} lines; split it into several requests"
+                    ),
+                );
+            }
+            app.ingestor.ingest(ndjson_lines(&body)).await
+        }
+    };
+    tracing::info!(
+        service = app.name,
+        accepted = report.accepted.len(),
+        rejected = report.rejected.len(),
+        not_stored = report.not_stored.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "POST /v1/events"
+    );
+    answer(
+        &report,
+        !report.rejected.is_empty(),
+        !report.not_stored.is_empty(),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct DvcqgQuery {
+    madonvi: Option<String>,
+}
+
+/// One event a dossier produced, as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct DossierEvent {
+    pub event_id: Uuid,
+    pub kind: String,
+    pub stream_sequence: u64,
+    pub duplicate: bool,
+}
+
+/// A dossier whose events were all stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct AcceptedDossier {
+    /// The dossier's position in `data`, from 1.
+    pub line: usize,
+    pub case_id: Option<String>,
+    pub events: Vec<DossierEvent>,
+}
+
+/// A valid dossier some of whose events were not stored in time.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnstoredDossier {
+    pub line: usize,
+    pub case_id: Option<String>,
+    pub reason: String,
+}
+
+/// The answer to a DVCQG payload: CONTRACT §7's, one entry per dossier.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DossierReport {
+    pub accepted: Vec<AcceptedDossier>,
+    pub rejected: Vec<Rejected>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_stored: Vec<UnstoredDossier>,
+}
+
+/// Converts a DVCQG payload and publishes the events of every valid
+/// dossier; a dossier counts as stored when all its events are.
+pub async fn ingest_dvcqg(
+    ingestor: &Ingestor,
+    field_map: &FieldMap,
+    body: &[u8],
+    madonvi: Option<&str>,
+) -> Result<DossierReport, LineError> {
+    let units = ingestor.units().clone();
+    let validation = kpi_events::Validation::now(&*units);
+    let dossiers = dvcqg::convert(body, madonvi, &units, field_map, &validation)?;
+    let mut report = DossierReport::default();
+    let mut publisher = Publisher::new(ingestor.bus().clone(), ingestor.deadline());
+    let mut outcomes = Vec::new();
+    let mut produced = Vec::new();
+    for dossier in dossiers {
+        match dossier.outcome {
+            Err(error) => report.rejected.push(error.into_rejected(dossier.index)),
+            Ok(events) => {
+                for (position, produced_event) in events.iter().enumerate() {
+                    let message = Outgoing {
+                        subject: produced_event.event.subject(),
+                        message_id: produced_event.event.event_id.to_string(),
+                        payload: Bytes::from(produced_event.payload.clone()),
+                    };
+                    outcomes.extend(publisher.send((produced.len(), position), message).await);
+                }
+                produced.push((dossier.index, dossier.case_id, events));
+            }
+        }
+    }
+    outcomes.extend(publisher.finish().await);
+    let mut stored: Vec<Vec<Option<Result<crate::Stored, String>>>> = produced
+        .iter()
+        .map(|(_, _, events)| vec![None; events.len()])
+        .collect();
+    for ((dossier, position), outcome) in outcomes {
+        stored[dossier][position] = Some(outcome);
+    }
+    for ((index, case_id, events), outcomes) in produced.into_iter().zip(stored) {
+        let failure = outcomes.iter().find_map(|outcome| match outcome {
+            Some(Err(reason)) => Some(reason.clone()),
+            None => Some("not published".to_owned()),
+            Some(Ok(_)) => None,
+        });
+        if let Some(reason) = failure {
+            report.not_stored.push(UnstoredDossier {
+                line: index,
+                case_id,
+                reason,
+            });
+            continue;
+        }
+        let events = events
+            .iter()
+            .zip(outcomes.into_iter().flatten().flatten())
+            .map(|(produced, stored)| DossierEvent {
+                event_id: produced.event.event_id,
+                kind: produced.event.kind().to_string(),
+                stream_sequence: stored.sequence,
+                duplicate: stored.duplicate,
+            })
+            .collect();
+        report.accepted.push(AcceptedDossier {
+            line: index,
+            case_id,
+            events,
+        });
+    }
+    report.rejected.sort_by_key(|entry| entry.line);
+    Ok(report)
+}
+
+async fn post_dvcqg(
+    State(app): State<Arc<App>>,
+    Query(query): Query<DvcqgQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(field_map) = &app.dvcqg else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "the {} service does not take DVCQG payloads: send them to the intake service (POST /v1/dvcqg, default 127.0.0.1:8081)",
+                app.name
+            ),
+        );
+    };
+    if framing(&headers).map_or(true, |framing| framing != Framing::One) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send a DVCQG payload as application/json",
+        );
+    }
+    let body = match read_body(body) {
+        Ok(body) => body,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let started = Instant::now();
+    match ingest_dvcqg(&app.ingestor, field_map, &body, query.madonvi.as_deref()).await {
+        Ok(report) => {
+            tracing::info!(
+                service = app.name,
+                dossiers_accepted = report.accepted.len(),
+                dossiers_rejected = report.rejected.len(),
+                dossiers_not_stored = report.not_stored.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "POST /v1/dvcqg"
+            );
+            answer(
+                &report,
+                !report.rejected.is_empty(),
+                !report.not_stored.is_empty(),
+            )
+        }
+        Err(refused) => {
+            tracing::info!(service = app.name, "POST /v1/dvcqg: payload refused");
+            (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": refused.reason, "field": refused.field})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// How long `/healthz` waits for JetStream.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    let bus = app.ingestor.bus().with_timeout(HEALTH_TIMEOUT);
+    match tokio::time::timeout(HEALTH_TIMEOUT, bus.stream_state()).await {
+        Ok(Ok(state)) => (
+            StatusCode::OK,
+            Json(json!({
+                "status": "ok",
+                "service": app.name,
+                "stream": kpi_bus::STREAM_NAME,
+                "last_sequence": state.last_sequence,
+            })),
+        )
+            .into_response(),
+        Ok(Err(err)) => unavailable(app.name, err.to_string()),
+        Err(_) => unavailable(app.name, "JetStream did not answer within 2 s".to_owned()),
+    }
+}
+
+fn unavailable(name: &str, reason: String) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": "unavailable", "service": name, "reason": reason})),
+    )
+        .into_response()
+}

@@ -1,0 +1,26 @@
+//! What the ingest services (`intake`, `resolution`, `feedback`) and
+//! `kpictl import` share: one path in, however an event comes.
+//!
+//! - [`batch`]: validation of each line (the `events` crate, plus the
+//!   service's own kinds) and the per-line report;
+//! - [`publish`]: publishing with `Nats-Msg-Id` = `event_id` and a window of
+//!   acks in flight, each retried with backoff until a deadline;
+//! - [`http`]: `POST /v1/events`, `POST /v1/dvcqg`, `GET /healthz` (axum);
+//! - [`dvcqg`]: national-portal dossier snapshots into contract events;
+//! - [`csv`]: CSV exports into contract events;
+//! - [`service`]: which service takes which kinds;
+//! - [`server`]: the whole of a service binary but its name.
+
+pub mod batch;
+pub mod csv;
+pub mod dvcqg;
+pub mod http;
+pub mod publish;
+pub mod server;
+pub mod service;
+
+pub use batch::{
+    ndjson_lines, validate_line, Accepted, Ingestor, Line, LineError, NotStored, Rejected, Report,
+};
+pub use publish::{Outgoing, Publisher, Stored, DEFAULT_DEADLINE};
+pub use service::{Accepts, Service};

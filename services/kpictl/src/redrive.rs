@@ -1,0 +1,167 @@
+//! `kpictl redrive [--sequence N ...]`: sends parked events again after a
+//! fix (a unit added to the registry, say).
+//!
+//! Each chosen event is validated again, as of now and against the current
+//! registry; a valid one is published on its own subject with the header
+//! `Kpi-Redrive-Of: <parked sequence>` and the message id
+//! `redrive/<parked sequence>`. The projector then counts it — once, since
+//! events are deduplicated by case and event id — and retires the parked
+//! copy. What is still invalid is reported with its reason again.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use kpi_api::pb::{ListRejectedRequest, RejectedEvent};
+use kpi_events::{parse_event, Validation};
+use serde_json::json;
+
+use crate::query::{connect, status_error};
+use crate::{ApiArgs, BusArgs};
+
+#[derive(Debug, Args)]
+pub struct RedriveArgs {
+    /// The stream sequences of the parked events to send again (as
+    /// `kpictl rejected` lists them); none: every one that is valid now.
+    #[arg(long = "sequence", value_name = "N")]
+    pub sequences: Vec<u64>,
+    #[command(flatten)]
+    pub bus: BusArgs,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Only say what would be sent.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parked events per `ListRejected` page.
+const PAGE: u32 = 1000;
+
+/// Every event the projector keeps aside, oldest first.
+async fn all_parked(api: &ApiArgs) -> anyhow::Result<Vec<RejectedEvent>> {
+    let mut client = connect(&api.addr).await?;
+    let mut events = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = client
+            .list_rejected(ListRejectedRequest {
+                after_sequence: after,
+                limit: PAGE,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .events;
+        let Some(last) = page.last() else { break };
+        after = last.stream_sequence;
+        events.extend(page);
+    }
+    Ok(events)
+}
+
+pub async fn run(args: RedriveArgs) -> anyhow::Result<ExitCode> {
+    let units = crate::load_units(&args.bus.units)?;
+    let parked = all_parked(&args.api).await?;
+    let mut chosen = Vec::new();
+    let mut unknown = Vec::new();
+    if args.sequences.is_empty() {
+        chosen = parked;
+    } else {
+        for sequence in &args.sequences {
+            match parked
+                .iter()
+                .find(|event| event.stream_sequence == *sequence)
+            {
+                Some(event) => chosen.push(event.clone()),
+                None => unknown.push(*sequence),
+            }
+        }
+    }
+
+    let bus = if args.dry_run {
+        None
+    } else {
+        let bus = args.bus.nats.connect("kpictl-redrive").await?;
+        bus.ensure_stream().await?;
+        Some(bus)
+    };
+    let validation = Validation::now(&units);
+    let mut sent = Vec::new();
+    let mut still_invalid = Vec::new();
+    for parked in chosen {
+        let event = match parse_event(&parked.payload, &validation) {
+            Ok(event) => event,
+            Err(error) => {
+                still_invalid.push((parked.stream_sequence, error.to_string()));
+                continue;
+            }
+        };
+        let Some(bus) = &bus else {
+            sent.push((parked.stream_sequence, event.subject(), None));
+            continue;
+        };
+        let ack = bus
+            .publish_redrive(
+                event.subject(),
+                parked.stream_sequence,
+                parked.payload.clone().into(),
+            )
+            .await?
+            .await
+            .with_context(|| {
+                format!(
+                    "redriving sequence {}: JetStream did not store it; run redrive again",
+                    parked.stream_sequence
+                )
+            })?;
+        sent.push((parked.stream_sequence, event.subject(), Some(ack.sequence)));
+    }
+
+    if args.json {
+        let report = json!({
+            "sent": sent.iter().map(|(parked, subject, sequence)| json!({
+                "parked_sequence": parked, "subject": subject, "stream_sequence": sequence,
+            })).collect::<Vec<_>>(),
+            "still_invalid": still_invalid.iter().map(|(sequence, reason)| json!({
+                "parked_sequence": sequence, "reason": reason,
+            })).collect::<Vec<_>>(),
+            "not_parked": unknown,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for (parked, subject, sequence) in &sent {
+            match sequence {
+                Some(sequence) => {
+                    println!("sequence {parked}: sent again on {subject} as sequence {sequence}")
+                }
+                None => println!("sequence {parked}: would be sent again on {subject}"),
+            }
+        }
+        for (sequence, reason) in &still_invalid {
+            println!("sequence {sequence}: still invalid: {reason}");
+        }
+        for sequence in &unknown {
+            println!(
+                "sequence {sequence}: not among the events kept aside (already redriven, or never parked)"
+            );
+        }
+        println!(
+            "{} sent again, {} still invalid{}",
+            sent.len(),
+            still_invalid.len(),
+            if unknown.is_empty() {
+                String::new()
+            } else {
+                format!(", {} not parked", unknown.len())
+            }
+        );
+    }
+    Ok(if still_invalid.is_empty() && unknown.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
