@@ -265,6 +265,18 @@ impl IngestService {
         log_dir: &Path,
         extra: &[&str],
     ) -> IngestService {
+        IngestService::start_with_env(name, nats_url, units, log_dir, extra, &[]).await
+    }
+
+    /// [`IngestService::start`] with environment variables (`RUST_LOG`, say).
+    pub async fn start_with_env(
+        name: &str,
+        nats_url: &str,
+        units: &Path,
+        log_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> IngestService {
         let port = free_port();
         let log = log_dir.join(format!("{name}-{port}.log"));
         let log_file = std::fs::File::create(&log).expect("service log file");
@@ -276,6 +288,7 @@ impl IngestService {
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)

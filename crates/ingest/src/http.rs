@@ -12,6 +12,7 @@
 //! event that is not stored. Payloads are never logged: DVCQG snapshots
 //! carry personal data.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,9 +27,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::batch::{ndjson_lines, Ingestor, Line, LineError, Rejected};
+use crate::batch::{ndjson_lines, Ingestor, Line, LineError};
 use crate::dvcqg::{self, FieldMap};
-use crate::publish::{Outgoing, Publisher};
+use crate::publish::Outgoing;
 
 /// The largest body (CONTRACT §7).
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -212,11 +213,24 @@ pub struct AcceptedDossier {
     pub events: Vec<DossierEvent>,
 }
 
-/// A valid dossier some of whose events were not stored in time.
+/// A valid dossier some of whose events were not stored in time: send it
+/// again (the events already stored are not counted twice).
 #[derive(Debug, Clone, Serialize)]
 pub struct UnstoredDossier {
     pub line: usize,
     pub case_id: Option<String>,
+    /// Why the first event that was not stored was not.
+    pub reason: String,
+    /// The events that were stored all the same.
+    pub stored: Vec<DossierEvent>,
+}
+
+/// A dossier refused: nothing of it was published.
+#[derive(Debug, Clone, Serialize)]
+pub struct RejectedDossier {
+    pub line: usize,
+    pub case_id: Option<String>,
+    pub field: Option<String>,
     pub reason: String,
 }
 
@@ -224,7 +238,7 @@ pub struct UnstoredDossier {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DossierReport {
     pub accepted: Vec<AcceptedDossier>,
-    pub rejected: Vec<Rejected>,
+    pub rejected: Vec<RejectedDossier>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_stored: Vec<UnstoredDossier>,
 }
@@ -241,64 +255,65 @@ pub async fn ingest_dvcqg(
     let validation = kpi_events::Validation::now(&*units);
     let dossiers = dvcqg::convert(body, madonvi, &units, field_map, &validation)?;
     let mut report = DossierReport::default();
-    let mut publisher = Publisher::new(ingestor.bus().clone(), ingestor.deadline());
-    let mut outcomes = Vec::new();
-    let mut produced = Vec::new();
+    let mut publisher = ingestor.publisher();
+    let mut outcomes = HashMap::new();
+    let mut valid = Vec::new();
     for dossier in dossiers {
         match dossier.outcome {
-            Err(error) => report.rejected.push(error.into_rejected(dossier.index)),
+            Err(error) => report.rejected.push(RejectedDossier {
+                line: dossier.index,
+                case_id: dossier.case_id,
+                field: error.field,
+                reason: error.reason,
+            }),
             Ok(events) => {
-                for (position, produced_event) in events.iter().enumerate() {
+                for (position, produced) in events.iter().enumerate() {
                     let message = Outgoing {
-                        subject: produced_event.event.subject(),
-                        message_id: produced_event.event.event_id.to_string(),
-                        payload: Bytes::from(produced_event.payload.clone()),
+                        subject: produced.event.subject(),
+                        message_id: produced.event.event_id.to_string(),
+                        payload: Bytes::from(produced.payload.clone()),
                     };
-                    outcomes.extend(publisher.send((produced.len(), position), message).await);
+                    let tag = (dossier.index, position);
+                    outcomes.extend(publisher.send(tag, message).await);
                 }
-                produced.push((dossier.index, dossier.case_id, events));
+                valid.push((dossier.index, dossier.case_id, events));
             }
         }
     }
     outcomes.extend(publisher.finish().await);
-    let mut stored: Vec<Vec<Option<Result<crate::Stored, String>>>> = produced
-        .iter()
-        .map(|(_, _, events)| vec![None; events.len()])
-        .collect();
-    for ((dossier, position), outcome) in outcomes {
-        stored[dossier][position] = Some(outcome);
-    }
-    for ((index, case_id, events), outcomes) in produced.into_iter().zip(stored) {
-        let failure = outcomes.iter().find_map(|outcome| match outcome {
-            Some(Err(reason)) => Some(reason.clone()),
-            None => Some("not published".to_owned()),
-            Some(Ok(_)) => None,
-        });
-        if let Some(reason) = failure {
-            report.not_stored.push(UnstoredDossier {
-                line: index,
+    for (line, case_id, events) in valid {
+        let mut stored = Vec::with_capacity(events.len());
+        let mut failure = None;
+        for (position, produced) in events.iter().enumerate() {
+            match outcomes.remove(&(line, position)) {
+                Some(Ok(outcome)) => stored.push(DossierEvent {
+                    event_id: produced.event.event_id,
+                    kind: produced.event.kind().to_string(),
+                    stream_sequence: outcome.sequence,
+                    duplicate: outcome.duplicate,
+                }),
+                Some(Err(reason)) => {
+                    failure.get_or_insert(reason);
+                }
+                None => {
+                    failure.get_or_insert_with(|| "not published".to_owned());
+                }
+            }
+        }
+        match failure {
+            None => report.accepted.push(AcceptedDossier {
+                line,
+                case_id,
+                events: stored,
+            }),
+            Some(reason) => report.not_stored.push(UnstoredDossier {
+                line,
                 case_id,
                 reason,
-            });
-            continue;
+                stored,
+            }),
         }
-        let events = events
-            .iter()
-            .zip(outcomes.into_iter().flatten().flatten())
-            .map(|(produced, stored)| DossierEvent {
-                event_id: produced.event.event_id,
-                kind: produced.event.kind().to_string(),
-                stream_sequence: stored.sequence,
-                duplicate: stored.duplicate,
-            })
-            .collect();
-        report.accepted.push(AcceptedDossier {
-            line: index,
-            case_id,
-            events,
-        });
     }
-    report.rejected.sort_by_key(|entry| entry.line);
     Ok(report)
 }
 

@@ -19,7 +19,7 @@ use kpi_store::{BatchReport, FoldTotals, Incoming, Store};
 use tokio::sync::{mpsc, watch};
 
 pub struct Config {
-    pub nats_url: String,
+    pub nats: kpi_bus::NatsArgs,
     pub batch_size: usize,
 }
 
@@ -187,7 +187,7 @@ async fn read(
 ) -> anyhow::Result<()> {
     let mut retry_delay = Duration::from_millis(200);
     while !*stop.borrow() {
-        let bus = match Bus::connect(&config.nats_url, "kpi-projector").await {
+        let bus = match config.nats.connect("kpi-projector").await {
             Ok(bus) => bus,
             Err(err) => {
                 tracing::warn!(error = %err, retry_in = ?retry_delay, "NATS unavailable; serving the views as they are");
@@ -201,6 +201,9 @@ async fn read(
         retry_delay = Duration::from_millis(200);
         let state = match bus.ensure_stream().await {
             Ok(_) => bus.stream_state().await,
+            // A stream of another storage, retention or subjects is not
+            // this system's log: waiting will not fix it.
+            Err(err @ kpi_bus::BusError::StreamMismatch { .. }) => return Err(err.into()),
             Err(err) => Err(err),
         };
         match state {

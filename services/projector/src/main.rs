@@ -25,9 +25,10 @@ use tokio::sync::watch;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// NATS server to read the CASES stream from.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
+    /// The NATS server to read the CASES stream from, and the projector's
+    /// own NATS user (read-only on CASES, deploy/nats/users.conf).
+    #[command(flatten)]
+    nats: kpi_bus::NatsArgs,
     /// The unit registry (JSON, CONTRACT §1).
     #[arg(long, env = "KPI_UNITS")]
     units: PathBuf,
@@ -116,7 +117,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut folding = tokio::spawn(fold_loop::run(
         fold_loop::Config {
-            nats_url: args.nats_url,
+            nats: args.nats,
             batch_size: args.batch_size.max(1),
         },
         store.clone(),
