@@ -199,7 +199,10 @@ async fn each_service_stores_its_own_kinds_and_refuses_the_rest() {
     // The same event again: stored once, said to be a duplicate.
     let again = rated(case, "very_satisfied");
     for expected_duplicate in [false, true] {
-        let (status, report) = stack.feedback.post_events(ndjson(std::slice::from_ref(&again))).await;
+        let (status, report) = stack
+            .feedback
+            .post_events(ndjson(std::slice::from_ref(&again)))
+            .await;
         assert_eq!(status, 200, "{report}");
         assert_eq!(report["accepted"][0]["duplicate"], expected_duplicate);
     }
@@ -1017,4 +1020,78 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack
         .windows(needle.len())
         .any(|window| window == needle)
+}
+
+/// The example payloads of deploy/examples (the README's curl commands)
+/// are accepted by the services they are for, with the seed units.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_examples_are_accepted() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let example = |name: &str| std::fs::read(repo.join("deploy/examples").join(name)).unwrap();
+    let nats = LocalNats::start().unwrap_or_else(|err| panic!("{err}"));
+    let dir = tempfile::tempdir().unwrap();
+    let units = repo.join("deploy/units/seed-communes.json");
+    let url = nats.url();
+    let start = |name: &'static str| IngestService::start(name, &url, &units, dir.path(), &[]);
+    let (intake, resolution, feedback) = (
+        start("intake").await,
+        start("resolution").await,
+        start("feedback").await,
+    );
+
+    let posts = [
+        (&intake, "/v1/events", "application/json", "event.json"),
+        (
+            &intake,
+            "/v1/events",
+            "application/x-ndjson",
+            "intake-events.ndjson",
+        ),
+        (
+            &resolution,
+            "/v1/events",
+            "application/x-ndjson",
+            "resolution-events.ndjson",
+        ),
+        (
+            &feedback,
+            "/v1/events",
+            "application/x-ndjson",
+            "feedback-events.ndjson",
+        ),
+        (
+            &intake,
+            "/v1/dvcqg",
+            "application/json",
+            "dvcqg-snapshot.json",
+        ),
+        (
+            &intake,
+            "/v1/dvcqg",
+            "application/json",
+            "dvcqg-progress.json",
+        ),
+    ];
+    for (service, path, content_type, file) in posts {
+        let (status, report, _) = service.post(path, content_type, example(file)).await;
+        assert_eq!(status, 200, "{file}: {report}");
+    }
+    let output = kpi_e2e::kpictl(&[
+        "import",
+        repo.join("deploy/examples/events.csv").to_str().unwrap(),
+        "--units",
+        units.to_str().unwrap(),
+        "--nats-url",
+        &nats.url(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("3 events accepted"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the project needs beyond Rust crates, when it is missing:
-# nats-server (Debian package) and a C compiler (ring, under the NATS
+# nats-server (Debian package), curl (the demo) and a C compiler (ring, under the NATS
 # client's TLS, builds C).
 # Cargo fetches the crates itself on the first build.
 set -euo pipefail
@@ -12,6 +12,7 @@ as_root() {
 missing=()
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]} (Debian packages)" >&2

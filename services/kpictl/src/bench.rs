@@ -35,7 +35,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use kpi_ingest::{Publisher, DEFAULT_DEADLINE};
+use kpi_ingest::{Publisher, Service, DEFAULT_DEADLINE};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -66,6 +66,13 @@ pub struct BenchArgs {
     /// Random seed of the simulated traffic.
     #[arg(long, default_value_t = 2025)]
     pub seed: u64,
+    /// Events posted to the intake service (and, as many others, published
+    /// raw) for the ingest comparison; 0 skips it.
+    #[arg(long, default_value_t = 200_000)]
+    pub ingest_events: usize,
+    /// Concurrent HTTP clients posting to the intake service.
+    #[arg(long, default_value_t = 4)]
+    pub ingest_clients: usize,
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
@@ -116,6 +123,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         projector_bin.is_file(),
         "projector binary not found at {} (build it with `cargo build --release -p projector` or pass --projector-bin)",
         projector_bin.display()
+    );
+    let intake_bin = projector_bin.with_file_name("intake");
+    anyhow::ensure!(
+        args.ingest_events == 0 || intake_bin.is_file(),
+        "intake binary not found at {} (build it with `cargo build --release -p intake`, or pass --ingest-events 0)",
+        intake_bin.display()
     );
     let nats = LocalNats::start()?;
     let work = tempfile::Builder::new().prefix("kpi-bench-").tempdir()?;
@@ -205,6 +218,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let measured = outcome?;
     let disk_mib = directory_size(&data_dir) as f64 / 1024.0 / 1024.0;
 
+    // 5. The intake service against a raw pipelined publish of as many
+    //    events of the same kinds.
+    let ingest = if args.ingest_events > 0 {
+        Some(
+            ingest_bench(
+                &args,
+                &bus,
+                &nats.url(),
+                &units,
+                &units_path,
+                &intake_bin,
+                work.path(),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+
     let raw_rate = last as f64 / raw_seconds;
     let fold_rate = last as f64 / measured.fold_seconds;
     let figures = json!({
@@ -233,6 +265,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "peak_rss_mib_at_end": measured.memory_end.peak_mib,
         "sled_cache_mib": args.cache_mb,
         "views_on_disk_mib": disk_mib,
+        "ingest": ingest.as_ref().map(|ingest| json!({
+            "events": ingest.events,
+            "lines_per_post": LINES_PER_POST,
+            "clients": args.ingest_clients,
+            "raw_publish_events_per_second": ingest.raw_per_second,
+            "service_events_per_second": ingest.service_per_second,
+            "service_vs_raw_publish": ingest.service_per_second / ingest.raw_per_second,
+            "post_p50_ms": ingest.post_p50_ms,
+            "post_p99_ms": ingest.post_p99_ms,
+        })),
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&figures)?);
@@ -261,7 +303,186 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         args.cache_mb
     );
     println!("  views on disk                        {disk_mib:.0} MiB");
+    if let Some(ingest) = &ingest {
+        println!(
+            "  raw publish, {} intake events, 1024 in flight {:>9.0} events/s",
+            ingest.events, ingest.raw_per_second
+        );
+        println!(
+            "  intake service, posts of {LINES_PER_POST} lines, {} clients {:>9.0} events/s = {:.0}% of the raw publish (goals ≥ 20000/s, ≥ 40%)",
+            args.ingest_clients,
+            ingest.service_per_second,
+            100.0 * ingest.service_per_second / ingest.raw_per_second
+        );
+        println!(
+            "  intake post of {LINES_PER_POST} lines              p50 {:.1} ms, p99 {:.1} ms",
+            ingest.post_p50_ms, ingest.post_p99_ms
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Lines in each NDJSON post of the ingest comparison.
+const LINES_PER_POST: usize = 1000;
+
+struct IngestFigures {
+    events: usize,
+    raw_per_second: f64,
+    service_per_second: f64,
+    post_p50_ms: f64,
+    post_p99_ms: f64,
+}
+
+/// Generates `2 × args.ingest_events` distinct events of the intake
+/// service's kinds (2024, another seed than the year already published):
+/// the first half is published raw with acks in flight, the second posted
+/// to a real `intake` process in NDJSON bodies of [`LINES_PER_POST`] lines.
+async fn ingest_bench(
+    args: &BenchArgs,
+    bus: &Bus,
+    nats_url: &str,
+    units: &UnitRegistry,
+    units_path: &Path,
+    intake_bin: &Path,
+    work: &Path,
+) -> anyhow::Result<IngestFigures> {
+    let wanted = args.ingest_events * 2;
+    let mut simulator = Simulator::new(units, args.seed.wrapping_add(1));
+    let first_day = vietnam_day(
+        Utc.with_ymd_and_hms(2024, 1, 1, 12, 0, 0)
+            .single()
+            .context("date")?,
+        0,
+    );
+    let per_commune_day =
+        wanted as f64 / 2.0 / f64::from(working_days_of_2025()) / units.len().max(1) as f64;
+    let mut events: Vec<kpi_simulator::SimEvent> = simulator
+        .history(first_day, 365, per_commune_day.max(0.5))
+        .filter(|event| Service::owner_of(event.kind) == Service::Intake)
+        .take(wanted)
+        .collect();
+    anyhow::ensure!(
+        events.len() == wanted,
+        "the simulator made only {} intake events",
+        events.len()
+    );
+    let posted = events.split_off(args.ingest_events);
+
+    let started = Instant::now();
+    let mut publisher = Publisher::new(bus.clone(), DEFAULT_DEADLINE);
+    let mut failures = 0;
+    for event in events {
+        let acks = publisher.send((), crate::simulate::outgoing(event)).await;
+        failures += acks.iter().filter(|(_, ack)| ack.is_err()).count();
+    }
+    failures += publisher
+        .finish()
+        .await
+        .iter()
+        .filter(|(_, ack)| ack.is_err())
+        .count();
+    let raw_seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(failures == 0, "{failures} raw events were not stored");
+
+    let port = free_port()?;
+    let log_path = work.join("intake.log");
+    let mut intake = Command::new(intake_bin)
+        .args(["--nats-url", nats_url])
+        .arg("--units")
+        .arg(units_path)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path)?)
+        .spawn()
+        .with_context(|| format!("starting {}", intake_bin.display()))?;
+    let outcome = post_to_intake(args, port, posted, &log_path).await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &intake.id().to_string()])
+        .status();
+    let _ = intake.wait();
+    let (service_seconds, latencies) = outcome?;
+    Ok(IngestFigures {
+        events: args.ingest_events,
+        raw_per_second: args.ingest_events as f64 / raw_seconds,
+        service_per_second: args.ingest_events as f64 / service_seconds,
+        post_p50_ms: latencies.value_at_quantile(0.5) as f64 / 1000.0,
+        post_p99_ms: latencies.value_at_quantile(0.99) as f64 / 1000.0,
+    })
+}
+
+/// Posts the events in bodies of [`LINES_PER_POST`] lines from
+/// `args.ingest_clients` clients; the seconds it took and each post's
+/// latency (µs).
+async fn post_to_intake(
+    args: &BenchArgs,
+    port: u16,
+    events: Vec<kpi_simulator::SimEvent>,
+    log: &Path,
+) -> anyhow::Result<(f64, hdrhistogram::Histogram<u64>)> {
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let ready = Instant::now();
+    while !client
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .is_ok_and(|response| response.status().is_success())
+    {
+        anyhow::ensure!(
+            ready.elapsed() < Duration::from_secs(20),
+            "the intake service did not become healthy; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bodies: Vec<Vec<u8>> = events
+        .chunks(LINES_PER_POST)
+        .map(|chunk| {
+            let mut body = Vec::new();
+            for event in chunk {
+                body.extend_from_slice(&event.payload);
+                body.push(b'\n');
+            }
+            body
+        })
+        .collect();
+    let queue = Arc::new(std::sync::Mutex::new(bodies));
+    let url = format!("{base}/v1/events");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.ingest_clients.max(1) {
+        let (queue, client, url) = (queue.clone(), client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = hdrhistogram::Histogram::<u64>::new(3)?;
+            loop {
+                let body = queue.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.pop();
+                let Some(body) = body else { break };
+                let call = Instant::now();
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/x-ndjson")
+                    .body(body)
+                    .send()
+                    .await?;
+                let status = response.status();
+                let answer = response.bytes().await?;
+                anyhow::ensure!(
+                    status.is_success(),
+                    "the intake service answered {status}: {}",
+                    String::from_utf8_lossy(&answer[..answer.len().min(500)])
+                );
+                latencies.record(call.elapsed().as_micros() as u64)?;
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut latencies = hdrhistogram::Histogram::<u64>::new(3)?;
+    for task in tasks {
+        latencies.add(task.await??)?;
+    }
+    Ok((started.elapsed().as_secs_f64(), latencies))
 }
 
 async fn raw_read(bus: &Bus, last: u64) -> anyhow::Result<f64> {
