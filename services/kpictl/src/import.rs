@@ -64,13 +64,16 @@ pub struct ImportArgs {
 /// Lines above which a progress bar is shown.
 const PROGRESS_ABOVE_LINES: usize = 10_000;
 
-/// What happened to the whole file. Accepted events are only counted, so
-/// memory does not grow with the file.
+/// What happened to the whole file. Accepted events are only counted, and
+/// rejections printed as they come (kept only for the `--json` report),
+/// so memory does not grow with the file.
 #[derive(Default)]
 struct Tally {
     lines: usize,
     accepted: usize,
     duplicates: usize,
+    rejected_count: usize,
+    /// Only with `--json`.
     rejected: Vec<Value>,
     not_stored: Vec<Value>,
     print_as_we_go: bool,
@@ -78,17 +81,18 @@ struct Tally {
 
 impl Tally {
     fn reject(&mut self, line: usize, what: Option<String>, error: LineError) {
-        let what_for_json = what.clone();
+        self.rejected_count += 1;
         if self.print_as_we_go {
             let what = what.map_or_else(String::new, |what| format!("{what}: "));
             println!("line {line}: rejected: {what}{}", error.reason);
+            return;
         }
         let mut entry = json!({
             "line": line,
             "field": error.field,
             "reason": error.reason,
         });
-        if let Some(what) = what_for_json {
+        if let Some(what) = what {
             entry["item"] = Value::String(what);
         }
         self.rejected.push(entry);
@@ -249,7 +253,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
             tally.lines,
             tally.accepted,
             tally.duplicates,
-            tally.rejected.len(),
+            tally.rejected_count,
             if tally.not_stored.is_empty() {
                 String::new()
             } else {
@@ -263,7 +267,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
             tally.not_stored.len()
         );
     }
-    Ok(if tally.rejected.is_empty() {
+    Ok(if tally.rejected_count == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -275,8 +279,7 @@ fn show_progress(bar: Option<&ProgressBar>, tally: &Tally) {
         if tally.lines.is_multiple_of(1000) {
             bar.set_message(format!(
                 "{} lines, {} rejected",
-                tally.lines,
-                tally.rejected.len()
+                tally.lines, tally.rejected_count
             ));
         }
     }
