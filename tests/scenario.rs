@@ -321,6 +321,7 @@ async fn the_api_refuses_unknown_units_and_bad_periods_with_actionable_messages(
     let roots = client
         .list_units(ListUnitsRequest {
             parent_id: String::new(),
+            as_of: String::new(),
         })
         .await
         .unwrap()
@@ -330,6 +331,7 @@ async fn the_api_refuses_unknown_units_and_bad_periods_with_actionable_messages(
     let communes = client
         .list_units(ListUnitsRequest {
             parent_id: "P31".into(),
+            as_of: String::new(),
         })
         .await
         .unwrap()

@@ -162,15 +162,28 @@ impl KpiService for KpiApi {
         &self,
         request: Request<pb::ListUnitsRequest>,
     ) -> Result<Response<pb::ListUnitsReply>, Status> {
-        let parent_id = request.into_inner().parent_id;
-        let parent = if parent_id.is_empty() {
+        let request = request.into_inner();
+        let parent = if request.parent_id.is_empty() {
             None
         } else {
-            Some(self.find_unit(&parent_id, "parent_id")?)
+            Some(self.find_unit(&request.parent_id, "parent_id")?)
         };
+        let as_of = if request.as_of.is_empty() {
+            Moment::from((self.clock)()).local_day()
+        } else {
+            chrono::NaiveDate::parse_from_str(&request.as_of, "%Y-%m-%d")
+                .map(Day::from_date)
+                .map_err(|_| {
+                    Status::invalid_argument(format!(
+                        "as_of `{}` is not a date of the form YYYY-MM-DD (empty for today)",
+                        request.as_of
+                    ))
+                })?
+        };
+        let date = |day: Option<Day>| day.map(|day| day.to_date().to_string()).unwrap_or_default();
         let units = self
             .units
-            .children(parent)
+            .children(parent, as_of)
             .iter()
             .map(|idx| {
                 let unit = self.units.unit(*idx);
@@ -179,13 +192,23 @@ impl KpiService for KpiApi {
                     name: unit.name.clone(),
                     level: unit.level.as_str().to_owned(),
                     parent_id: unit
-                        .parent
+                        .parent_on(as_of)
                         .map(|p| self.units.unit(p).id.clone())
                         .unwrap_or_default(),
+                    valid_from: date(unit.days.from),
+                    valid_to: date(unit.days.to),
+                    successor_of: unit
+                        .successor_of
+                        .iter()
+                        .map(|p| self.units.unit(*p).id.clone())
+                        .collect(),
                 }
             })
             .collect();
-        Ok(Response::new(pb::ListUnitsReply { units }))
+        Ok(Response::new(pb::ListUnitsReply {
+            units,
+            as_of: as_of.to_date().to_string(),
+        }))
     }
 
     async fn list_rejected(
@@ -357,6 +380,7 @@ mod tests {
         let api = api(dir.path());
         let list = |parent: &str| pb::ListUnitsRequest {
             parent_id: parent.into(),
+            as_of: String::new(),
         };
         let roots = api
             .list_units(Request::new(list("")))
@@ -382,5 +406,51 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::NotFound);
+    }
+
+    #[tokio::test]
+    async fn list_units_gives_the_tree_of_the_day_asked() {
+        const REFORM: &str = r#"{"units": [
+          {"id": "P", "name": "Tỉnh P", "level": "province"},
+          {"id": "D", "name": "Huyện D", "level": "district", "parent": "P", "valid_to": "2025-06-30"},
+          {"id": "A", "name": "Xã A", "level": "commune",
+           "parents": [{"id": "D", "to": "2025-06-30"}, {"id": "P", "from": "2025-07-01"}]},
+          {"id": "B", "name": "Xã B", "level": "commune", "parent": "D", "valid_to": "2025-06-30"},
+          {"id": "W", "name": "Phường W", "level": "commune", "parent": "P",
+           "valid_from": "2025-07-01", "successor_of": ["B"]}]}"#;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &kpi_store::StoreOptions::default()).unwrap();
+        let api = KpiApi::new(
+            Arc::new(store),
+            Arc::new(UnitRegistry::from_json(REFORM.as_bytes()).unwrap()),
+            Arc::new(Targets::defaults()),
+        )
+        .with_clock(Arc::new(|| "2026-11-29T03:00:00Z".parse().unwrap()));
+        let list = |parent: &str, as_of: &str| {
+            let api = api.clone();
+            let request = pb::ListUnitsRequest {
+                parent_id: parent.into(),
+                as_of: as_of.into(),
+            };
+            async move { api.list_units(Request::new(request)).await }
+        };
+        let ids = |reply: pb::ListUnitsReply| {
+            reply
+                .units
+                .iter()
+                .map(|unit| format!("{}<{}", unit.id, unit.parent_id))
+                .collect::<Vec<_>>()
+        };
+        let before = list("P", "2025-06-30").await.unwrap().into_inner();
+        assert_eq!(ids(before), ["D<P"]);
+        let in_d = list("D", "2025-06-30").await.unwrap().into_inner();
+        assert_eq!(ids(in_d), ["A<D", "B<D"]);
+        let today = list("P", "").await.unwrap().into_inner();
+        assert_eq!(today.as_of, "2026-11-29");
+        assert_eq!(today.units[1].successor_of, ["B"]);
+        assert_eq!(today.units[1].valid_from, "2025-07-01");
+        assert_eq!(ids(today), ["A<P", "W<P"]);
+        let status = list("P", "30/06/2025").await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
     }
 }

@@ -4,9 +4,11 @@
 //! [`RecordSource`]: sled in production, a map in tests), applies the
 //! batch's events to it in memory, and at the end turns "contribution after
 //! minus contribution before" of every touched record into counter deltas
-//! per (unit, day), rolled up to every ancestor. The caller writes those
-//! changes, the records, the event ids and its checkpoint in one atomic
-//! write.
+//! per (unit, day), credited to every unit whose figures they are part of
+//! on that day ([`UnitRegistry::credited`]: the tree of the day, and
+//! successors' history). Open cases are credited by the tree of the views'
+//! live day. The caller writes those changes, the records, the event ids
+//! and its checkpoint in one atomic write.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -90,19 +92,28 @@ struct Touched {
 pub struct BatchFold<'a, S: RecordSource> {
     units: &'a UnitRegistry,
     source: &'a S,
+    live_day: Day,
     touched: HashMap<RecordKey, Touched>,
 }
 
 impl<'a, S: RecordSource> BatchFold<'a, S> {
-    pub fn new(units: &'a UnitRegistry, source: &'a S) -> Self {
-        Self::with_capacity(units, source, 0)
+    /// `live_day`: the day whose tree the open cases are counted by (the
+    /// views' live day).
+    pub fn new(units: &'a UnitRegistry, source: &'a S, live_day: Day) -> Self {
+        Self::with_capacity(units, source, live_day, 0)
     }
 
     /// A fold for a batch of about `events` events.
-    pub fn with_capacity(units: &'a UnitRegistry, source: &'a S, events: usize) -> Self {
+    pub fn with_capacity(
+        units: &'a UnitRegistry,
+        source: &'a S,
+        live_day: Day,
+        events: usize,
+    ) -> Self {
         BatchFold {
             units,
             source,
+            live_day,
             touched: HashMap::with_capacity(events),
         }
     }
@@ -139,10 +150,10 @@ impl<'a, S: RecordSource> BatchFold<'a, S> {
             let after = touched.after.contribution();
             if before != after {
                 if let Some(before) = &before {
-                    changes.add(units, &key, before, -1)?;
+                    changes.add(units, self.live_day, &key, before, -1)?;
                 }
                 if let Some(after) = &after {
-                    changes.add(units, &key, after, 1)?;
+                    changes.add(units, self.live_day, &key, after, 1)?;
                 }
             }
             changes.records.push((key, touched.after));
@@ -153,10 +164,13 @@ impl<'a, S: RecordSource> BatchFold<'a, S> {
 }
 
 impl BatchChanges {
-    /// Adds `sign` times a contribution, at its unit and every ancestor.
-    fn add(
+    /// Adds `sign` times a contribution, to every unit credited with it:
+    /// its counts by the tree of their day, its open case by the tree of
+    /// `live_day`.
+    pub fn add(
         &mut self,
         units: &UnitRegistry,
+        live_day: Day,
         key: &RecordKey,
         contribution: &Contribution<'_>,
         sign: i64,
@@ -167,24 +181,26 @@ impl BatchChanges {
                 code: key.code().to_owned(),
                 unit_id: contribution.unit_id.to_owned(),
             })?;
-        for &level in units.lineage(unit) {
-            for &(day, counter) in &contribution.counts {
+        for &(day, counter) in &contribution.counts {
+            for &credited in units.credited(unit, day) {
                 self.counters
-                    .entry((level, day))
+                    .entry((credited, day))
                     .or_default()
                     .change(counter, sign);
             }
-            if let Some(open) = contribution.open {
+        }
+        if let Some(open) = contribution.open {
+            for &credited in units.live_credited(unit, live_day) {
                 let bucket = self
                     .open_by_due_day
-                    .entry((level, open.due_at.local_day()))
+                    .entry((credited, open.due_at.local_day()))
                     .or_default();
                 bucket.open += sign;
                 if !open.has_apology {
                     bucket.without_apology += sign;
                 }
                 let index_key = OpenKey {
-                    unit: level,
+                    unit: credited,
                     due_at: open.due_at,
                     case_id: key.code().to_owned(),
                 };

@@ -16,8 +16,10 @@ use crate::time::{Day, Moment};
 use crate::units::{UnitIdx, UnitRegistry};
 
 /// Every view, in memory.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MemoryViews {
+    /// The day whose tree open cases are counted by.
+    live_day: Day,
     records: HashMap<RecordKey, Record>,
     counters: BTreeMap<(UnitIdx, Day), Counters>,
     open_index: BTreeMap<OpenKey, bool>,
@@ -31,14 +33,31 @@ impl RecordSource for MemoryViews {
     }
 }
 
+impl Default for MemoryViews {
+    /// Views whose live counts follow the tree of today.
+    fn default() -> Self {
+        MemoryViews::at(Moment::from(chrono::Utc::now().fixed_offset()).local_day())
+    }
+}
+
 impl MemoryViews {
+    /// Empty views whose live counts follow the tree of `live_day`.
+    pub fn at(live_day: Day) -> Self {
+        MemoryViews {
+            live_day,
+            records: HashMap::new(),
+            counters: BTreeMap::new(),
+            open_index: BTreeMap::new(),
+        }
+    }
+
     /// Folds `events` (with their stream sequences) as one batch.
     pub fn fold_batch<'e>(
         &mut self,
         units: &UnitRegistry,
         events: impl IntoIterator<Item = (u64, &'e Event)>,
     ) -> Result<Vec<Folded>, UnknownUnit> {
-        let mut fold = BatchFold::new(units, &*self);
+        let mut fold = BatchFold::new(units, &*self, self.live_day);
         let outcomes = events
             .into_iter()
             .map(|(sequence, event)| match fold.fold(sequence, event) {

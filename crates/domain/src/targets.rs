@@ -145,7 +145,8 @@ impl Targets {
     }
 
     /// Every KPI of a unit (given by id) for a period, from its counters,
-    /// judged by the targets of the period's year for that unit.
+    /// judged by the targets of the period's year for that unit where it
+    /// stands at the end of the period.
     pub fn rates_for(
         &self,
         units: &UnitRegistry,
@@ -153,7 +154,9 @@ impl Targets {
         period: &Period,
         counters: &Counters,
     ) -> Vec<Rate> {
-        let lineage = units.lineage_ids(unit_id).unwrap_or_else(|| vec![unit_id]);
+        let lineage = units
+            .lineage_ids(unit_id, crate::time::Day::from_date(period.last_day))
+            .unwrap_or_else(|| vec![unit_id]);
         let year = period.target_year();
         rates(counters, |kpi| self.target(kpi, year, &lineage))
     }
@@ -229,7 +232,9 @@ mod tests {
             &units,
         )
         .unwrap();
-        let lineage = units.lineage_ids("5153105").unwrap();
+        let any_day =
+            crate::time::Day::from_date(chrono::NaiveDate::from_ymd_opt(2025, 1, 1).unwrap());
+        let lineage = units.lineage_ids("5153105", any_day).unwrap();
         assert_eq!(targets.target(Kpi::OnTimeRate, 2025, &lineage), Some(99.5));
         assert_eq!(targets.target(Kpi::OnTimeRate, 2025, &["51"]), Some(96.0));
         assert_eq!(

@@ -28,7 +28,10 @@ pub const OPEN_INDEX: u8 = b'x';
 pub const PARKED: u8 = b'p';
 
 pub const CHECKPOINT: &[u8] = b"m/checkpoint";
-pub const UNITS: &[u8] = b"m/units";
+/// The unit registry the rollups were computed with (its fingerprint).
+pub const ROLLUP_UNITS: &[u8] = b"m/rollup-units";
+/// The day whose tree the open cases are counted by.
+pub const LIVE_DAY: &[u8] = b"m/live-day";
 pub const STATS: &[u8] = b"m/stats";
 pub const FORMAT: &[u8] = b"m/format";
 pub const STREAM: &[u8] = b"m/stream";

@@ -11,6 +11,13 @@
 //! Queries ([`Store::snapshot`]) sum day buckets over a period, so any
 //! period costs one short range scan per unit, and take the commit lock
 //! shared so that an answer never mixes two batches.
+//!
+//! Counters are rolled up at fold time by the tree of each count's day
+//! (CONTRACT §1.1), open cases by the tree of the views' live day. Both
+//! depend on the unit registry, not on the log: when the registry changes
+//! the units already counted, or today enters another epoch of the tree,
+//! [`Store::adopt_units`] and [`Store::follow_today`] recompute every
+//! rollup from the stored case records, without re-reading the stream.
 
 mod keys;
 mod month;
@@ -21,6 +28,7 @@ use std::sync::{Mutex, RwLock};
 
 use chrono::{DateTime, Datelike, Utc};
 use kpi_domain::fold::{BatchChanges, BatchFold, RecordSource};
+use kpi_domain::units::Fingerprint;
 use kpi_domain::{
     CounterDelta, Counters, Day, Folded, LiveCounts, Moment, OpenDelta, Record, RecordKey, UnitIdx,
     UnitRegistry,
@@ -31,7 +39,7 @@ use serde::{Deserialize, Serialize};
 pub use keys::VIEW_PREFIXES;
 
 /// The stored layout version this build reads and writes.
-const FORMAT_VERSION: &[u8] = b"2";
+const FORMAT_VERSION: &[u8] = b"3";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -39,10 +47,8 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("stored entry {key:?} cannot be read: {detail}")]
     Corrupt { key: String, detail: String },
-    #[error("the data directory holds views of format {found}, this build reads format 2; rebuild the views: move the directory aside and start the projector again (it re-reads the stream from the start)")]
+    #[error("the data directory holds views of format {found}, this build reads format 3; rebuild the views: move the directory aside and start the projector again (it re-reads the stream from the start)")]
     Format { found: String },
-    #[error(transparent)]
-    Units(#[from] kpi_domain::units::IncompatibleUnits),
     #[error(transparent)]
     UnknownUnit(#[from] kpi_domain::UnknownUnit),
     #[error(
@@ -243,17 +249,147 @@ impl Store {
         })
     }
 
-    /// Checks that `units` can be used with the stored views (no unit
-    /// removed or moved) and records it as the registry now in force.
-    pub fn adopt_units(&self, units: &UnitRegistry) -> Result<(), StoreError> {
-        if let Some(stored) = self.views.get(keys::UNITS)? {
-            let stored: BTreeMap<String, Option<String>> =
-                serde_json::from_slice(&stored).map_err(|err| corrupt(keys::UNITS, err))?;
-            units.check_compatible(&stored)?;
+    /// Takes `units` as the registry the views are rolled up with, and
+    /// `today` as their live day. New views simply record them. For
+    /// existing views, when the registry changes units already counted
+    /// (a move, a merge, new dates) or today falls in another epoch of the
+    /// tree than the stored live day, every rollup is recomputed from the
+    /// case records (no replay of the log); the reason is returned.
+    pub fn adopt_units(
+        &self,
+        units: &UnitRegistry,
+        today: Day,
+    ) -> Result<Option<String>, StoreError> {
+        let _writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let stored = match self.views.get(keys::ROLLUP_UNITS)? {
+            None => None,
+            Some(bytes) => Some(
+                serde_json::from_slice::<Fingerprint>(&bytes)
+                    .map_err(|err| corrupt(keys::ROLLUP_UNITS, err))?,
+            ),
+        };
+        let live_day = self.live_day()?;
+        let reason = match (&stored, live_day) {
+            (None, _) | (_, None) if self.checkpoint()? == 0 => None,
+            (None, _) | (_, None) => Some("the views record no unit registry".to_owned()),
+            (Some(stored), Some(live_day)) => {
+                let changes = units.changes_from(stored);
+                if !changes.is_empty() {
+                    Some(format!("the units file changed: {}", changes.join("; ")))
+                } else if !units.same_tree(live_day, today) {
+                    Some(format!(
+                        "the tree of today ({}) differs from that of the live counts ({})",
+                        today.to_date(),
+                        live_day.to_date()
+                    ))
+                } else {
+                    None
+                }
+            }
+        };
+        if reason.is_some() {
+            self.rebuild_rollups(units, today)?;
+        } else {
+            let mut batch = sled::Batch::default();
+            Self::record_rollup_basis(&mut batch, units, live_day.unwrap_or(today))?;
+            self.views.apply_batch(batch)?;
         }
-        let current =
-            serde_json::to_vec(&units.parent_map()).map_err(|err| corrupt(keys::UNITS, err))?;
-        self.views.insert(keys::UNITS, current)?;
+        Ok(reason)
+    }
+
+    /// Recomputes the live counts when today has entered another epoch of
+    /// the tree than the one they follow (a change dated in the units file
+    /// takes effect); `true` when it did.
+    pub fn follow_today(&self, units: &UnitRegistry, today: Day) -> Result<bool, StoreError> {
+        match self.live_day()? {
+            Some(live_day) if !units.same_tree(live_day, today) => {
+                let _writer = self
+                    .writer
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                self.rebuild_rollups(units, today)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// The day whose tree the open cases are counted by.
+    fn live_day(&self) -> Result<Option<Day>, StoreError> {
+        match self.views.get(keys::LIVE_DAY)? {
+            None => Ok(None),
+            Some(bytes) => {
+                let array: [u8; 4] = bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt(keys::LIVE_DAY, "not 4 bytes"))?;
+                Ok(Some(Day::from_key(array)))
+            }
+        }
+    }
+
+    fn record_rollup_basis(
+        batch: &mut sled::Batch,
+        units: &UnitRegistry,
+        live_day: Day,
+    ) -> Result<(), StoreError> {
+        let fingerprint = serde_json::to_vec(&units.fingerprint())
+            .map_err(|err| corrupt(keys::ROLLUP_UNITS, err))?;
+        batch.insert(keys::ROLLUP_UNITS, fingerprint);
+        batch.insert(keys::LIVE_DAY, &live_day.to_key()[..]);
+        Ok(())
+    }
+
+    /// Every rollup (day counters, open cases) recomputed from the stored
+    /// records with `units`, written at once with the registry it reflects.
+    /// The caller holds the writer lock.
+    fn rebuild_rollups(&self, units: &UnitRegistry, live_day: Day) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let mut changes = BatchChanges::default();
+        let mut records = 0u64;
+        for prefix in [keys::CASE, keys::FEEDBACK] {
+            for entry in self.views.scan_prefix([prefix]) {
+                let (key, value) = entry?;
+                let record: Record =
+                    postcard::from_bytes(&value).map_err(|err| corrupt(&key, err))?;
+                if let Some(contribution) = record.contribution() {
+                    let code = String::from_utf8_lossy(&key[1..]).into_owned();
+                    let record_key = match prefix {
+                        keys::CASE => RecordKey::Case(code),
+                        _ => RecordKey::Feedback(code),
+                    };
+                    changes.add(units, live_day, &record_key, &contribution, 1)?;
+                }
+                records += 1;
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for prefix in [
+            keys::MONTH_COUNTERS,
+            keys::OPEN_BY_DUE_DAY,
+            keys::OPEN_TOTAL,
+            keys::OPEN_INDEX,
+        ] {
+            for key in self.views.scan_prefix([prefix]).keys() {
+                batch.remove(key?);
+            }
+        }
+        self.write_rollups(&mut batch, units, &changes, Base::Empty)?;
+        Self::record_rollup_basis(&mut batch, units, live_day)?;
+        let _exclusive = self
+            .commit
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.views.apply_batch(batch)?;
+        tracing::info!(
+            records,
+            live_day = %live_day.to_date(),
+            seconds = started.elapsed().as_secs_f64(),
+            "rollups recomputed from the case records"
+        );
         Ok(())
     }
 
@@ -314,7 +450,10 @@ impl Store {
         let mut parked = Vec::new();
         let mut retired = Vec::new();
         let mut last = checkpoint;
-        let mut fold = BatchFold::with_capacity(units, self, batch.len());
+        let live_day = self
+            .live_day()?
+            .unwrap_or_else(|| Moment::from(Utc::now().fixed_offset()).local_day());
+        let mut fold = BatchFold::with_capacity(units, self, live_day, batch.len());
         for message in batch.iter().filter(|m| m.sequence > checkpoint) {
             last = last.max(message.sequence);
             match &message.event {
@@ -385,59 +524,7 @@ impl Store {
                 postcard::to_stdvec(record).map_err(|err| corrupt(&keys::record(key), err))?;
             batch.insert(keys::record(key), bytes);
         }
-        // Day changes grouped by (unit, month): one stored value each.
-        let mut months: BTreeMap<(UnitIdx, keys::Month), Vec<(Day, &CounterDelta)>> =
-            BTreeMap::new();
-        for ((unit, day), delta) in &changes.counters {
-            if !delta.is_zero() {
-                months
-                    .entry((*unit, keys::Month::of(*day)))
-                    .or_default()
-                    .push((*day, delta));
-            }
-        }
-        for ((unit, month), days) in &months {
-            let key = keys::unit_month(&units.unit(*unit).id, *month);
-            let stored = self.views.get(&key)?;
-            let mut counters = month::MonthCounters::decode(stored.as_deref());
-            for (day, delta) in days {
-                if let Err(counter) = counters.apply(day.to_date().day() as usize, delta) {
-                    tracing::error!(unit = %units.unit(*unit).id, day = %day.to_date(), counter = counter.name(),
-                        "a counter would go below zero; the views disagree with the log: rebuild them (README, Operating it)");
-                }
-            }
-            if counters.is_zero() {
-                batch.remove(key);
-            } else {
-                batch.insert(key, counters.encode());
-            }
-        }
-        let mut open_totals: BTreeMap<UnitIdx, OpenDelta> = BTreeMap::new();
-        for ((unit, day), delta) in &changes.open_by_due_day {
-            let total = open_totals.entry(*unit).or_default();
-            total.open += delta.open;
-            total.without_apology += delta.without_apology;
-            let key = keys::unit_day(keys::OPEN_BY_DUE_DAY, &units.unit(*unit).id, *day);
-            self.add_open(&mut batch, key, delta)?;
-        }
-        for (unit, delta) in &open_totals {
-            self.add_open(
-                &mut batch,
-                keys::unit_prefix(keys::OPEN_TOTAL, &units.unit(*unit).id),
-                delta,
-            )?;
-        }
-        for key in &changes.open_removed {
-            batch.remove(keys::open_index(
-                &units.unit(key.unit).id,
-                key.due_at,
-                &key.case_id,
-            ));
-        }
-        for (key, has_apology) in &changes.open_added {
-            let index_key = keys::open_index(&units.unit(key.unit).id, key.due_at, &key.case_id);
-            batch.insert(index_key, &[u8::from(*has_apology)][..]);
-        }
+        self.write_rollups(&mut batch, units, &changes, Base::Stored)?;
         for event in &parked {
             let bytes = postcard::to_stdvec(event)
                 .map_err(|err| corrupt(&keys::parked(event.sequence), err))?;
@@ -458,20 +545,91 @@ impl Store {
         Ok(())
     }
 
+    /// Adds the rollup changes (day counters by month, open cases) to
+    /// `batch`, on top of the stored values or of nothing.
+    fn write_rollups(
+        &self,
+        batch: &mut sled::Batch,
+        units: &UnitRegistry,
+        changes: &BatchChanges,
+        base: Base,
+    ) -> Result<(), StoreError> {
+        // Day changes grouped by (unit, month): one stored value each.
+        let mut months: BTreeMap<(UnitIdx, keys::Month), Vec<(Day, &CounterDelta)>> =
+            BTreeMap::new();
+        for ((unit, day), delta) in &changes.counters {
+            if !delta.is_zero() {
+                months
+                    .entry((*unit, keys::Month::of(*day)))
+                    .or_default()
+                    .push((*day, delta));
+            }
+        }
+        for ((unit, month), days) in &months {
+            let key = keys::unit_month(&units.unit(*unit).id, *month);
+            let stored = match base {
+                Base::Stored => self.views.get(&key)?,
+                Base::Empty => None,
+            };
+            let mut counters = month::MonthCounters::decode(stored.as_deref());
+            for (day, delta) in days {
+                if let Err(counter) = counters.apply(day.to_date().day() as usize, delta) {
+                    tracing::error!(unit = %units.unit(*unit).id, day = %day.to_date(), counter = counter.name(),
+                        "a counter would go below zero; the views disagree with the log: rebuild them (README, Operating it)");
+                }
+            }
+            if counters.is_zero() {
+                batch.remove(key);
+            } else {
+                batch.insert(key, counters.encode());
+            }
+        }
+        let mut open_totals: BTreeMap<UnitIdx, OpenDelta> = BTreeMap::new();
+        for ((unit, day), delta) in &changes.open_by_due_day {
+            let total = open_totals.entry(*unit).or_default();
+            total.open += delta.open;
+            total.without_apology += delta.without_apology;
+            let key = keys::unit_day(keys::OPEN_BY_DUE_DAY, &units.unit(*unit).id, *day);
+            self.add_open(batch, key, delta, base)?;
+        }
+        for (unit, delta) in &open_totals {
+            self.add_open(
+                batch,
+                keys::unit_prefix(keys::OPEN_TOTAL, &units.unit(*unit).id),
+                delta,
+                base,
+            )?;
+        }
+        for key in &changes.open_removed {
+            batch.remove(keys::open_index(
+                &units.unit(key.unit).id,
+                key.due_at,
+                &key.case_id,
+            ));
+        }
+        for (key, has_apology) in &changes.open_added {
+            let index_key = keys::open_index(&units.unit(key.unit).id, key.due_at, &key.case_id);
+            batch.insert(index_key, &[u8::from(*has_apology)][..]);
+        }
+        Ok(())
+    }
+
     /// Adds a change in open cases to the pair stored at `key`.
     fn add_open(
         &self,
         batch: &mut sled::Batch,
         key: Vec<u8>,
         delta: &OpenDelta,
+        base: Base,
     ) -> Result<(), StoreError> {
         if delta.is_zero() {
             return Ok(());
         }
-        let (open, without_apology) = self
-            .views
-            .get(&key)?
-            .map_or((0, 0), |bytes| decode_pair(&bytes));
+        let stored = match base {
+            Base::Stored => self.views.get(&key)?,
+            Base::Empty => None,
+        };
+        let (open, without_apology) = stored.map_or((0, 0), |bytes| decode_pair(&bytes));
         let open = (i64::from(open) + delta.open).max(0) as u32;
         let without_apology = (i64::from(without_apology) + delta.without_apology).max(0) as u32;
         if open == 0 && without_apology == 0 {
@@ -619,6 +777,15 @@ impl RecordSource for Store {
                 .map_err(|err| corrupt(&stored_key, err)),
         }
     }
+}
+
+/// What rollup changes are added to.
+#[derive(Debug, Clone, Copy)]
+enum Base {
+    /// The values stored now (a batch of events).
+    Stored,
+    /// Nothing (a recomputation: every old value is removed).
+    Empty,
 }
 
 fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {

@@ -2,6 +2,8 @@
 //! answers with its `expected.json`, shared by the domain, store and
 //! end-to-end tests so that all of them check the same thing.
 
+pub mod reform;
+
 use serde::Deserialize;
 
 /// The scenario's unit registry.

@@ -35,6 +35,8 @@ enum Command {
     Rates(query::RatesArgs),
     /// List the invalid events the projector kept aside, with their reason.
     Rejected(query::RejectedArgs),
+    /// The tree of units of a day (the 2025 reform changed it), from the API.
+    Units(query::UnitsArgs),
     /// Send parked events again after a fix (they then count, once).
     Redrive(redrive::RedriveArgs),
     /// Create the CASES stream, or check an existing one (as the operator).
@@ -108,6 +110,7 @@ fn main() -> ExitCode {
             Command::Import(args) => import::run(args).await,
             Command::Rates(args) => query::rates(args).await,
             Command::Rejected(args) => query::rejected(args).await,
+            Command::Units(args) => query::units(args).await,
             Command::Redrive(args) => redrive::run(args).await,
             Command::StreamInit(args) => stream_init(args).await,
             Command::Simulate(args) => simulate::run(args).await,

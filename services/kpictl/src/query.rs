@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use kpi_api::pb::kpi_service_client::KpiServiceClient;
-use kpi_api::pb::{GetRatesRequest, ListRejectedRequest, RatesReply};
+use kpi_api::pb::{self, GetRatesRequest, ListRejectedRequest, ListUnitsRequest, RatesReply};
 use kpi_domain::Kpi;
 use serde_json::{json, Map, Value};
 use tonic::transport::Channel;
@@ -201,6 +201,107 @@ pub async fn rejected(args: RejectedArgs) -> anyhow::Result<ExitCode> {
             reply.events.len(),
             reply.total_rejected
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct UnitsArgs {
+    /// The tree of this day (YYYY-MM-DD, Vietnam time); default today.
+    #[arg(long)]
+    pub as_of: Option<String>,
+    /// Only the subtree of this unit.
+    #[arg(long)]
+    pub root: Option<String>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `kpictl units`: the tree of units of a day, from the API, each unit
+/// followed by the units under it that day.
+pub async fn units(args: UnitsArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(&args.api.addr).await?;
+    let as_of = args.as_of.unwrap_or_default();
+    let list = |parent_id: String| {
+        let request = ListUnitsRequest {
+            parent_id,
+            as_of: as_of.clone(),
+        };
+        let mut client = client.clone();
+        async move {
+            client
+                .list_units(request)
+                .await
+                .map_err(status_error)
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let first = list(args.root.clone().unwrap_or_default()).await?;
+    let listed_day = first.as_of.clone();
+    let mut rows = Vec::new();
+    let mut depth_of_first = 0;
+    if let Some(root) = &args.root {
+        rows.push((0, json!({"id": root})));
+        depth_of_first = 1;
+    }
+    let mut stack: Vec<(usize, pb::Unit)> = first
+        .units
+        .into_iter()
+        .rev()
+        .map(|unit| (depth_of_first, unit))
+        .collect();
+    while let Some((depth, unit)) = stack.pop() {
+        let children = list(unit.id.clone()).await?;
+        stack.extend(
+            children
+                .units
+                .into_iter()
+                .rev()
+                .map(|child| (depth + 1, child)),
+        );
+        rows.push((
+            depth,
+            json!({
+                "id": unit.id, "name": unit.name, "level": unit.level,
+                "parent_id": unit.parent_id, "valid_from": unit.valid_from,
+                "valid_to": unit.valid_to, "successor_of": unit.successor_of,
+            }),
+        ));
+    }
+    print_tree(&listed_day, rows, args.json)
+}
+
+fn print_tree(as_of: &str, rows: Vec<(usize, Value)>, as_json: bool) -> anyhow::Result<ExitCode> {
+    if as_json {
+        let units: Vec<Value> = rows.into_iter().map(|(_, unit)| unit).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"as_of": as_of, "units": units}))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("Đơn vị hành chính ngày {as_of} (units as of {as_of})");
+    for (depth, unit) in rows {
+        let text = |key: &str| unit[key].as_str().unwrap_or_default().to_owned();
+        let mut line = format!("{}{} {}", "  ".repeat(depth), text("id"), text("name"));
+        if !text("level").is_empty() {
+            line.push_str(&format!(" [{}]", text("level")));
+        }
+        let (from, to) = (text("valid_from"), text("valid_to"));
+        if !from.is_empty() || !to.is_empty() {
+            line.push_str(&format!(" {from}..{to}"));
+        }
+        if let Some(predecessors) = unit["successor_of"]
+            .as_array()
+            .filter(|list| !list.is_empty())
+        {
+            let ids: Vec<&str> = predecessors.iter().filter_map(Value::as_str).collect();
+            line.push_str(&format!(" (kế thừa / successor of {})", ids.join(", ")));
+        }
+        println!("{line}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -44,6 +44,7 @@ pub async fn run(
     let (batches, read_queue) = mpsc::channel(QUEUED_BATCHES);
     let (validated, fold_queue) = sync_channel(QUEUED_BATCHES);
     let validation_units = units.clone();
+    let reader_units = units.clone();
     let validator = std::thread::Builder::new()
         .name("validate".into())
         .spawn(move || validate_batches(&validation_units, read_queue, validated))
@@ -53,7 +54,15 @@ pub async fn run(
         .name("fold".into())
         .spawn(move || fold_batches(&fold_store, &units, fold_queue))
         .context("starting the fold thread")?;
-    let read_result = read(&config, &store, first_sequence, batches, stop).await;
+    let read_result = read(
+        &config,
+        &store,
+        &reader_units,
+        first_sequence,
+        batches,
+        stop,
+    )
+    .await;
     // The read queue is closed now: the other stages finish what was read.
     let (validated, folded) =
         tokio::task::spawn_blocking(move || (validator.join(), folder.join()))
@@ -181,6 +190,7 @@ impl Progress {
 async fn read(
     config: &Config,
     store: &Store,
+    units: &UnitRegistry,
     mut next_sequence: u64,
     batches: mpsc::Sender<Vec<StreamMessage>>,
     mut stop: watch::Receiver<bool>,
@@ -258,7 +268,7 @@ async fn read(
         loop {
             tokio::select! {
                 _ = stop.changed() => return Ok(()),
-                _ = report.tick() => check_and_report(&bus, store).await?,
+                _ = report.tick() => check_and_report(&bus, store, units).await?,
                 chunk = chunks.next() => {
                     let Some(chunk) = chunk else { break };
                     let mut batch = Vec::with_capacity(chunk.len());
@@ -291,8 +301,15 @@ async fn read(
 }
 
 /// Logs the lag and checks, while reading, that the stream was not
-/// recreated under the views.
-async fn check_and_report(bus: &Bus, store: &Store) -> anyhow::Result<()> {
+/// recreated under the views; moves the live counts to the tree of today
+/// when a change dated in the units file has taken effect.
+async fn check_and_report(bus: &Bus, store: &Store, units: &UnitRegistry) -> anyhow::Result<()> {
+    let today = kpi_domain::Moment::from(chrono::Utc::now().fixed_offset()).local_day();
+    if tokio::task::block_in_place(|| store.follow_today(units, today))
+        .context("moving the live counts to today's tree of units")?
+    {
+        tracing::info!(today = %today.to_date(), "a change of the units file took effect today: live counts recomputed");
+    }
     let (Ok(state), Ok(checkpoint)) = (bus.stream_state().await, store.checkpoint()) else {
         return Ok(());
     };

@@ -93,9 +93,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Store::open(&args.data_dir, &options)
             .with_context(|| format!("opening the views in {}", args.data_dir.display()))?,
     );
-    store
-        .adopt_units(&units)
-        .context("checking the units file against the views")?;
+    let today = kpi_domain::Moment::from(chrono::Utc::now().fixed_offset()).local_day();
+    if let Some(reason) = store
+        .adopt_units(&units, today)
+        .context("checking the units file against the views")?
+    {
+        tracing::info!(%reason, "the rollups were recomputed from the case records (no replay of the log)");
+    }
     let checkpoint = store.checkpoint()?;
     tracing::info!(data_dir = %args.data_dir.display(), checkpoint, units = units.len(), "views opened");
 

@@ -1,0 +1,101 @@
+//! The 2025 reform end to end (CONTRACT §1.1): `tests/data/reform` through
+//! `kpictl import`, a real nats-server and the projector; every figure of
+//! the hand-computed table from the gRPC API; the tree of each day from
+//! `kpictl units`.
+
+use std::time::Duration;
+
+use kpi_api::pb::GetRatesRequest;
+use kpi_bus::Bus;
+use kpi_e2e::{kpictl, Projector};
+use kpi_testkit::reform;
+use local_nats::LocalNats;
+
+fn data(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data/reform")
+        .join(name)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reform_scenario_gives_the_hand_computed_figures_through_the_api() {
+    let nats = LocalNats::start().unwrap_or_else(|err| panic!("{err}"));
+    let dir = tempfile::tempdir().unwrap();
+    let units = data("units.json");
+    let mut projector = Projector::start(&nats.url(), &units, &dir.path().join("views"), &[]);
+
+    let output = kpictl(&[
+        "import",
+        data("events.ndjson").to_str().unwrap(),
+        "--json",
+        "--units",
+        units.to_str().unwrap(),
+        "--nats-url",
+        &nats.url(),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "one line is rejected");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["accepted"], 21);
+    assert_eq!(report["rejected"][0]["line"], 22);
+    assert_eq!(report["rejected"][0]["field"], "unit_id");
+    let reason = report["rejected"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains(reform::REJECTED_REASON), "{reason}");
+
+    let bus = Bus::connect(&nats.url(), "reform-test").await.unwrap();
+    let last = bus.last_sequence().await.unwrap();
+    projector.wait_for("P", last, Duration::from_secs(60)).await;
+    let mut client = projector.client().await;
+    let mut differences = Vec::new();
+    for period in reform::PERIODS {
+        for unit in reform::UNITS {
+            let reply = client
+                .get_rates(GetRatesRequest {
+                    unit_id: unit.into(),
+                    period: period.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            differences.extend(reform::differences(
+                unit,
+                period,
+                |name| reply.counts.get(name).copied().unwrap_or(0),
+                |kpi| {
+                    let rate = reply.rates.iter().find(|r| r.kpi == kpi).unwrap();
+                    (rate.numerator, rate.denominator)
+                },
+            ));
+            let live = reply.live.unwrap();
+            let got = (live.open, live.overdue_open, live.overdue_without_apology);
+            if got != reform::live(unit) {
+                differences.push(format!(
+                    "{unit} live {got:?}, want {:?}",
+                    reform::live(unit)
+                ));
+            }
+        }
+    }
+    assert_eq!(differences, Vec::<String>::new());
+
+    // The tree of a day, before and after the reform.
+    let tree = |as_of: &str| {
+        let output = kpictl(&["units", "--as-of", as_of, "--addr", &projector.addr]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let before = tree("2025-06-30");
+    assert!(
+        before.contains(
+            "\n  D Huyện Đồng Hỷ (thử nghiệm) [district] ..2025-06-30\n    A Xã An Khánh"
+        ),
+        "{before}"
+    );
+    assert!(!before.contains("Phường Quyết Thắng"), "{before}");
+    let after = tree("2025-07-01");
+    assert!(after.contains("\n  A Xã An Khánh [commune]\n  W Phường Quyết Thắng [commune] 2025-07-01.. (kế thừa / successor of B, C)"), "{after}");
+    assert!(!after.contains("Huyện Đồng Hỷ"), "{after}");
+}
