@@ -77,7 +77,7 @@ while :; do
   echo "=== $(TZ=Asia/Ho_Chi_Minh date '+%Y-%m-%d %H:%M:%S') (giờ Việt Nam) — live rates from ${KPI_ADDR} ==="
   "$bin/kpictl" rates --unit 51 --period "$year" || true
   echo
-  "$bin/kpictl" rates --unit 5153105 --period "$month" || true
+  "$bin/kpictl" rates --unit 5101234 --period "$month" || true
   if [ "$DEMO_SECONDS" -gt 0 ] && [ $(( $(date +%s) - started )) -ge "$DEMO_SECONDS" ]; then
     break
   fi

@@ -40,7 +40,7 @@ pub enum Folded {
 /// against the registry and the store refuses a registry that drops units,
 /// so this means the registry and the stored views disagree.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("record `{code}` belongs to unit `{unit_id}`, which is not in the units file")]
+#[error("record `{code}` belongs to unit `{unit_id}`, which is not in the units file: keep every unit that has cases in the file, with valid_to (and a successor) if it ceased")]
 pub struct UnknownUnit {
     pub code: String,
     pub unit_id: String,

@@ -740,6 +740,13 @@ impl UnitRegistry {
         &self.epochs[self.epoch_of(day)].live[unit.index()]
     }
 
+    /// The unit holding `unit`'s cases on `day`: itself while it exists,
+    /// its successor that exists then after it ceased (itself when there
+    /// is none). Events of a case after a merge name this unit.
+    pub fn holder_on(&self, unit: UnitIdx, day: Day) -> UnitIdx {
+        self.holder(unit, day).unwrap_or(unit)
+    }
+
     /// The unit itself, then each ancestor up to the root, on `day`.
     pub fn lineage(&self, idx: UnitIdx, day: Day) -> Vec<UnitIdx> {
         self.lineage_on(idx, day)

@@ -199,7 +199,8 @@ pub fn convert(
             .collect());
     };
     let converter = Converter {
-        unit_id: &units.unit(unit).id,
+        units,
+        unit,
         field_map,
         validation,
     };
@@ -351,7 +352,9 @@ impl Payload {
 
 /// Turns entries into events for one unit.
 struct Converter<'a> {
-    unit_id: &'a str,
+    units: &'a UnitRegistry,
+    /// The unit `madonvi` names.
+    unit: kpi_domain::UnitIdx,
     field_map: &'a FieldMap,
     validation: &'a Validation<'a>,
 }
@@ -596,11 +599,15 @@ impl Converter<'_> {
         data: Value,
     ) -> Result<ProducedEvent, LineError> {
         let produced = format!("{} ({transition} event)", entry.path);
+        // After a merge (CONTRACT §1.1) a dossier of a ceased unit goes on
+        // under its successor: each event names the unit of its day.
+        let day = kpi_domain::Moment::from(occurred_at).local_day();
+        let unit_id = &self.units.unit(self.units.holder_on(self.unit, day)).id;
         let value = json!({
             "event_id": event_id(case_id, &transition).to_string(),
             "kind": kind.as_str(),
             "case_id": case_id,
-            "unit_id": self.unit_id,
+            "unit_id": unit_id,
             "occurred_at": rfc3339(occurred_at),
             "data": data,
         });
@@ -1036,6 +1043,50 @@ mod tests {
 
     fn one(entry: Value) -> Dossier {
         run(&snapshots(vec![entry])).remove(0)
+    }
+
+    #[test]
+    fn a_dossier_of_a_merged_ward_goes_on_under_its_successor() {
+        // Phường Nguyễn Nghiêm (H31) ends on 2025-03-20 and merges into
+        // W: example B, received on the 14th and resolved on the 28th,
+        // names H31 until the merge and W after it.
+        let units = UnitRegistry::from_json(
+            r#"{"units":[{"id":"51","name":"Tỉnh Quảng Ngãi","level":"province"},
+            {"id":"5153105","name":"Phường Nguyễn Nghiêm","level":"commune","parent":"51",
+             "dvcqg_code":"000.00.31.H31","valid_to":"2025-03-20"},
+            {"id":"W","name":"Phường Đức Phổ","level":"commune","parent":"51",
+             "valid_from":"2025-03-21","successor_of":["5153105"]}]}"#
+                .as_bytes(),
+        )
+        .unwrap();
+        let at = Utc.with_ymd_and_hms(2026, 1, 15, 0, 0, 0).unwrap();
+        let dossiers = convert(
+            EXAMPLE_B.as_bytes(),
+            None,
+            &units,
+            &FieldMap::default(),
+            &Validation::new(&units, at),
+        )
+        .unwrap();
+        let named: Vec<(&str, &str)> = events(&dossiers[0])
+            .iter()
+            .map(|produced| {
+                (
+                    produced.transition.as_str(),
+                    produced.event.unit_id.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("received", "5153105"),
+                ("supplement/1", "5153105"),
+                ("resolved", "W"),
+                ("paid", "5153105"),
+                ("synced", "5153105"),
+            ]
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use chrono::{
     DateTime, Datelike, Duration, FixedOffset, NaiveTime, TimeZone, Timelike, Utc, Weekday,
 };
-use kpi_domain::{vietnam, Level, UnitRegistry};
+use kpi_domain::{vietnam, Day, Level, Moment, UnitIdx, UnitRegistry};
 use kpi_events::{subject_for, Channel, Kind};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -104,7 +104,8 @@ const PROCEDURES: &[Procedure] = &[
 /// Generates cases and their events.
 pub struct Simulator {
     rng: StdRng,
-    communes: Vec<String>,
+    units: UnitRegistry,
+    communes: Vec<UnitIdx>,
     run_tag: u16,
     next_case: u64,
     next_feedback: u64,
@@ -112,20 +113,23 @@ pub struct Simulator {
 
 impl Simulator {
     /// Traffic for every commune of the registry (or every unit, if the
-    /// registry has no communes).
+    /// registry has no communes), each on the days it exists (CONTRACT
+    /// §1.1); a case's later events name the unit holding it then (the
+    /// successor, after a merge).
     pub fn new(units: &UnitRegistry, seed: u64) -> Simulator {
-        let mut communes: Vec<String> = units
+        let mut communes: Vec<UnitIdx> = units
             .iter()
             .filter(|(_, unit)| unit.level == Level::Commune)
-            .map(|(_, unit)| unit.id.clone())
+            .map(|(idx, _)| idx)
             .collect();
         if communes.is_empty() {
-            communes = units.iter().map(|(_, unit)| unit.id.clone()).collect();
+            communes = units.iter().map(|(idx, _)| idx).collect();
         }
         let mut rng = StdRng::seed_from_u64(seed);
         let run_tag = rng.random();
         Simulator {
             rng,
+            units: units.clone(),
             communes,
             run_tag,
             next_case: 0,
@@ -133,8 +137,22 @@ impl Simulator {
         }
     }
 
-    pub fn communes(&self) -> &[String] {
-        &self.communes
+    /// How many communes get traffic (on some day).
+    pub fn commune_count(&self) -> usize {
+        self.communes.len()
+    }
+
+    /// The commune at `index` if it exists on the local day of `at`, else
+    /// the one holding its cases then.
+    fn commune_on(&self, index: usize, at: DateTime<FixedOffset>) -> UnitIdx {
+        let commune = self.communes[index % self.communes.len()];
+        self.units.holder_on(commune, local_day(at))
+    }
+
+    /// Whether the commune at `index` exists on the local day of `at`.
+    fn exists_on(&self, index: usize, at: DateTime<FixedOffset>) -> bool {
+        let commune = self.communes[index % self.communes.len()];
+        self.units.unit(commune).exists_on(local_day(at))
     }
 
     /// A random working-hours moment on the desk's local `date`, or the
@@ -167,14 +185,21 @@ impl Simulator {
         uuid::Builder::from_random_bytes(self.rng.random()).into_uuid()
     }
 
+    /// An event of a case received at `received_by`, naming the unit that
+    /// holds the case on the event's day.
     fn event(
         &mut self,
         kind: Kind,
         case_id: &str,
-        unit_id: &str,
+        received_by: UnitIdx,
         at: DateTime<FixedOffset>,
         data: Value,
     ) -> SimEvent {
+        let unit_id = &self
+            .units
+            .unit(self.units.holder_on(received_by, local_day(at)))
+            .id
+            .clone();
         let event_id = self.event_id();
         let payload = json!({
             "event_id": event_id.to_string(),
@@ -220,7 +245,8 @@ impl Simulator {
         commune_index: usize,
         received_at: DateTime<FixedOffset>,
     ) -> Vec<SimEvent> {
-        let unit_id = self.communes[commune_index % self.communes.len()].clone();
+        let unit = self.commune_on(commune_index, received_at);
+        let unit_id = self.units.unit(unit).id.clone();
         self.next_case += 1;
         let case_id = format!(
             "{unit_id}-{}-{:04x}-{:06}",
@@ -243,15 +269,14 @@ impl Simulator {
             "dossier_digitized": self.rng.random_bool(0.85),
             "reused_data": self.rng.random_bool(0.4),
         });
-        let mut events =
-            vec![self.event(Kind::CaseReceived, &case_id, &unit_id, received_at, data)];
+        let mut events = vec![self.event(Kind::CaseReceived, &case_id, unit, received_at, data)];
 
         if self.rng.random_bool(0.95) {
             let at = received_at + Duration::minutes(self.rng.random_range(1..90));
             events.push(self.event(
                 Kind::CaseSynced,
                 &case_id,
-                &unit_id,
+                unit,
                 at,
                 json!({"portal": "national"}),
             ));
@@ -264,19 +289,19 @@ impl Simulator {
             });
             let at = received_at + Duration::minutes(self.rng.random_range(1..30));
             let data = json!({"amount_vnd": procedure.fee_vnd, "online": online});
-            events.push(self.event(Kind::CasePaid, &case_id, &unit_id, at, data));
+            events.push(self.event(Kind::CasePaid, &case_id, unit, at, data));
         }
         if procedure.working_days >= 3 && self.rng.random_bool(0.06) {
             let at = received_at + Duration::days(1);
             due_at = add_working_time(at, procedure.working_days);
             let data =
                 json!({"reason": "Bổ sung giấy tờ còn thiếu", "due_at": due_at.to_rfc3339()});
-            events.push(self.event(Kind::CaseSupplementRequested, &case_id, &unit_id, at, data));
+            events.push(self.event(Kind::CaseSupplementRequested, &case_id, unit, at, data));
         }
         if self.rng.random_bool(0.01) {
             let at = received_at + Duration::hours(self.rng.random_range(2..48));
             let data = json!({"reason": "Công dân rút hồ sơ"});
-            events.push(self.event(Kind::CaseWithdrawn, &case_id, &unit_id, at, data));
+            events.push(self.event(Kind::CaseWithdrawn, &case_id, unit, at, data));
             return sorted(events);
         }
 
@@ -301,7 +326,7 @@ impl Simulator {
             events.push(self.event(
                 Kind::CaseApologyIssued,
                 &case_id,
-                &unit_id,
+                unit,
                 at.max(received_at),
                 data,
             ));
@@ -315,7 +340,7 @@ impl Simulator {
             "result_electronic": self.rng.random_bool(0.9),
             "result_digitized": self.rng.random_bool(0.85),
         });
-        events.push(self.event(Kind::CaseResolved, &case_id, &unit_id, resolved_at, data));
+        events.push(self.event(Kind::CaseResolved, &case_id, unit, resolved_at, data));
 
         if self.rng.random_bool(0.6) {
             let at = resolved_at + Duration::minutes(self.rng.random_range(5..2880));
@@ -333,13 +358,7 @@ impl Simulator {
             } else {
                 "satisfied"
             };
-            events.push(self.event(
-                Kind::CaseRated,
-                &case_id,
-                &unit_id,
-                at,
-                json!({"level": level}),
-            ));
+            events.push(self.event(Kind::CaseRated, &case_id, unit, at, json!({"level": level})));
         }
         sorted(events)
     }
@@ -347,7 +366,13 @@ impl Simulator {
     /// A case at a random commune received at `at`, now and then with a
     /// complaint or recommendation too (live traffic).
     pub fn live_traffic_at(&mut self, at: DateTime<FixedOffset>) -> Vec<SimEvent> {
-        let commune = self.rng.random_range(0..self.communes.len());
+        let alive: Vec<usize> = (0..self.communes.len())
+            .filter(|index| self.exists_on(*index, at))
+            .collect();
+        let commune = match alive.len() {
+            0 => self.rng.random_range(0..self.communes.len()),
+            count => alive[self.rng.random_range(0..count)],
+        };
         let mut events = self.case_at(commune, at);
         if self.rng.random_bool(0.03) {
             events.extend(self.feedback(commune, at));
@@ -358,18 +383,19 @@ impl Simulator {
     /// A complaint or recommendation received at a commune, and usually its
     /// answer (ten days allowed).
     pub fn feedback(&mut self, commune_index: usize, day: DateTime<FixedOffset>) -> Vec<SimEvent> {
-        let unit_id = self.communes[commune_index % self.communes.len()].clone();
+        let received_at = self.desk_time(day);
+        let unit = self.commune_on(commune_index, received_at);
+        let unit_id = self.units.unit(unit).id.clone();
         self.next_feedback += 1;
         let code = format!(
             "PAKN-{unit_id}-{:04x}-{:05}",
             self.run_tag, self.next_feedback
         );
-        let received_at = self.desk_time(day);
         let due_at = received_at + Duration::days(10);
         let mut events = vec![self.event(
             Kind::FeedbackReceived,
             &code,
-            &unit_id,
+            unit,
             received_at,
             json!({"due_at": due_at.to_rfc3339()}),
         )];
@@ -380,7 +406,7 @@ impl Simulator {
                 self.rng.random_range(241..400)
             };
             let at = received_at + Duration::hours(hours);
-            events.push(self.event(Kind::FeedbackResolved, &code, &unit_id, at, json!({})));
+            events.push(self.event(Kind::FeedbackResolved, &code, unit, at, json!({})));
         }
         events
     }
@@ -400,6 +426,10 @@ impl Simulator {
             .filter(|day| !matches!(day.weekday(), Weekday::Sat | Weekday::Sun))
             .flat_map(move |day| (0..communes).map(move |commune| (day, commune)))
             .flat_map(move |(day, commune)| {
+                // A commune gets cases only on the days it exists.
+                if !self.exists_on(commune, day) {
+                    return Vec::new();
+                }
                 let count = self.poisson(cases_per_commune_day);
                 let mut events = Vec::new();
                 for _ in 0..count {
@@ -434,6 +464,10 @@ impl Simulator {
     }
 }
 
+fn local_day(at: DateTime<FixedOffset>) -> Day {
+    Moment::from(at).local_day()
+}
+
 fn sorted(mut events: Vec<SimEvent>) -> Vec<SimEvent> {
     events.sort_by_key(|event| event.occurred_at);
     events
@@ -464,6 +498,19 @@ fn add_working_time(from: DateTime<FixedOffset>, working_days: u32) -> DateTime<
 /// A registry of `provinces` provinces, each with `districts` districts of
 /// `communes` communes (for benchmarks and load tests).
 pub fn synthetic_registry(provinces: usize, districts: usize, communes: usize) -> String {
+    synthetic(provinces, districts, communes, false)
+}
+
+/// [`synthetic_registry`] through the 2025 reform: every district ends on
+/// 2025-06-30, its communes move to the province on 2025-07-01, and in each
+/// district the first two communes merge into a new ward (`-M`).
+pub fn synthetic_registry_reformed(provinces: usize, districts: usize, communes: usize) -> String {
+    synthetic(provinces, districts, communes, true)
+}
+
+fn synthetic(provinces: usize, districts: usize, communes: usize, reform: bool) -> String {
+    const LAST_DAY: &str = "2025-06-30";
+    const FIRST_DAY: &str = "2025-07-01";
     let mut units = Vec::new();
     for p in 0..provinces {
         let province = format!("P{p:02}");
@@ -472,9 +519,29 @@ pub fn synthetic_registry(provinces: usize, districts: usize, communes: usize) -
         );
         for d in 0..districts {
             let district = format!("{province}-D{d:02}");
-            units.push(json!({"id": district, "name": format!("Huyện Thử Nghiệm {p}.{d}"), "level": "district", "parent": province}));
+            let mut entry = json!({"id": district, "name": format!("Huyện Thử Nghiệm {p}.{d}"), "level": "district", "parent": province});
+            if reform {
+                entry["valid_to"] = LAST_DAY.into();
+            }
+            units.push(entry);
             for c in 0..communes {
-                units.push(json!({"id": format!("{district}-C{c:02}"), "name": format!("Xã Thử Nghiệm {p}.{d}.{c}"), "level": "commune", "parent": district}));
+                let id = format!("{district}-C{c:02}");
+                let name = format!("Xã Thử Nghiệm {p}.{d}.{c}");
+                let merged = reform && c < 2 && communes >= 2;
+                let entry = if !reform {
+                    json!({"id": id, "name": name, "level": "commune", "parent": district})
+                } else if merged {
+                    json!({"id": id, "name": name, "level": "commune", "parent": district, "valid_to": LAST_DAY})
+                } else {
+                    json!({"id": id, "name": name, "level": "commune", "parents": [
+                        {"id": district, "to": LAST_DAY}, {"id": province, "from": FIRST_DAY}]})
+                };
+                units.push(entry);
+            }
+            if reform && communes >= 2 {
+                units.push(json!({"id": format!("{district}-M"), "name": format!("Phường Hợp Nhất {p}.{d}"),
+                    "level": "commune", "parent": province, "valid_from": FIRST_DAY,
+                    "successor_of": [format!("{district}-C00"), format!("{district}-C01")]}));
             }
         }
     }
@@ -519,6 +586,29 @@ mod tests {
             assert!(count(*kind) > 0, "no {kind} generated");
         }
         assert!(count(Kind::CaseApologyIssued) < count(Kind::CaseResolved) / 10);
+    }
+
+    #[test]
+    fn traffic_through_the_reform_names_units_of_its_day() {
+        let units =
+            UnitRegistry::from_json(synthetic_registry_reformed(1, 2, 3).as_bytes()).unwrap();
+        let mut simulator = Simulator::new(&units, 11);
+        let start = vietnam_day(
+            Utc.with_ymd_and_hms(2025, 6, 1, 0, 0, 0).single().unwrap(),
+            0,
+        );
+        let events: Vec<SimEvent> = simulator.history(start, 60, 4.0).collect();
+        let mut merged_ward_after = 0;
+        for event in &events {
+            let at = event.occurred_at.with_timezone(&Utc);
+            parse_event(&event.payload, &kpi_events::Validation::new(&units, at))
+                .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&event.payload)));
+            if event.subject.starts_with("cases.P00-D00-M.") {
+                merged_ward_after += 1;
+            }
+        }
+        assert!(merged_ward_after > 0, "the new ward gets traffic");
+        assert_eq!(simulator.commune_count(), 8);
     }
 
     #[test]

@@ -240,7 +240,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         eprintln!(
             "wrote {} events for {} communes to {} (seed {seed})",
             backfill.len(),
-            simulator.communes().len(),
+            simulator.commune_count(),
             path.display()
         );
         return Ok(ExitCode::SUCCESS);
@@ -266,7 +266,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     progress.set_message(format!(
         "backfill of {} days, {} communes",
         args.days,
-        simulator.communes().len()
+        simulator.commune_count()
     ));
     let mut failures = 0usize;
     let published = due.len();
