@@ -324,6 +324,39 @@ impl Bus {
             })
     }
 
+    /// The message stored at `sequence`, if the stream has it (an audit
+    /// reads a case's events back; the projector checks that the stream
+    /// still holds what it folded).
+    pub async fn message_at(&self, sequence: u64) -> Result<Option<StreamMessage>, BusError> {
+        let stream = self
+            .jetstream
+            .get_stream_no_info(STREAM_NAME)
+            .await
+            .map_err(|err| BusError::Stream(err.to_string()))?;
+        match stream.get_raw_message(sequence).await {
+            Ok(message) => Ok(Some(StreamMessage {
+                sequence,
+                subject: message.subject.to_string(),
+                redrive_of: message
+                    .headers
+                    .get(REDRIVE_OF_HEADER)
+                    .and_then(|value| value.as_str().parse().ok()),
+                payload: message.payload,
+                published: Some(message.time),
+            })),
+            Err(err) if err.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(err) => Err(BusError::Read(format!("message {sequence}: {err}"))),
+        }
+    }
+
+    /// When the stream stored the message at `sequence`, if it has one.
+    pub async fn published_at(&self, sequence: u64) -> Result<Option<DateTime<Utc>>, BusError> {
+        Ok(self
+            .message_at(sequence)
+            .await?
+            .and_then(|message| message.published))
+    }
+
     /// Every message from `start_sequence` on, in stream order, then new
     /// ones as they arrive. Gaps and server restarts are handled by the
     /// ordered consumer, which recreates itself where it left off.

@@ -7,7 +7,7 @@
 //! resolution) and out-of-order arrivals need no special handling.
 
 use crate::counters::Counter;
-use crate::record::{CaseRecord, FeedbackRecord, Record};
+use crate::record::{Fact, Record};
 use crate::time::{Day, Moment};
 use kpi_events::{Channel, RatingLevel, ResolutionResult};
 
@@ -67,99 +67,136 @@ pub struct Contribution<'r> {
 }
 
 impl Record {
-    /// `None` while the record's received event has not arrived: its other
-    /// events are held until then.
+    /// What the record adds to the counters. While its received event has
+    /// not arrived, its other events are held: they count nowhere but as
+    /// `held_events`, at the unit the earliest of them names, on their
+    /// days. `None` for a record with no event that counts.
     pub fn contribution(&self) -> Option<Contribution<'_>> {
-        match self {
-            Record::Case(case) => case.contribution(),
-            Record::Feedback(feedback) => feedback.contribution(),
-        }
+        let counted = if self.is_feedback() {
+            self.feedback_contribution()
+        } else {
+            self.case_contribution()
+        };
+        counted.or_else(|| self.held_contribution())
     }
-}
 
-impl CaseRecord {
-    pub fn contribution(&self) -> Option<Contribution<'_>> {
-        let received = self.received.as_ref()?;
-        let due_at = self.due_at()?;
+    fn held_contribution(&self) -> Option<Contribution<'_>> {
+        let first = self.events.iter().min_by_key(|event| event.stamp())?;
+        Some(Contribution {
+            unit_id: &first.unit_id,
+            counts: self
+                .events
+                .iter()
+                .map(|event| (event.at.local_day(), Counter::HeldEvents))
+                .collect(),
+            open: None,
+        })
+    }
+
+    fn case_contribution(&self) -> Option<Contribution<'_>> {
+        let state = self.case_state();
+        let received = state.received?;
+        let Fact::Received {
+            field,
+            channel,
+            dossier_digitized,
+            reused_data,
+            ..
+        } = &received.fact
+        else {
+            return None;
+        };
+        let due_at = state.due_at()?;
         let mut counts = Vec::with_capacity(16);
 
-        let received_day = received.stamp.at.local_day();
+        let received_day = received.at.local_day();
         let mut on_received = |counter| counts.push((received_day, counter));
         on_received(Counter::Received);
-        on_received(match received.channel {
+        on_received(match channel {
             Channel::Online => Counter::ReceivedOnline,
             Channel::InPerson => Counter::ReceivedInPerson,
             Channel::Postal => Counter::ReceivedPostal,
         });
-        if received.dossier_digitized {
+        if *dossier_digitized {
             on_received(Counter::ReceivedDossierDigitized);
         }
-        if received.reused_data {
+        if *reused_data {
             on_received(Counter::ReceivedReusedData);
         }
-        if self.sync.is_some() {
+        if state.sync.is_some() {
             on_received(Counter::ReceivedSynced);
         }
 
         let mut open = None;
-        if let Some(withdrawal) = &self.withdrawal {
+        if let Some(withdrawal) = state.withdrawal {
             // A withdrawn case leaves every resolution KPI.
             counts.push((withdrawal.at.local_day(), Counter::Withdrawn));
-        } else if let Some(resolution) = &self.resolution {
-            let day = resolution.stamp.at.local_day();
+        } else if let Some(resolution) = state.resolution {
+            let Fact::Resolved {
+                result,
+                result_electronic,
+                result_digitized,
+            } = &resolution.fact
+            else {
+                return None;
+            };
+            let day = resolution.at.local_day();
             let mut on_resolved = |counter| counts.push((day, counter));
             on_resolved(Counter::Resolved);
-            match Timeliness::of(resolution.stamp.at, due_at) {
+            match Timeliness::of(resolution.at, due_at) {
                 Timeliness::Early => on_resolved(Counter::ResolvedEarly),
                 Timeliness::OnTime => on_resolved(Counter::ResolvedOnTime),
                 Timeliness::Late => {
                     on_resolved(Counter::ResolvedLate);
-                    if self.apology.is_some() {
+                    if state.apology.is_some() {
                         on_resolved(Counter::ResolvedLateWithApology);
                     }
                 }
             }
-            on_resolved(match resolution.result {
+            on_resolved(match result {
                 ResolutionResult::Approved => Counter::ResolvedApproved,
                 ResolutionResult::Rejected => Counter::ResolvedRejected,
             });
-            if resolution.result_electronic {
+            if *result_electronic {
                 on_resolved(Counter::ResolvedElectronic);
             }
-            if resolution.result_digitized {
+            if *result_digitized {
                 on_resolved(Counter::ResolvedDigitized);
             }
         } else {
             open = Some(OpenCase {
                 due_at,
-                has_apology: self.apology.is_some(),
+                has_apology: state.apology.is_some(),
             });
         }
 
-        for payment in &self.payments {
-            let day = payment.stamp.at.local_day();
-            counts.push((day, Counter::Payments));
-            if payment.online {
-                counts.push((day, Counter::PaymentsOnline));
+        for payment in &state.payments {
+            if let Fact::Paid { online, .. } = payment.fact {
+                let day = payment.at.local_day();
+                counts.push((day, Counter::Payments));
+                if online {
+                    counts.push((day, Counter::PaymentsOnline));
+                }
             }
         }
 
-        if let Some(rating) = &self.rating {
-            let day = rating.stamp.at.local_day();
-            let satisfied = rating.level.is_satisfied();
-            counts.push((day, Counter::Rated));
-            counts.push((
-                day,
-                match rating.level {
-                    RatingLevel::VerySatisfied => Counter::RatedVerySatisfied,
-                    RatingLevel::Satisfied => Counter::RatedSatisfied,
-                    RatingLevel::Unsatisfied => Counter::RatedUnsatisfied,
-                },
-            ));
-            if LAND_FIELDS.contains(&received.field.as_str()) {
-                counts.push((day, Counter::RatedLand));
-                if satisfied {
-                    counts.push((day, Counter::RatedLandSatisfied));
+        if let Some(rating) = state.rating {
+            if let Fact::Rated { level } = rating.fact {
+                let day = rating.at.local_day();
+                counts.push((day, Counter::Rated));
+                counts.push((
+                    day,
+                    match level {
+                        RatingLevel::VerySatisfied => Counter::RatedVerySatisfied,
+                        RatingLevel::Satisfied => Counter::RatedSatisfied,
+                        RatingLevel::Unsatisfied => Counter::RatedUnsatisfied,
+                    },
+                ));
+                if LAND_FIELDS.contains(&field.as_str()) {
+                    counts.push((day, Counter::RatedLand));
+                    if level.is_satisfied() {
+                        counts.push((day, Counter::RatedLandSatisfied));
+                    }
                 }
             }
         }
@@ -170,16 +207,18 @@ impl CaseRecord {
             open,
         })
     }
-}
 
-impl FeedbackRecord {
-    pub fn contribution(&self) -> Option<Contribution<'_>> {
-        let received = self.received.as_ref()?;
-        let mut counts = vec![(received.stamp.at.local_day(), Counter::FeedbackReceived)];
-        if let Some(resolution) = &self.resolution {
+    fn feedback_contribution(&self) -> Option<Contribution<'_>> {
+        let state = self.feedback_state();
+        let received = state.received?;
+        let Fact::FeedbackReceived { due_at } = received.fact else {
+            return None;
+        };
+        let mut counts = vec![(received.at.local_day(), Counter::FeedbackReceived)];
+        if let Some(resolution) = state.resolution {
             let day = resolution.at.local_day();
             counts.push((day, Counter::FeedbackResolved));
-            if resolution.at <= received.due_at {
+            if resolution.at <= due_at {
                 counts.push((day, Counter::FeedbackResolvedOnTime));
             }
         }

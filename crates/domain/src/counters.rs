@@ -52,6 +52,7 @@ counters! {
     FeedbackReceived => "feedback_received": "Feedback received (by received date).",
     FeedbackResolved => "feedback_resolved": "Feedback answered (by answer date).",
     FeedbackResolvedOnTime => "feedback_resolved_on_time": "Feedback answered by its due time.",
+    HeldEvents => "held_events": "Events held because their case.received (or feedback.received) has not arrived (by their own date).",
 }
 
 /// How many counters there are.

@@ -17,7 +17,7 @@ use kpi_events::Event;
 
 use crate::contribution::Contribution;
 use crate::counters::CounterDelta;
-use crate::record::{Record, RecordKey};
+use crate::record::{Folded, Record, RecordKey};
 use crate::time::{Day, Moment};
 use crate::units::{UnitIdx, UnitRegistry};
 
@@ -25,15 +25,6 @@ use crate::units::{UnitIdx, UnitRegistry};
 pub trait RecordSource {
     type Error;
     fn load_record(&self, key: &RecordKey) -> Result<Option<Record>, Self::Error>;
-}
-
-/// What folding one event did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Folded {
-    /// Applied to its record.
-    Applied,
-    /// Its event id was folded into its record before: it counts once.
-    Duplicate,
 }
 
 /// A record names a unit the registry does not have. Events are validated
@@ -81,6 +72,30 @@ pub struct BatchChanges {
     pub open_removed: Vec<OpenKey>,
     /// Open-index entries to write, with whether an apology letter exists.
     pub open_added: Vec<(OpenKey, bool)>,
+    /// Records whose held events changed: the new summary, or `None` when
+    /// none is held any more.
+    pub held: Vec<(RecordKey, Option<HeldEntry>)>,
+}
+
+/// A record whose events are held: its received event has not arrived.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HeldEntry {
+    /// The unit the earliest held event names.
+    pub unit_id: String,
+    /// When the earliest held event happened.
+    pub first_at: Moment,
+    /// How many events are held.
+    pub events: u64,
+}
+
+impl HeldEntry {
+    fn of(record: &Record) -> Option<HeldEntry> {
+        record.held().map(|(unit_id, first_at, events)| HeldEntry {
+            unit_id: unit_id.to_owned(),
+            first_at,
+            events: events as u64,
+        })
+    }
 }
 
 struct Touched {
@@ -125,17 +140,11 @@ impl<'a, S: RecordSource> BatchFold<'a, S> {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
                 let before = self.source.load_record(entry.key())?;
-                let after = before
-                    .clone()
-                    .unwrap_or_else(|| Record::empty_for(entry.key()));
+                let after = before.clone().unwrap_or_default();
                 entry.insert(Touched { before, after })
             }
         };
-        if touched.after.fold(sequence, event) {
-            Ok(Folded::Applied)
-        } else {
-            Ok(Folded::Duplicate)
-        }
+        Ok(touched.after.fold(sequence, event))
     }
 
     /// The batch's changes: new minus old contribution of every record.
@@ -145,6 +154,11 @@ impl<'a, S: RecordSource> BatchFold<'a, S> {
         for (key, touched) in self.touched {
             if touched.before.as_ref() == Some(&touched.after) {
                 continue;
+            }
+            let held_before = touched.before.as_ref().and_then(HeldEntry::of);
+            let held_after = HeldEntry::of(&touched.after);
+            if held_before != held_after {
+                changes.held.push((key.clone(), held_after));
             }
             let before = touched.before.as_ref().and_then(Record::contribution);
             let after = touched.after.contribution();

@@ -24,10 +24,10 @@ pub mod units;
 
 pub use contribution::{LiveCounts, Timeliness};
 pub use counters::{Counter, CounterDelta, Counters};
-pub use fold::{BatchChanges, BatchFold, Folded, OpenDelta, OpenKey, RecordSource, UnknownUnit};
+pub use fold::{BatchChanges, BatchFold, HeldEntry, OpenDelta, OpenKey, RecordSource, UnknownUnit};
 pub use kpi::{rates, Kpi, Rate};
 pub use period::{Period, PeriodError, PERIOD_FORMS};
-pub use record::{Record, RecordKey};
+pub use record::{Fact, Folded, Record, RecordKey, RecordedEvent, CONFLICT_REASON};
 pub use targets::Targets;
 pub use time::{vietnam, Day, Moment};
 pub use units::{Level, Unit, UnitIdx, UnitRegistry, UnitsError};

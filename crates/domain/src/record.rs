@@ -1,17 +1,38 @@
-//! Per-case and per-feedback records: what each needs to know to say what it
-//! contributes to the counters.
+//! Per-case and per-feedback records: every event of the case, by event id,
+//! and what follows from them.
 //!
-//! Applying an event only ever keeps a minimum, a maximum or a set member
-//! (the earliest `case.received`, the latest rating, the payments by event
-//! id...). Those operations are commutative and idempotent, so a record —
-//! and therefore its contribution — does not depend on the order in which
-//! events arrive, nor on duplicates.
+//! A record keeps each event that counts (one per event id) and, apart,
+//! the events that lost an identity conflict (CONTRACT §1.2): two events
+//! under one (case, event id) whose kind, time or data differ. The one with
+//! the earliest `occurred_at` counts, ties broken by the smaller canonical
+//! JSON of its data; the other is kept aside with the reason `event_id
+//! reused with different content`. Keeping every event makes that choice,
+//! and everything derived from the record, independent of arrival order:
+//! a later event that wins a conflict simply replaces the loser, whose
+//! effect disappears with it.
+//!
+//! What counts ([`CaseState`]) is derived on demand: the earliest
+//! `case.received`, the latest supplement request, the earliest resolution,
+//! withdrawal, apology letter and sync, every payment, the latest rating —
+//! ties between events by event id.
+//!
+//! Data are compared in the form validation gives them (the typed fields
+//! of CONTRACT §2, with defaults filled in and members the contract does
+//! not name ignored), so an event re-sent with an optional `false` spelled
+//! out, or with a time in another offset, is the same event.
 
-use kpi_events::{Channel, Event, EventData, RatingLevel, ResolutionResult};
+use std::cmp::Ordering;
+
+use chrono::SecondsFormat;
+use kpi_events::{Channel, Event, EventData, Kind, RatingLevel, ResolutionResult};
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::time::Moment;
+use crate::time::{vietnam, Moment};
+
+/// The reason every identity-conflict loser is kept aside with.
+pub const CONFLICT_REASON: &str = "event_id reused with different content";
 
 /// Where an event's record lives: cases and feedback have separate codes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,305 +57,569 @@ impl RecordKey {
     }
 }
 
-/// When an event happened and which event it was: the order used to pick
-/// the earliest or latest of several events (ties broken by event id).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Stamp {
-    pub at: Moment,
-    pub event_id: Uuid,
-}
-
-impl Stamp {
-    pub fn of(event: &Event) -> Stamp {
-        Stamp {
-            at: Moment::from(event.occurred_at),
-            event_id: event.event_id,
-        }
-    }
-}
-
-/// Something picked among competing events by its [`Stamp`].
-trait Stamped {
-    fn stamp(&self) -> Stamp;
-}
-
-impl Stamped for Stamp {
-    fn stamp(&self) -> Stamp {
-        *self
-    }
-}
-
-fn keep_earliest<T: Stamped>(slot: &mut Option<T>, candidate: T) {
-    if slot
-        .as_ref()
-        .is_none_or(|kept| candidate.stamp() < kept.stamp())
-    {
-        *slot = Some(candidate);
-    }
-}
-
-fn keep_latest<T: Stamped>(slot: &mut Option<T>, candidate: T) {
-    if slot
-        .as_ref()
-        .is_none_or(|kept| candidate.stamp() > kept.stamp())
-    {
-        *slot = Some(candidate);
-    }
-}
-
-macro_rules! stamped {
-    ($($type:ty),+) => { $(impl Stamped for $type { fn stamp(&self) -> Stamp { self.stamp } })+ };
-}
-stamped!(
-    Received,
-    DueChange,
-    Apology,
-    Resolution,
-    Rating,
-    FeedbackReceived
-);
-
-/// The `case.received` that counts (the earliest).
+/// What one event says, as a record keeps it: the typed `data` of its
+/// kind, with times as instants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Received {
-    pub stamp: Stamp,
-    pub unit_id: String,
-    pub procedure_code: String,
-    pub field: String,
-    pub channel: Channel,
-    pub due_at: Moment,
-    pub dossier_digitized: bool,
-    pub reused_data: bool,
+pub enum Fact {
+    Received {
+        procedure_code: String,
+        field: String,
+        channel: Channel,
+        due_at: Moment,
+        dossier_digitized: bool,
+        reused_data: bool,
+    },
+    SupplementRequested {
+        reason: String,
+        due_at: Moment,
+    },
+    ApologyIssued {
+        letter_ref: String,
+        reason: String,
+        new_due_at: Moment,
+    },
+    Resolved {
+        result: ResolutionResult,
+        result_electronic: bool,
+        result_digitized: bool,
+    },
+    Withdrawn {
+        reason: String,
+    },
+    Paid {
+        amount_vnd: u64,
+        online: bool,
+    },
+    Rated {
+        level: RatingLevel,
+    },
+    Synced {
+        portal: String,
+    },
+    FeedbackReceived {
+        due_at: Moment,
+    },
+    FeedbackResolved,
 }
 
-/// The latest `case.supplement_requested`: it replaces the due time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DueChange {
-    pub stamp: Stamp,
-    pub due_at: Moment,
+/// A time in the contract's form, in Vietnam time.
+fn rfc3339(at: Moment) -> String {
+    at.to_utc()
+        .with_timezone(&vietnam())
+        .to_rfc3339_opts(SecondsFormat::AutoSi, false)
 }
 
-/// The first apology letter (thư xin lỗi).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Apology {
-    pub stamp: Stamp,
-    pub letter_ref: String,
-    pub new_due_at: Moment,
-}
-
-/// The `case.resolved` that counts (the earliest).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Resolution {
-    pub stamp: Stamp,
-    pub result: ResolutionResult,
-    pub result_electronic: bool,
-    pub result_digitized: bool,
-}
-
-/// One `case.paid`; every payment counts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Payment {
-    pub stamp: Stamp,
-    pub amount_vnd: u64,
-    pub online: bool,
-}
-
-/// The rating that counts (the latest).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rating {
-    pub stamp: Stamp,
-    pub level: RatingLevel,
-}
-
-/// An event folded into a record: its id (the idempotency key) and where
-/// it stands in the stream (for the case's audit trail).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EventRef {
-    pub event_id: Uuid,
-    pub sequence: u64,
-}
-
-/// Everything about one case that its contribution depends on.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CaseRecord {
-    /// Every event folded in, sorted by event id.
-    pub events: Vec<EventRef>,
-    pub received: Option<Received>,
-    pub due_change: Option<DueChange>,
-    pub apology: Option<Apology>,
-    pub resolution: Option<Resolution>,
-    pub withdrawal: Option<Stamp>,
-    /// Sorted by event id, one entry per event.
-    pub payments: Vec<Payment>,
-    pub rating: Option<Rating>,
-    pub sync: Option<Stamp>,
-}
-
-impl CaseRecord {
-    /// The due time used for timeliness: from `case.received`, replaced by
-    /// the latest supplement request. Apology letters do not move it.
-    pub fn due_at(&self) -> Option<Moment> {
-        let received = self.received.as_ref()?;
-        Some(
-            self.due_change
-                .as_ref()
-                .map_or(received.due_at, |change| change.due_at),
-        )
-    }
-
-    fn apply(&mut self, event: &Event) {
-        let stamp = Stamp::of(event);
-        match &event.data {
-            EventData::CaseReceived(data) => keep_earliest(
-                &mut self.received,
-                Received {
-                    stamp,
-                    unit_id: event.unit_id.clone(),
-                    procedure_code: data.procedure_code.clone(),
-                    field: data.field.clone(),
-                    channel: data.channel,
-                    due_at: Moment::from(data.due_at),
-                    dossier_digitized: data.dossier_digitized,
-                    reused_data: data.reused_data,
-                },
-            ),
-            EventData::CaseSupplementRequested { due_at, .. } => keep_latest(
-                &mut self.due_change,
-                DueChange {
-                    stamp,
-                    due_at: Moment::from(*due_at),
-                },
-            ),
+impl Fact {
+    pub fn of(data: &EventData) -> Fact {
+        match data {
+            EventData::CaseReceived(received) => Fact::Received {
+                procedure_code: received.procedure_code.clone(),
+                field: received.field.clone(),
+                channel: received.channel,
+                due_at: Moment::from(received.due_at),
+                dossier_digitized: received.dossier_digitized,
+                reused_data: received.reused_data,
+            },
+            EventData::CaseSupplementRequested { reason, due_at } => Fact::SupplementRequested {
+                reason: reason.clone(),
+                due_at: Moment::from(*due_at),
+            },
             EventData::CaseApologyIssued {
                 letter_ref,
+                reason,
                 new_due_at,
-                ..
-            } => keep_earliest(
-                &mut self.apology,
-                Apology {
-                    stamp,
-                    letter_ref: letter_ref.clone(),
-                    new_due_at: Moment::from(*new_due_at),
-                },
-            ),
+            } => Fact::ApologyIssued {
+                letter_ref: letter_ref.clone(),
+                reason: reason.clone(),
+                new_due_at: Moment::from(*new_due_at),
+            },
             EventData::CaseResolved {
                 result,
                 result_electronic,
                 result_digitized,
-            } => keep_earliest(
-                &mut self.resolution,
-                Resolution {
-                    stamp,
-                    result: *result,
-                    result_electronic: *result_electronic,
-                    result_digitized: *result_digitized,
-                },
-            ),
-            EventData::CaseWithdrawn { .. } => keep_earliest(&mut self.withdrawal, stamp),
-            EventData::CasePaid { amount_vnd, online } => {
-                let search = self
-                    .payments
-                    .binary_search_by(|p| p.stamp.event_id.cmp(&stamp.event_id));
-                if let Err(position) = search {
-                    self.payments.insert(
-                        position,
-                        Payment {
-                            stamp,
-                            amount_vnd: *amount_vnd,
-                            online: *online,
-                        },
-                    );
-                }
+            } => Fact::Resolved {
+                result: *result,
+                result_electronic: *result_electronic,
+                result_digitized: *result_digitized,
+            },
+            EventData::CaseWithdrawn { reason } => Fact::Withdrawn {
+                reason: reason.clone(),
+            },
+            EventData::CasePaid { amount_vnd, online } => Fact::Paid {
+                amount_vnd: *amount_vnd,
+                online: *online,
+            },
+            EventData::CaseRated { level } => Fact::Rated { level: *level },
+            EventData::CaseSynced { portal } => Fact::Synced {
+                portal: portal.clone(),
+            },
+            EventData::FeedbackReceived { due_at } => Fact::FeedbackReceived {
+                due_at: Moment::from(*due_at),
+            },
+            EventData::FeedbackResolved => Fact::FeedbackResolved,
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            Fact::Received { .. } => Kind::CaseReceived,
+            Fact::SupplementRequested { .. } => Kind::CaseSupplementRequested,
+            Fact::ApologyIssued { .. } => Kind::CaseApologyIssued,
+            Fact::Resolved { .. } => Kind::CaseResolved,
+            Fact::Withdrawn { .. } => Kind::CaseWithdrawn,
+            Fact::Paid { .. } => Kind::CasePaid,
+            Fact::Rated { .. } => Kind::CaseRated,
+            Fact::Synced { .. } => Kind::CaseSynced,
+            Fact::FeedbackReceived { .. } => Kind::FeedbackReceived,
+            Fact::FeedbackResolved => Kind::FeedbackResolved,
+        }
+    }
+
+    /// The `data` object of CONTRACT §2.
+    pub fn data_json(&self) -> Value {
+        match self {
+            Fact::Received {
+                procedure_code,
+                field,
+                channel,
+                due_at,
+                dossier_digitized,
+                reused_data,
+            } => json!({
+                "procedure_code": procedure_code, "field": field, "channel": channel.as_str(),
+                "due_at": rfc3339(*due_at), "dossier_digitized": dossier_digitized,
+                "reused_data": reused_data,
+            }),
+            Fact::SupplementRequested { reason, due_at } => {
+                json!({"reason": reason, "due_at": rfc3339(*due_at)})
             }
-            EventData::CaseRated { level } => keep_latest(
-                &mut self.rating,
-                Rating {
-                    stamp,
-                    level: *level,
-                },
-            ),
-            EventData::CaseSynced { .. } => keep_earliest(&mut self.sync, stamp),
-            EventData::FeedbackReceived { .. } | EventData::FeedbackResolved => {}
+            Fact::ApologyIssued {
+                letter_ref,
+                reason,
+                new_due_at,
+            } => {
+                json!({"letter_ref": letter_ref, "reason": reason, "new_due_at": rfc3339(*new_due_at)})
+            }
+            Fact::Resolved {
+                result,
+                result_electronic,
+                result_digitized,
+            } => json!({"result": result.as_str(), "result_electronic": result_electronic,
+                        "result_digitized": result_digitized}),
+            Fact::Withdrawn { reason } => json!({ "reason": reason }),
+            Fact::Paid { amount_vnd, online } => {
+                json!({"amount_vnd": amount_vnd, "online": online})
+            }
+            Fact::Rated { level } => json!({"level": level.as_str()}),
+            Fact::Synced { portal } => json!({ "portal": portal }),
+            Fact::FeedbackReceived { due_at } => json!({"due_at": rfc3339(*due_at)}),
+            Fact::FeedbackResolved => json!({}),
         }
+    }
+
+    /// The data as JSON with keys sorted and no spaces: the tie-break of
+    /// CONTRACT §1.2.
+    pub fn canonical_data(&self) -> String {
+        // serde_json's maps are sorted by key (no `preserve_order`).
+        self.data_json().to_string()
     }
 }
 
-/// The `feedback.received` that counts (the earliest).
+/// One event as a record keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FeedbackReceived {
-    pub stamp: Stamp,
+pub struct RecordedEvent {
+    pub event_id: Uuid,
+    /// The stream sequence it was first read at.
+    pub sequence: u64,
+    pub at: Moment,
+    /// The unit the event names (counts go by the received unit's).
     pub unit_id: String,
-    pub due_at: Moment,
+    pub fact: Fact,
 }
 
-/// A complaint or recommendation (phản ánh, kiến nghị).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FeedbackRecord {
-    /// Every event folded in, sorted by event id.
-    pub events: Vec<EventRef>,
-    pub received: Option<FeedbackReceived>,
-    /// The earliest `feedback.resolved`.
-    pub resolution: Option<Stamp>,
-}
-
-impl FeedbackRecord {
-    fn apply(&mut self, event: &Event) {
-        let stamp = Stamp::of(event);
-        match &event.data {
-            EventData::FeedbackReceived { due_at } => keep_earliest(
-                &mut self.received,
-                FeedbackReceived {
-                    stamp,
-                    unit_id: event.unit_id.clone(),
-                    due_at: Moment::from(*due_at),
-                },
-            ),
-            EventData::FeedbackResolved => keep_earliest(&mut self.resolution, stamp),
-            _ => {}
+impl RecordedEvent {
+    pub fn of(sequence: u64, event: &Event) -> RecordedEvent {
+        RecordedEvent {
+            event_id: event.event_id,
+            sequence,
+            at: Moment::from(event.occurred_at),
+            unit_id: event.unit_id.clone(),
+            fact: Fact::of(&event.data),
         }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.fact.kind()
+    }
+
+    /// The same event: kind, time and data equal (CONTRACT §1.2).
+    pub fn same_content(&self, other: &RecordedEvent) -> bool {
+        self.at == other.at && self.fact == other.fact
+    }
+
+    /// Between two events under one id: the one that counts first (the
+    /// earliest, then the smaller canonical data, then the kind's name).
+    fn identity_order(&self, other: &RecordedEvent) -> Ordering {
+        self.at
+            .cmp(&other.at)
+            .then_with(|| self.fact.canonical_data().cmp(&other.fact.canonical_data()))
+            .then_with(|| self.kind().as_str().cmp(other.kind().as_str()))
+    }
+
+    /// When it happened and which it was: the order that picks the earliest
+    /// or latest of several events of a kind.
+    pub fn stamp(&self) -> (Moment, Uuid) {
+        (self.at, self.event_id)
+    }
+
+    /// The event as a JSON line of CONTRACT §2 (times in Vietnam time, data
+    /// in canonical form): how a kept-aside event is shown.
+    pub fn to_json(&self, case_id: &str) -> Vec<u8> {
+        let value = json!({
+            "event_id": self.event_id.to_string(),
+            "kind": self.kind().as_str(),
+            "case_id": case_id,
+            "unit_id": self.unit_id,
+            "occurred_at": rfc3339(self.at),
+            "data": self.fact.data_json(),
+        });
+        value.to_string().into_bytes()
     }
 }
 
-/// A stored record of either sort. Records live in a map keyed by
-/// [`RecordKey`] and are moved rarely, so the size difference is harmless.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Record {
-    Case(CaseRecord),
-    Feedback(FeedbackRecord),
+/// What folding one event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Folded {
+    /// A new event: it counts.
+    Applied,
+    /// The same event again (same id and content); `counts` when that
+    /// content is the one that counts (not one kept aside).
+    Duplicate { counts: bool },
+    /// An event under an id the record has with other content.
+    Conflict(Box<Conflict>),
+}
+
+/// Two events under one id: `loser` is kept aside (the incoming event, or
+/// the one it displaced), `winner` counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub loser: RecordedEvent,
+    pub winner: RecordedEvent,
+}
+
+/// Every event of one case (or feedback), by event id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The events that count, one per event id, sorted by event id.
+    pub events: Vec<RecordedEvent>,
+    /// Identity-conflict losers, sorted by event id then identity order.
+    pub kept_aside: Vec<RecordedEvent>,
 }
 
 impl Record {
-    /// The empty record an event of this key starts.
-    pub fn empty_for(key: &RecordKey) -> Record {
-        match key {
-            RecordKey::Case(_) => Record::Case(CaseRecord::default()),
-            RecordKey::Feedback(_) => Record::Feedback(FeedbackRecord::default()),
+    /// Folds one event read at stream `sequence` in (module
+    /// documentation).
+    pub fn fold(&mut self, sequence: u64, event: &Event) -> Folded {
+        let incoming = RecordedEvent::of(sequence, event);
+        let is_kept_aside = |record: &Record, candidate: &RecordedEvent| {
+            record
+                .kept_aside
+                .iter()
+                .any(|kept| kept.event_id == candidate.event_id && kept.same_content(candidate))
+        };
+        match self
+            .events
+            .binary_search_by(|seen| seen.event_id.cmp(&incoming.event_id))
+        {
+            Err(position) => {
+                if is_kept_aside(self, &incoming) {
+                    return Folded::Duplicate { counts: false };
+                }
+                self.events.insert(position, incoming);
+                Folded::Applied
+            }
+            Ok(position) => {
+                if self.events[position].same_content(&incoming) {
+                    return Folded::Duplicate { counts: true };
+                }
+                if is_kept_aside(self, &incoming) {
+                    return Folded::Duplicate { counts: false };
+                }
+                let loser = if incoming.identity_order(&self.events[position]) == Ordering::Less {
+                    std::mem::replace(&mut self.events[position], incoming)
+                } else {
+                    incoming
+                };
+                self.kept_aside.push(loser.clone());
+                self.kept_aside.sort_by(|a, b| {
+                    a.event_id
+                        .cmp(&b.event_id)
+                        .then_with(|| a.identity_order(b))
+                });
+                Folded::Conflict(Box::new(Conflict {
+                    loser,
+                    winner: self.events[position].clone(),
+                }))
+            }
         }
     }
 
-    /// Folds one event read at stream `sequence` in, unless an event with
-    /// its id was folded before (then it returns false: it counts once).
-    /// Events of the other sort are ignored (the key separates them).
-    pub fn fold(&mut self, sequence: u64, event: &Event) -> bool {
-        let events = match self {
-            Record::Case(case) => &mut case.events,
-            Record::Feedback(feedback) => &mut feedback.events,
+    /// The events that count, earliest first (ties by event id).
+    pub fn in_time_order(&self) -> Vec<&RecordedEvent> {
+        let mut events: Vec<&RecordedEvent> = self.events.iter().collect();
+        events.sort_by_key(|event| event.stamp());
+        events
+    }
+
+    /// The record's events while none of them is its received event (they
+    /// are held), as (unit of the earliest, its time, how many).
+    pub fn held(&self) -> Option<(&str, Moment, usize)> {
+        let received = if self.is_feedback() {
+            self.feedback_state().received
+        } else {
+            self.case_state().received
         };
-        match events.binary_search_by(|seen| seen.event_id.cmp(&event.event_id)) {
-            Ok(_) => return false,
-            Err(position) => events.insert(
-                position,
-                EventRef {
-                    event_id: event.event_id,
-                    sequence,
+        if received.is_some() {
+            return None;
+        }
+        let first = self.events.iter().min_by_key(|event| event.stamp())?;
+        Some((&first.unit_id, first.at, self.events.len()))
+    }
+
+    /// Whether the record is a feedback's (complaint, recommendation).
+    pub fn is_feedback(&self) -> bool {
+        self.events
+            .first()
+            .or(self.kept_aside.first())
+            .is_some_and(|event| event.kind().is_feedback())
+    }
+
+    /// What counts in a case record.
+    pub fn case_state(&self) -> CaseState<'_> {
+        fn earliest<'r>(slot: &mut Option<&'r RecordedEvent>, event: &'r RecordedEvent) {
+            if slot.is_none_or(|kept| event.stamp() < kept.stamp()) {
+                *slot = Some(event);
+            }
+        }
+        let mut state = CaseState::default();
+        for event in &self.events {
+            match &event.fact {
+                Fact::Received { .. } => earliest(&mut state.received, event),
+                Fact::SupplementRequested { .. } => {
+                    if state
+                        .due_change
+                        .is_none_or(|kept| event.stamp() > kept.stamp())
+                    {
+                        state.due_change = Some(event);
+                    }
+                }
+                Fact::ApologyIssued { .. } => earliest(&mut state.apology, event),
+                Fact::Resolved { .. } => earliest(&mut state.resolution, event),
+                Fact::Withdrawn { .. } => earliest(&mut state.withdrawal, event),
+                Fact::Paid { .. } => state.payments.push(event),
+                Fact::Rated { .. } => {
+                    if state.rating.is_none_or(|kept| event.stamp() > kept.stamp()) {
+                        state.rating = Some(event);
+                    }
+                }
+                Fact::Synced { .. } => earliest(&mut state.sync, event),
+                Fact::FeedbackReceived { .. } | Fact::FeedbackResolved => {}
+            }
+        }
+        state
+    }
+
+    /// What counts in a feedback record.
+    pub fn feedback_state(&self) -> FeedbackState<'_> {
+        let mut state = FeedbackState::default();
+        for event in &self.events {
+            let slot = match event.fact {
+                Fact::FeedbackReceived { .. } => &mut state.received,
+                Fact::FeedbackResolved => &mut state.resolution,
+                _ => continue,
+            };
+            if slot.is_none_or(|kept| event.stamp() < kept.stamp()) {
+                *slot = Some(event);
+            }
+        }
+        state
+    }
+}
+
+/// The events that count in a case, each picked by the rule of §3.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaseState<'r> {
+    /// The earliest `case.received`.
+    pub received: Option<&'r RecordedEvent>,
+    /// The latest supplement request: it replaces the due time.
+    pub due_change: Option<&'r RecordedEvent>,
+    /// The first apology letter.
+    pub apology: Option<&'r RecordedEvent>,
+    /// The earliest `case.resolved`.
+    pub resolution: Option<&'r RecordedEvent>,
+    /// The earliest `case.withdrawn`.
+    pub withdrawal: Option<&'r RecordedEvent>,
+    /// Every payment, by event id.
+    pub payments: Vec<&'r RecordedEvent>,
+    /// The latest rating.
+    pub rating: Option<&'r RecordedEvent>,
+    /// The first sync to the national portal.
+    pub sync: Option<&'r RecordedEvent>,
+}
+
+impl CaseState<'_> {
+    /// The due time used for timeliness: from `case.received`, replaced by
+    /// the latest supplement request. Apology letters do not move it.
+    pub fn due_at(&self) -> Option<Moment> {
+        let Some(Fact::Received { due_at, .. }) = self.received.map(|e| &e.fact) else {
+            return None;
+        };
+        match self.due_change.map(|e| &e.fact) {
+            Some(Fact::SupplementRequested { due_at, .. }) => Some(*due_at),
+            _ => Some(*due_at),
+        }
+    }
+}
+
+/// The events that count in a feedback record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedbackState<'r> {
+    /// The earliest `feedback.received`.
+    pub received: Option<&'r RecordedEvent>,
+    /// The earliest `feedback.resolved`.
+    pub resolution: Option<&'r RecordedEvent>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kpi_events::{parse_event, Validation};
+
+    fn event(id: &str, kind_and_data: &str, at: &str) -> Event {
+        let units: std::collections::HashSet<String> = ["C1".to_owned()].into_iter().collect();
+        let (kind, data) = kind_and_data.split_once(' ').unwrap();
+        let line = format!(
+            r#"{{"event_id":"{id}","kind":"{kind}","case_id":"X-1","unit_id":"C1","occurred_at":"{at}","data":{data}}}"#
+        );
+        parse_event(line.as_bytes(), &Validation::now(&units)).unwrap()
+    }
+
+    const ID: &str = "8f1d2a4e-6b0c-4f3e-9a57-0c2b1d3e4f51";
+
+    #[test]
+    fn the_same_event_again_is_a_duplicate_whatever_its_spelling() {
+        let mut record = Record::default();
+        let a = event(
+            ID,
+            r#"case.rated {"level":"satisfied"}"#,
+            "2025-03-01T08:00:00+07:00",
+        );
+        // The same instant in UTC, the same data with an extra member.
+        let b = event(
+            ID,
+            r#"case.rated {"level":"satisfied","note":"x"}"#,
+            "2025-03-01T01:00:00Z",
+        );
+        assert_eq!(record.fold(1, &a), Folded::Applied);
+        assert_eq!(record.fold(2, &b), Folded::Duplicate { counts: true });
+        assert_eq!(record.events.len(), 1);
+        assert_eq!(record.events[0].sequence, 1);
+    }
+
+    #[test]
+    fn a_conflict_keeps_the_earliest_whatever_the_arrival_order() {
+        let early = event(
+            ID,
+            r#"case.rated {"level":"unsatisfied"}"#,
+            "2025-03-01T08:00:00+07:00",
+        );
+        let late = event(
+            ID,
+            r#"case.rated {"level":"satisfied"}"#,
+            "2025-03-02T08:00:00+07:00",
+        );
+        let mut one = Record::default();
+        assert_eq!(one.fold(1, &late), Folded::Applied);
+        let Folded::Conflict(conflict) = one.fold(2, &early) else {
+            panic!("a conflict")
+        };
+        assert_eq!(
+            (conflict.loser.sequence, conflict.loser.at),
+            (1, Moment::from(late.occurred_at))
+        );
+        let mut two = Record::default();
+        assert_eq!(two.fold(1, &early), Folded::Applied);
+        let Folded::Conflict(conflict) = two.fold(2, &late) else {
+            panic!("a conflict")
+        };
+        assert_eq!(conflict.loser.at, Moment::from(late.occurred_at));
+        let content = |record: &Record| {
+            (
+                record
+                    .events
+                    .iter()
+                    .map(|e| (e.at, e.fact.clone()))
+                    .collect::<Vec<_>>(),
+                record
+                    .kept_aside
+                    .iter()
+                    .map(|e| (e.at, e.fact.clone()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(content(&one), content(&two));
+        // The loser again is a duplicate of what was kept aside.
+        assert_eq!(two.fold(3, &late), Folded::Duplicate { counts: false });
+        assert_eq!(two.kept_aside.len(), 1);
+    }
+
+    #[test]
+    fn a_tie_in_time_goes_to_the_smaller_canonical_data() {
+        let at = "2025-03-01T08:00:00+07:00";
+        let satisfied = event(ID, r#"case.rated {"level":"satisfied"}"#, at);
+        let very = event(ID, r#"case.rated {"level":"very_satisfied"}"#, at);
+        for order in [[&satisfied, &very], [&very, &satisfied]] {
+            let mut record = Record::default();
+            record.fold(1, order[0]);
+            record.fold(2, order[1]);
+            assert_eq!(
+                record.events[0].fact,
+                Fact::Rated {
+                    level: RatingLevel::Satisfied
                 },
-            ),
+                r#"{{"level":"satisfied"}} < {{"level":"very_satisfied"}}"#
+            );
         }
-        match self {
-            Record::Case(case) => case.apply(event),
-            Record::Feedback(feedback) => feedback.apply(event),
-        }
-        true
+    }
+
+    #[test]
+    fn a_winner_displaced_by_a_conflict_stops_counting() {
+        let mut record = Record::default();
+        let received = |at: &str, due: &str| {
+            event(
+                ID,
+                &format!(
+                    r#"case.received {{"procedure_code":"1","field":"ho_tich","channel":"online","due_at":"{due}"}}"#
+                ),
+                at,
+            )
+        };
+        record.fold(
+            1,
+            &received("2025-03-05T08:00:00+07:00", "2025-03-09T08:00:00+07:00"),
+        );
+        assert!(record.case_state().due_at().is_some());
+        record.fold(
+            2,
+            &received("2025-03-04T08:00:00+07:00", "2025-03-06T08:00:00+07:00"),
+        );
+        let due = record.case_state().due_at().unwrap();
+        assert_eq!(rfc3339(due), "2025-03-06T08:00:00+07:00");
+        assert_eq!(record.kept_aside.len(), 1);
+        let shown = String::from_utf8(record.kept_aside[0].to_json("X-1")).unwrap();
+        assert!(
+            shown.contains(r#""occurred_at":"2025-03-05T08:00:00+07:00""#),
+            "{shown}"
+        );
     }
 }

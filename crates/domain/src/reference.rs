@@ -10,8 +10,8 @@ use kpi_events::Event;
 
 use crate::contribution::LiveCounts;
 use crate::counters::Counters;
-use crate::fold::{BatchChanges, BatchFold, Folded, OpenKey, RecordSource, UnknownUnit};
-use crate::record::{Record, RecordKey};
+use crate::fold::{BatchChanges, BatchFold, OpenKey, RecordSource, UnknownUnit};
+use crate::record::{Folded, Record, RecordKey};
 use crate::time::{Day, Moment};
 use crate::units::{UnitIdx, UnitRegistry};
 
@@ -120,6 +120,27 @@ impl MemoryViews {
     /// Every non-zero (unit, day) counter set: for comparing two folds.
     pub fn all_counters(&self) -> &BTreeMap<(UnitIdx, Day), Counters> {
         &self.counters
+    }
+
+    /// Every event kept aside by an identity conflict, as (record, event
+    /// id, time, canonical data): for comparing two folds (stream
+    /// sequences differ with the arrival order).
+    pub fn kept_aside(
+        &self,
+    ) -> std::collections::BTreeSet<(RecordKey, uuid::Uuid, Moment, String)> {
+        self.records
+            .iter()
+            .flat_map(|(key, record)| {
+                record.kept_aside.iter().map(move |event| {
+                    (
+                        key.clone(),
+                        event.event_id,
+                        event.at,
+                        event.fact.canonical_data(),
+                    )
+                })
+            })
+            .collect()
     }
 
     /// The open-case index: for comparing two folds.

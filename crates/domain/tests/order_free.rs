@@ -35,8 +35,9 @@ fn event_strategy() -> impl Strategy<Value = Event> {
         0u8..4,
         any::<bool>(),
         0u128..6,
+        prop::bool::weighted(0.2),
     )
-        .prop_map(|(case, unit, kind, at, span, choice, flag, id)| {
+        .prop_map(|(case, unit, kind, at, span, choice, flag, id, reused)| {
             let occurred_at = time(at * 6);
             let due_at = occurred_at + Duration::hours(span * 6);
             let data = match kind {
@@ -84,18 +85,25 @@ fn event_strategy() -> impl Strategy<Value = Event> {
                 7 => EventData::FeedbackReceived { due_at },
                 _ => EventData::FeedbackResolved,
             };
-            Event {
-                // Event ids are derived from content, so that a duplicate id is a
-                // duplicate event; ties on time differ by id.
-                event_id: Uuid::from_u128(
+            // Event ids are mostly derived from content, so that a
+            // duplicate id is a duplicate event and ties on time differ by
+            // id; some are reused for other content (identity conflicts).
+            let event_id = if reused {
+                Uuid::from_u128((case as u128) << 100 | id)
+            } else {
+                Uuid::from_u128(
                     (case as u128) << 100
                         | (kind as u128) << 90
                         | (at as u128) << 40
                         | (span as u128) << 20
                         | (choice as u128) << 10
                         | (flag as u128) << 8
+                        | 1 << 7
                         | id,
-                ),
+                )
+            };
+            Event {
+                event_id,
                 case_id: format!("K-{case}"),
                 unit_id: ["C1", "C2"][unit as usize].into(),
                 occurred_at,
@@ -138,5 +146,6 @@ proptest! {
         let views = fold(&units, &shuffled, batch);
         prop_assert_eq!(views.all_counters(), reference.all_counters());
         prop_assert_eq!(views.open_index(), reference.open_index());
+        prop_assert_eq!(views.kept_aside(), reference.kept_aside());
     }
 }

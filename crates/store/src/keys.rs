@@ -14,6 +14,7 @@
 //! | `t` | unit, NUL | open, open without apology, over every due day |
 //! | `x` | unit, NUL, due instant, case code | 1 if an apology letter exists |
 //! | `p` | stream sequence, u64 BE | postcard [`ParkedEvent`](crate::ParkedEvent) |
+//! | `h` | `c` or `f`, case code | postcard [`HeldEntry`](kpi_domain::HeldEntry): a record whose received event has not arrived |
 //! | `m` | name | metadata (checkpoint, units, statistics, format) |
 
 use chrono::{Datelike, NaiveDate};
@@ -26,6 +27,7 @@ pub const OPEN_BY_DUE_DAY: u8 = b'o';
 pub const OPEN_TOTAL: u8 = b't';
 pub const OPEN_INDEX: u8 = b'x';
 pub const PARKED: u8 = b'p';
+pub const HELD: u8 = b'h';
 
 pub const CHECKPOINT: &[u8] = b"m/checkpoint";
 /// The unit registry the rollups were computed with (its fingerprint).
@@ -34,6 +36,11 @@ pub const ROLLUP_UNITS: &[u8] = b"m/rollup-units";
 pub const LIVE_DAY: &[u8] = b"m/live-day";
 pub const STATS: &[u8] = b"m/stats";
 pub const FORMAT: &[u8] = b"m/format";
+/// The counting rules the views were folded with.
+pub const RULES: &[u8] = b"m/rules";
+/// The stream sequence and store time (Unix nanoseconds) of the last
+/// message folded: compared with the stream to notice it changed.
+pub const LAST_MESSAGE: &[u8] = b"m/last-message";
 pub const STREAM: &[u8] = b"m/stream";
 
 /// Prefixes of the entries that make up the views (everything but
@@ -46,6 +53,13 @@ pub const VIEW_PREFIXES: &[u8] = &[
     OPEN_TOTAL,
     OPEN_INDEX,
 ];
+
+/// A held record: `h`, then the record's own key.
+pub fn held(key: &RecordKey) -> Vec<u8> {
+    let mut bytes = vec![HELD];
+    bytes.extend_from_slice(&record(key));
+    bytes
+}
 
 pub fn record(key: &RecordKey) -> Vec<u8> {
     let (prefix, code) = match key {

@@ -30,8 +30,8 @@ use chrono::{DateTime, Datelike, Utc};
 use kpi_domain::fold::{BatchChanges, BatchFold, RecordSource};
 use kpi_domain::units::Fingerprint;
 use kpi_domain::{
-    CounterDelta, Counters, Day, Folded, LiveCounts, Moment, OpenDelta, Record, RecordKey, UnitIdx,
-    UnitRegistry,
+    CounterDelta, Counters, Day, Folded, LiveCounts, Moment, OpenDelta, Record, RecordKey,
+    RecordedEvent, UnitIdx, UnitRegistry, CONFLICT_REASON,
 };
 use kpi_events::{Event, EventError, Validation};
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,11 @@ pub use keys::VIEW_PREFIXES;
 
 /// The stored layout version this build reads and writes.
 const FORMAT_VERSION: &[u8] = b"3";
+
+/// The counting rules this build folds with: bumped whenever what an event
+/// contributes changes, so that views folded by other rules are refused
+/// instead of mixed.
+pub const RULES_VERSION: &str = "2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -51,6 +56,22 @@ pub enum StoreError {
     Format { found: String },
     #[error(transparent)]
     UnknownUnit(#[from] kpi_domain::UnknownUnit),
+    #[error(
+        "the views were folded with counting rules {found}; this build counts with rules {RULES_VERSION}: \
+         rebuild them with the rules of this build (`projector --rebuild` builds new views beside these and \
+         switches when they have caught up; README, Rebuilding the views)"
+    )]
+    Rules { found: String },
+    #[error(
+        "counter {counter} of unit {unit} on {day} would go below zero: the views disagree with the log. \
+         Nothing of this batch was written. Run `kpictl verify` to list the differences, then rebuild the \
+         views (`projector --rebuild`; README, Rebuilding the views)"
+    )]
+    Underflow {
+        unit: String,
+        day: String,
+        counter: &'static str,
+    },
     #[error(
         "the stream was created at {now} but the views were folded from a stream created at {folded_from}: \
          it was recreated, and its sequences are not the ones the checkpoint counts; rebuild the views: \
@@ -147,6 +168,27 @@ pub struct ParkedEvent {
     pub published_unix: Option<i64>,
 }
 
+impl ParkedEvent {
+    /// The loser of an identity conflict, shown in the form the record
+    /// keeps (the same whichever of the two arrived first).
+    fn conflict(case_id: &str, loser: &RecordedEvent, winner: &RecordedEvent) -> ParkedEvent {
+        ParkedEvent {
+            sequence: loser.sequence,
+            subject: kpi_events::subject_for(&loser.unit_id, loser.kind()),
+            payload: loser.to_json(case_id),
+            field: Some("event_id".to_owned()),
+            reason: format!(
+                "{CONFLICT_REASON}: in case {case_id} the event that counts under {} is the {} of {} (stream sequence {})",
+                loser.event_id,
+                winner.kind(),
+                winner.at.to_utc().with_timezone(&kpi_domain::vietnam()).to_rfc3339(),
+                winner.sequence
+            ),
+            published_unix: None,
+        }
+    }
+}
+
 /// Running totals since the views were created.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FoldTotals {
@@ -158,6 +200,8 @@ pub struct FoldTotals {
     pub parked: u64,
     /// Parked events retired because a redriven copy was folded.
     pub redriven: u64,
+    /// Events kept aside by an identity conflict (CONTRACT §1.2).
+    pub conflicts: u64,
 }
 
 impl FoldTotals {
@@ -166,11 +210,13 @@ impl FoldTotals {
         self.duplicates += other.duplicates;
         self.parked += other.parked;
         self.redriven += other.redriven;
+        self.conflicts += other.conflicts;
     }
 
-    /// Parked events still kept aside.
+    /// Events kept aside now: invalid ones not yet redriven, and identity
+    /// conflicts' losers.
     pub fn kept_aside(&self) -> u64 {
-        self.parked.saturating_sub(self.redriven)
+        (self.parked + self.conflicts).saturating_sub(self.redriven)
     }
 }
 
@@ -233,11 +279,23 @@ impl Store {
         match views.get(keys::FORMAT)? {
             None => {
                 views.insert(keys::FORMAT, FORMAT_VERSION)?;
+                views.insert(keys::RULES, RULES_VERSION.as_bytes())?;
             }
             Some(found) if found.as_ref() == FORMAT_VERSION => {}
             Some(found) => {
                 return Err(StoreError::Format {
                     found: String::from_utf8_lossy(&found).into_owned(),
+                })
+            }
+        }
+        match views.get(keys::RULES)? {
+            Some(found) if found.as_ref() == RULES_VERSION.as_bytes() => {}
+            found => {
+                return Err(StoreError::Rules {
+                    found: found.map_or_else(
+                        || "(unknown)".to_owned(),
+                        |found| String::from_utf8_lossy(&found).into_owned(),
+                    ),
                 })
             }
         }
@@ -421,6 +479,21 @@ impl Store {
         Ok(())
     }
 
+    /// The stream sequence and store time (Unix nanoseconds, 0 if unknown)
+    /// of the last message folded.
+    pub fn last_message(&self) -> Result<Option<(u64, i64)>, StoreError> {
+        let Some(bytes) = self.views.get(keys::LAST_MESSAGE)? else {
+            return Ok(None);
+        };
+        let array: [u8; 16] = bytes
+            .as_ref()
+            .try_into()
+            .map_err(|_| corrupt(keys::LAST_MESSAGE, "not 16 bytes"))?;
+        let sequence = u64::from_be_bytes(array[..8].try_into().unwrap_or_default());
+        let nanos = i64::from_be_bytes(array[8..].try_into().unwrap_or_default());
+        Ok(Some((sequence, nanos)))
+    }
+
     /// The last stream sequence folded (0 for new views).
     pub fn checkpoint(&self) -> Result<u64, StoreError> {
         read_u64(&self.views, keys::CHECKPOINT)
@@ -458,11 +531,27 @@ impl Store {
             last = last.max(message.sequence);
             match &message.event {
                 Ok(event) => {
-                    match fold.fold(message.sequence, event)? {
-                        Folded::Applied => totals.folded += 1,
-                        Folded::Duplicate => totals.duplicates += 1,
-                    }
-                    if let Some(parked_sequence) = message.redrive_of {
+                    let counts = match fold.fold(message.sequence, event)? {
+                        Folded::Applied => {
+                            totals.folded += 1;
+                            true
+                        }
+                        Folded::Duplicate { counts } => {
+                            totals.duplicates += 1;
+                            counts
+                        }
+                        Folded::Conflict(conflict) => {
+                            totals.conflicts += 1;
+                            parked.push(ParkedEvent::conflict(
+                                &event.case_id,
+                                &conflict.loser,
+                                &conflict.winner,
+                            ));
+                            conflict.loser.sequence != message.sequence
+                        }
+                    };
+                    // A redriven event that counts retires its parked copy.
+                    if let (true, Some(parked_sequence)) = (counts, message.redrive_of) {
                         let key = keys::parked(parked_sequence);
                         let pending = parked
                             .iter()
@@ -501,7 +590,18 @@ impl Store {
             .iter()
             .map(|p| (p.sequence, p.reason.clone()))
             .collect();
-        self.commit(units, changes, parked, &retired, last, &all_totals)?;
+        let last_published = batch
+            .iter()
+            .find(|message| message.sequence == last)
+            .and_then(|message| message.published);
+        self.commit(
+            units,
+            changes,
+            parked,
+            &retired,
+            (last, last_published),
+            &all_totals,
+        )?;
         Ok(BatchReport {
             totals,
             checkpoint: last,
@@ -515,7 +615,7 @@ impl Store {
         changes: BatchChanges,
         parked: Vec<ParkedEvent>,
         retired: &[u64],
-        checkpoint: u64,
+        (checkpoint, published): (u64, Option<DateTime<Utc>>),
         totals: &FoldTotals,
     ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
@@ -523,6 +623,16 @@ impl Store {
             let bytes =
                 postcard::to_stdvec(record).map_err(|err| corrupt(&keys::record(key), err))?;
             batch.insert(keys::record(key), bytes);
+        }
+        for (key, held) in &changes.held {
+            match held {
+                Some(entry) => {
+                    let bytes =
+                        postcard::to_stdvec(entry).map_err(|err| corrupt(&keys::held(key), err))?;
+                    batch.insert(keys::held(key), bytes);
+                }
+                None => batch.remove(keys::held(key)),
+            }
         }
         self.write_rollups(&mut batch, units, &changes, Base::Stored)?;
         for event in &parked {
@@ -536,6 +646,12 @@ impl Store {
         let totals_bytes = postcard::to_stdvec(totals).map_err(|err| corrupt(keys::STATS, err))?;
         batch.insert(keys::STATS, totals_bytes);
         batch.insert(keys::CHECKPOINT, &checkpoint.to_be_bytes()[..]);
+        let mut marker = checkpoint.to_be_bytes().to_vec();
+        let nanos = published
+            .and_then(|at| at.timestamp_nanos_opt())
+            .unwrap_or(0);
+        marker.extend_from_slice(&nanos.to_be_bytes());
+        batch.insert(keys::LAST_MESSAGE, marker);
 
         let _exclusive = self
             .commit
@@ -571,11 +687,15 @@ impl Store {
                 Base::Stored => self.views.get(&key)?,
                 Base::Empty => None,
             };
-            let mut counters = month::MonthCounters::decode(stored.as_deref());
+            let mut counters = month::MonthCounters::decode(stored.as_deref())
+                .map_err(|detail| corrupt(&key, detail))?;
             for (day, delta) in days {
                 if let Err(counter) = counters.apply(day.to_date().day() as usize, delta) {
-                    tracing::error!(unit = %units.unit(*unit).id, day = %day.to_date(), counter = counter.name(),
-                        "a counter would go below zero; the views disagree with the log: rebuild them (README, Operating it)");
+                    return Err(StoreError::Underflow {
+                        unit: units.unit(*unit).id.clone(),
+                        day: day.to_date().to_string(),
+                        counter: counter.name(),
+                    });
                 }
             }
             if counters.is_zero() {
@@ -629,9 +749,24 @@ impl Store {
             Base::Stored => self.views.get(&key)?,
             Base::Empty => None,
         };
-        let (open, without_apology) = stored.map_or((0, 0), |bytes| decode_pair(&bytes));
-        let open = (i64::from(open) + delta.open).max(0) as u32;
-        let without_apology = (i64::from(without_apology) + delta.without_apology).max(0) as u32;
+        let (open, without_apology) = match stored {
+            None => (0, 0),
+            Some(bytes) => decode_pair(&bytes).map_err(|detail| corrupt(&key, detail))?,
+        };
+        let open = i64::from(open) + delta.open;
+        let without_apology = i64::from(without_apology) + delta.without_apology;
+        if open < 0 || without_apology < 0 {
+            return Err(StoreError::Underflow {
+                unit: String::from_utf8_lossy(&key[1..key.len() - 1]).into_owned(),
+                day: "(open cases)".to_owned(),
+                counter: if open < 0 {
+                    "open"
+                } else {
+                    "open_without_apology"
+                },
+            });
+        }
+        let (open, without_apology) = (open as u32, without_apology as u32);
         if open == 0 && without_apology == 0 {
             batch.remove(key);
         } else {
@@ -680,11 +815,11 @@ impl Store {
             let month = keys::month_of(&key).ok_or_else(|| corrupt(&key, "no month in key"))?;
             let (month_first, month_last) = month.days();
             if first <= month_first && month_last <= last {
-                sum.add(&month::row(&value, 0));
+                sum.add(&month::row(&value, 0).map_err(|detail| corrupt(&key, detail))?);
             } else {
                 let from = first.max(month_first).to_date().day() as usize;
                 let to = last.min(month_last).to_date().day() as usize;
-                sum.add(&month::days(&value, from, to));
+                sum.add(&month::days(&value, from, to).map_err(|detail| corrupt(&key, detail))?);
             }
         }
         Ok(sum)
@@ -695,10 +830,11 @@ impl Store {
     /// (a short scan: cases fall due within weeks) and those due later
     /// today, counted exactly from the open index.
     fn live_counts(&self, unit_id: &str, now: Moment) -> Result<LiveCounts, StoreError> {
-        let (open, open_without_apology) = self
-            .views
-            .get(keys::unit_prefix(keys::OPEN_TOTAL, unit_id))?
-            .map_or((0, 0), |bytes| decode_pair(&bytes));
+        let total_key = keys::unit_prefix(keys::OPEN_TOTAL, unit_id);
+        let (open, open_without_apology) = match self.views.get(&total_key)? {
+            None => (0, 0),
+            Some(bytes) => decode_pair(&bytes).map_err(|detail| corrupt(&total_key, detail))?,
+        };
         let (open, open_without_apology) = (u64::from(open), u64::from(open_without_apology));
         let today = now.local_day();
         let tomorrow = Day::from_date(today.to_date().succ_opt().unwrap_or(chrono::NaiveDate::MAX));
@@ -706,7 +842,9 @@ impl Store {
         let later_days = keys::unit_day(keys::OPEN_BY_DUE_DAY, unit_id, tomorrow);
         let unit_end = keys::prefix_end(&keys::unit_prefix(keys::OPEN_BY_DUE_DAY, unit_id));
         for entry in self.views.range(later_days..unit_end) {
-            let (open, without_apology) = decode_pair(&entry?.1);
+            let (key, value) = entry?;
+            let (open, without_apology) =
+                decode_pair(&value).map_err(|detail| corrupt(&key, detail))?;
             not_due += u64::from(open);
             not_due_without_apology += u64::from(without_apology);
         }
@@ -801,12 +939,18 @@ fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
     }
 }
 
-fn decode_pair(bytes: &[u8]) -> (u32, u32) {
+/// An (open, open without apology) pair; anything but 8 bytes is damage.
+fn decode_pair(bytes: &[u8]) -> Result<(u32, u32), String> {
+    let array: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| format!("{} bytes where 8 were written", bytes.len()))?;
     let word = |offset: usize| {
-        bytes
-            .get(offset..offset + 4)
-            .and_then(|slice| slice.try_into().ok())
-            .map_or(0, u32::from_le_bytes)
+        u32::from_le_bytes([
+            array[offset],
+            array[offset + 1],
+            array[offset + 2],
+            array[offset + 3],
+        ])
     };
-    (word(0), word(4))
+    Ok((word(0), word(4)))
 }

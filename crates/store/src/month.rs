@@ -13,29 +13,37 @@ pub const ROWS: usize = 32;
 const WIDTH: usize = kpi_domain::counters::COUNTER_COUNT;
 const HEADER: usize = 2;
 
-fn width_of(bytes: &[u8]) -> usize {
-    match bytes {
-        [low, high, ..] => u16::from_le_bytes([*low, *high]) as usize,
-        _ => 0,
+/// The row width of a stored month, checked against its length: a value
+/// that is not what was written is damage, never read as zeros.
+fn width_of(bytes: &[u8]) -> Result<usize, String> {
+    let [low, high, ..] = bytes else {
+        return Err(format!("{} bytes: no row width", bytes.len()));
+    };
+    let width = u16::from_le_bytes([*low, *high]) as usize;
+    if width == 0 || width > WIDTH || bytes.len() != HEADER + ROWS * width * 4 {
+        return Err(format!(
+            "{} bytes for rows of {width} counters (this build writes {WIDTH})",
+            bytes.len()
+        ));
     }
+    Ok(width)
 }
 
 /// One row of a stored month (0 for the total, else the day of the month).
-pub fn row(bytes: &[u8], row: usize) -> Counters {
-    let width = width_of(bytes);
-    let start = HEADER + row * width * 4;
-    bytes
-        .get(start..start + width * 4)
-        .map_or_else(Counters::default, Counters::from_bytes)
+/// Counters added after the value was written read 0.
+pub fn row(bytes: &[u8], row: usize) -> Result<Counters, String> {
+    let width = width_of(bytes)?;
+    let start = HEADER + row.min(ROWS - 1) * width * 4;
+    Ok(Counters::from_bytes(&bytes[start..start + width * 4]))
 }
 
 /// The sum of days `first..=last` (days of the month, 1-based).
-pub fn days(bytes: &[u8], first: usize, last: usize) -> Counters {
+pub fn days(bytes: &[u8], first: usize, last: usize) -> Result<Counters, String> {
     let mut sum = Counters::default();
     for day in first.max(1)..=last.min(ROWS - 1) {
-        sum.add(&row(bytes, day));
+        sum.add(&row(bytes, day)?);
     }
-    sum
+    Ok(sum)
 }
 
 /// A month being changed.
@@ -44,11 +52,11 @@ pub struct MonthCounters {
 }
 
 impl MonthCounters {
-    pub fn decode(bytes: Option<&[u8]>) -> MonthCounters {
+    pub fn decode(bytes: Option<&[u8]>) -> Result<MonthCounters, String> {
         let rows = (0..ROWS)
-            .map(|index| bytes.map_or_else(Counters::default, |bytes| row(bytes, index)))
-            .collect();
-        MonthCounters { rows }
+            .map(|index| bytes.map_or_else(|| Ok(Counters::default()), |bytes| row(bytes, index)))
+            .collect::<Result<_, _>>()?;
+        Ok(MonthCounters { rows })
     }
 
     /// Applies a day's change to that day and to the total. Returns the
@@ -79,17 +87,17 @@ mod tests {
 
     #[test]
     fn days_and_total_round_trip() {
-        let mut month = MonthCounters::decode(None);
+        let mut month = MonthCounters::decode(None).unwrap();
         let mut delta = CounterDelta::default();
         delta.change(Counter::Received, 2);
         month.apply(3, &delta).unwrap();
         month.apply(31, &delta).unwrap();
         let bytes = month.encode();
-        assert_eq!(row(&bytes, 0)[Counter::Received], 4);
-        assert_eq!(days(&bytes, 1, 3)[Counter::Received], 2);
-        assert_eq!(days(&bytes, 4, 30)[Counter::Received], 0);
-        assert_eq!(days(&bytes, 1, 31)[Counter::Received], 4);
-        let mut again = MonthCounters::decode(Some(&bytes));
+        assert_eq!(row(&bytes, 0).unwrap()[Counter::Received], 4);
+        assert_eq!(days(&bytes, 1, 3).unwrap()[Counter::Received], 2);
+        assert_eq!(days(&bytes, 4, 30).unwrap()[Counter::Received], 0);
+        assert_eq!(days(&bytes, 1, 31).unwrap()[Counter::Received], 4);
+        let mut again = MonthCounters::decode(Some(&bytes)).unwrap();
         delta.change(Counter::Received, -4);
         again.apply(3, &delta).unwrap();
         again.apply(31, &delta).unwrap();
@@ -102,7 +110,19 @@ mod tests {
         for value in 0..ROWS as u32 {
             bytes.extend_from_slice(&value.to_le_bytes());
         }
-        assert_eq!(row(&bytes, 5)[Counter::Received], 5);
-        assert_eq!(row(&bytes, 5)[Counter::ReceivedOnline], 0);
+        assert_eq!(row(&bytes, 5).unwrap()[Counter::Received], 5);
+        assert_eq!(row(&bytes, 5).unwrap()[Counter::ReceivedOnline], 0);
+    }
+
+    #[test]
+    fn a_damaged_value_is_an_error_not_zeros() {
+        let month = MonthCounters::decode(None).unwrap().encode();
+        for damaged in [&month[..1], &month[..month.len() - 1], &[0, 0][..]] {
+            assert!(row(damaged, 0).is_err());
+            assert!(MonthCounters::decode(Some(damaged)).is_err());
+        }
+        let mut wider = month.clone();
+        wider[..2].copy_from_slice(&((WIDTH + 1) as u16).to_le_bytes());
+        assert!(row(&wider, 0).is_err());
     }
 }

@@ -7,8 +7,6 @@
 //! its checkpoint in one atomic write. After any restart — clean or
 //! `kill -9` — the views resume from their own checkpoint.
 
-mod fold_loop;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -120,10 +118,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = server_stop.wait_for(|stopped| *stopped).await;
     }));
 
-    let mut folding = tokio::spawn(fold_loop::run(
-        fold_loop::Config {
+    let mut folding = tokio::spawn(kpi_projection::run(
+        kpi_projection::Config {
             nats: args.nats,
+            client_name: "kpi-projector".to_owned(),
             batch_size: args.batch_size.max(1),
+            until: None,
         },
         store.clone(),
         units,

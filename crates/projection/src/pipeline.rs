@@ -1,4 +1,4 @@
-//! Reading the stream and folding it: the projector's pipeline.
+//! Reading the stream and folding it.
 //!
 //! Three stages overlap, joined by short bounded queues: the reader (async)
 //! groups whatever messages are ready, up to the batch size; the validation
@@ -20,7 +20,22 @@ use tokio::sync::{mpsc, watch};
 
 pub struct Config {
     pub nats: kpi_bus::NatsArgs,
+    /// The NATS client name (`kpi-projector`, `kpictl-replay`, ...).
+    pub client_name: String,
     pub batch_size: usize,
+    /// Where to stop: `None` follows the stream for ever (the projector).
+    pub until: Option<Until>,
+}
+
+/// Where a fold stops (`kpictl replay --until`, `kpictl verify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// After folding this stream sequence.
+    Sequence(u64),
+    /// After the last message the stream stored at or before this time.
+    Time(chrono::DateTime<chrono::Utc>),
+    /// At the stream's last sequence when reading starts.
+    StreamEnd,
 }
 
 /// Batches in flight between two stages.
@@ -32,8 +47,8 @@ const LINGER: Duration = Duration::from_millis(5);
 /// How often progress and lag are logged.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
-/// Runs until `stop` turns true (then finishes the batches already read)
-/// or the store fails.
+/// Runs until `stop` turns true (then finishes the batches already read),
+/// `config.until` is reached, or the store or the stream fails.
 pub async fn run(
     config: Config,
     store: Arc<Store>,
@@ -186,7 +201,8 @@ impl Progress {
     }
 }
 
-/// Reads from `next_sequence` on, reconnecting after any bus failure.
+/// Reads from `next_sequence` on, reconnecting after any bus failure, until
+/// `stop`, `config.until` or a stream that no longer matches the views.
 async fn read(
     config: &Config,
     store: &Store,
@@ -196,8 +212,15 @@ async fn read(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut retry_delay = Duration::from_millis(200);
+    let mut until_sequence = match config.until {
+        Some(Until::Sequence(sequence)) => Some(sequence),
+        _ => None,
+    };
     while !*stop.borrow() {
-        let bus = match config.nats.connect("kpi-projector").await {
+        if until_sequence.is_some_and(|until| next_sequence > until) {
+            return Ok(());
+        }
+        let bus = match config.nats.connect(&config.client_name).await {
             Ok(bus) => bus,
             Err(err) => {
                 tracing::warn!(error = %err, retry_in = ?retry_delay, "NATS unavailable; serving the views as they are");
@@ -218,19 +241,12 @@ async fn read(
         };
         match state {
             Ok(state) => {
-                // A recreated or truncated stream cannot continue these views.
-                store
-                    .adopt_stream(&state.created.to_rfc3339(), state.first_sequence)
-                    .context("checking the stream against the views")?;
-                if state.last_sequence + 1 < next_sequence {
-                    anyhow::bail!(
-                        "stream {} ends at sequence {} but the views reflect sequence {}: the stream was \
-                         recreated or purged; rebuild the views: stop the projector, move its data \
-                         directory aside and start it again",
-                        kpi_bus::STREAM_NAME,
-                        state.last_sequence,
-                        next_sequence - 1
-                    );
+                check_stream(&bus, store, &state).await?;
+                if config.until == Some(Until::StreamEnd) && until_sequence.is_none() {
+                    until_sequence = Some(state.last_sequence);
+                    if next_sequence > state.last_sequence {
+                        return Ok(());
+                    }
                 }
                 tracing::info!(
                     from = next_sequence,
@@ -264,18 +280,38 @@ async fn read(
             config.batch_size,
             LINGER
         ));
+        let mut check = tokio::time::interval(CHECK_EVERY);
+        check.tick().await;
         let mut report = tokio::time::interval(REPORT_EVERY);
+        report.tick().await;
         loop {
             tokio::select! {
                 _ = stop.changed() => return Ok(()),
-                _ = report.tick() => check_and_report(&bus, store, units).await?,
+                _ = check.tick(), if config.until.is_none() => {
+                    check_while_reading(&bus, store, units).await?;
+                }
+                _ = report.tick() => report_lag(&bus, store).await,
                 chunk = chunks.next() => {
                     let Some(chunk) = chunk else { break };
                     let mut batch = Vec::with_capacity(chunk.len());
                     let mut failed = None;
+                    let mut reached_until = false;
                     for item in chunk {
                         match item {
-                            Ok(message) => batch.push(message),
+                            Ok(message) => {
+                                let past_time = matches!(config.until, Some(Until::Time(until))
+                                    if message.published.is_some_and(|at| at > until));
+                                if past_time {
+                                    reached_until = true;
+                                    break;
+                                }
+                                let last = until_sequence.is_some_and(|until| message.sequence >= until);
+                                batch.push(message);
+                                if last {
+                                    reached_until = true;
+                                    break;
+                                }
+                            }
                             Err(err) => { failed = Some(err); break; }
                         }
                     }
@@ -285,6 +321,9 @@ async fn read(
                             // The fold thread stopped: its error is the one to report.
                             return Ok(());
                         }
+                    }
+                    if reached_until {
+                        return Ok(());
                     }
                     if let Some(err) = failed {
                         tracing::warn!(error = %err, from = next_sequence, "stream read failed; reading again");
@@ -300,22 +339,74 @@ async fn read(
     Ok(())
 }
 
-/// Logs the lag and checks, while reading, that the stream was not
-/// recreated under the views; moves the live counts to the tree of today
-/// when a change dated in the units file has taken effect.
-async fn check_and_report(bus: &Bus, store: &Store, units: &UnitRegistry) -> anyhow::Result<()> {
+/// How often the stream is checked against the views while reading.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// The stream must be the one the views were folded from: the same
+/// creation, nothing unfolded removed from its start, and still holding
+/// the very message the views last folded at its sequence. A stream that
+/// lost acknowledged messages (a single node's power loss) and took new
+/// ones under the same sequences fails the last test.
+async fn check_stream(
+    bus: &Bus,
+    store: &Store,
+    state: &kpi_bus::StreamState,
+) -> anyhow::Result<()> {
+    store
+        .adopt_stream(&state.created.to_rfc3339(), state.first_sequence)
+        .context("checking the stream against the views")?;
+    let checkpoint = store.checkpoint()?;
+    if state.last_sequence < checkpoint {
+        anyhow::bail!(
+            "stream {} ends at sequence {} but the views reflect sequence {checkpoint}: the stream lost \
+             messages the views counted (or was recreated or purged). Stopping instead of mixing two logs: \
+             run `kpictl verify` to compare, then rebuild the views (`projector --rebuild`, or move the data \
+             directory aside; README, Rebuilding the views)",
+            kpi_bus::STREAM_NAME,
+            state.last_sequence,
+        );
+    }
+    if let Some((sequence, published_nanos)) = store.last_message()? {
+        let stored = bus
+            .published_at(sequence)
+            .await
+            .context("reading back the last message the views folded")?;
+        let same = stored.and_then(|at| at.timestamp_nanos_opt()) == Some(published_nanos);
+        if published_nanos != 0 && !same {
+            anyhow::bail!(
+                "stream {} no longer holds, at sequence {sequence}, the message the views folded there \
+                 (stored at {}): it lost acknowledged messages and reused their sequences, or was \
+                 recreated. Stopping instead of counting a different log: run `kpictl verify`, then rebuild \
+                 the views (`projector --rebuild`; README, Rebuilding the views)",
+                kpi_bus::STREAM_NAME,
+                chrono::DateTime::from_timestamp_nanos(published_nanos).to_rfc3339(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The periodic checks of a live fold: the stream still matches the views,
+/// and the live counts follow today's tree of units.
+async fn check_while_reading(bus: &Bus, store: &Store, units: &UnitRegistry) -> anyhow::Result<()> {
     let today = kpi_domain::Moment::from(chrono::Utc::now().fixed_offset()).local_day();
     if tokio::task::block_in_place(|| store.follow_today(units, today))
         .context("moving the live counts to today's tree of units")?
     {
         tracing::info!(today = %today.to_date(), "a change of the units file took effect today: live counts recomputed");
     }
+    // A NATS outage is not a mismatch: the read loop reconnects.
+    if let Ok(state) = bus.stream_state().await {
+        check_stream(bus, store, &state).await?;
+    }
+    Ok(())
+}
+
+/// Logs the lag (stream last sequence minus checkpoint) and totals.
+async fn report_lag(bus: &Bus, store: &Store) {
     let (Ok(state), Ok(checkpoint)) = (bus.stream_state().await, store.checkpoint()) else {
-        return Ok(());
+        return;
     };
-    store
-        .adopt_stream(&state.created.to_rfc3339(), state.first_sequence)
-        .context("checking the stream against the views")?;
     let stream_last = state.last_sequence;
     let totals = store.totals().unwrap_or_default();
     tracing::info!(
@@ -325,9 +416,9 @@ async fn check_and_report(bus: &Bus, store: &Store, units: &UnitRegistry) -> any
         folded = totals.folded,
         duplicates = totals.duplicates,
         parked = totals.parked,
+        conflicts = totals.conflicts,
         "views"
     );
-    Ok(())
 }
 
 /// Sleeps for `delay`; true if asked to stop meanwhile.
