@@ -19,7 +19,9 @@ const FOLD_TIMEOUT: Duration = Duration::from_secs(300);
 type Views = (Vec<(Vec<u8>, Vec<u8>)>, kpi_store::FoldTotals, u64);
 
 fn views_of(dir: &std::path::Path) -> Views {
-    let store = Store::open(dir, &StoreOptions::default()).expect("open the views");
+    // The projector's data directory links `current` to the views served.
+    let store =
+        Store::open(&dir.join("current"), &StoreOptions::default()).expect("open the views");
     let entries = store
         .view_entries()
         .collect::<Result<Vec<_>, _>>()

@@ -1095,3 +1095,48 @@ async fn the_readme_examples_are_accepted() {
         String::from_utf8_lossy(&output.stdout)
     );
 }
+
+/// JetStream drops a repeated message id even when the content differs:
+/// the service reads the stored copy back, publishes the other content
+/// under an id of its own, and the projector decides the conflict.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_id_reused_for_other_content_reaches_the_projector_as_a_conflict() {
+    let mut stack = Stack::start(&[]).await;
+    let case = "000.00.31.H31-250307-0001";
+    let (status, _) = stack.intake.post_events(ndjson(&[received(case)])).await;
+    assert_eq!(status, 200);
+    let first = rated(case, "satisfied");
+    let mut second = first.clone();
+    second["data"]["level"] = json!("unsatisfied");
+    second["occurred_at"] = json!("2025-03-05T12:00:00+07:00");
+    for (event, duplicate) in [
+        (&first, false),
+        (&second, false),
+        (&second, true),
+        (&first, true),
+    ] {
+        let (status, report) = stack
+            .feedback
+            .post_events(ndjson(std::slice::from_ref(event)))
+            .await;
+        assert_eq!(status, 200, "{report}");
+        assert_eq!(report["accepted"][0]["duplicate"], duplicate, "{report}");
+    }
+    let counts = stack.counts(COMMUNE, "2025").await;
+    assert_eq!(
+        (counts["rated"], counts.get("rated_unsatisfied")),
+        (1, None)
+    );
+    let rejected = stack
+        .projector
+        .client()
+        .await
+        .list_rejected(ListRejectedRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rejected.total_rejected, 1);
+    assert!(rejected.events[0]
+        .reason
+        .starts_with("event_id reused with different content"));
+}

@@ -9,8 +9,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use kpi_domain::{Day, Moment, Period, Rate, Targets, UnitIdx, UnitRegistry};
+use kpi_domain::{Day, Moment, Period, Rate, RecordKey, Targets, UnitIdx, UnitRegistry};
 use kpi_store::{Snapshot, Store, StoreError};
+
+mod case;
+mod export;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
@@ -35,23 +38,80 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 /// The most parked events one `ListRejected` call returns.
 const MAX_REJECTED_PAGE: usize = 1000;
 
-/// The service state: the store and the configuration it is read with.
+/// The views the API answers from, switched whole by a blue/green rebuild:
+/// every call reads one store from start to end.
+#[derive(Clone)]
+pub struct Views(Arc<std::sync::RwLock<Arc<Store>>>);
+
+impl Views {
+    pub fn new(store: Arc<Store>) -> Views {
+        Views(Arc::new(std::sync::RwLock::new(store)))
+    }
+
+    /// The store calls read now.
+    pub fn current(&self) -> Arc<Store> {
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Answers from `store` from now on; returns the one it replaces.
+    pub fn switch(&self, store: Arc<Store>) -> Arc<Store> {
+        let mut current = self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        std::mem::replace(&mut current, store)
+    }
+}
+
+/// Operations the projector offers operators through the API.
+pub trait Operations: Send + Sync {
+    /// Starts a blue/green rebuild, or says how far the running one is.
+    fn rebuild(&self) -> Result<String, String>;
+}
+
+/// The service state: the views and the configuration they are read with.
 #[derive(Clone)]
 pub struct KpiApi {
-    store: Arc<Store>,
+    views: Views,
     units: Arc<UnitRegistry>,
     targets: Arc<Targets>,
     clock: Clock,
+    /// Where case audits read events back from (GetCase).
+    log: Option<case::Log>,
+    operations: Option<Arc<dyn Operations>>,
 }
 
 impl KpiApi {
     pub fn new(store: Arc<Store>, units: Arc<UnitRegistry>, targets: Arc<Targets>) -> Self {
         KpiApi {
-            store,
+            views: Views::new(store),
             units,
             targets,
             clock: Arc::new(Utc::now),
+            log: None,
+            operations: None,
         }
+    }
+
+    /// The views, for switching them after a rebuild.
+    pub fn views(&self) -> Views {
+        self.views.clone()
+    }
+
+    /// Reads events back from the stream for GetCase, connecting with
+    /// `nats` on first use.
+    pub fn with_log(mut self, nats: kpi_bus::NatsArgs) -> Self {
+        self.log = Some(case::Log::new(nats));
+        self
+    }
+
+    /// Offers `operations` (Rebuild) to operators.
+    pub fn with_operations(mut self, operations: Arc<dyn Operations>) -> Self {
+        self.operations = Some(operations);
+        self
     }
 
     /// Answers as if it were always `clock()` (tests, audits).
@@ -80,7 +140,8 @@ impl KpiApi {
             Period::parse(period_text).map_err(|err| Status::invalid_argument(err.to_string()))?;
         let now = Moment::from((self.clock)());
         let snapshot = self
-            .store
+            .views
+            .current()
             .snapshot(
                 unit_id,
                 Day::from_date(period.first_day),
@@ -220,11 +281,11 @@ impl KpiService for KpiApi {
             0 => 100,
             limit => limit.min(MAX_REJECTED_PAGE),
         };
-        let parked = self
-            .store
+        let store = self.views.current();
+        let parked = store
             .parked(request.after_sequence, limit)
             .map_err(internal)?;
-        let total_rejected = self.store.totals().map_err(internal)?.kept_aside();
+        let total_rejected = store.totals().map_err(internal)?.kept_aside();
         let events = parked
             .into_iter()
             .map(|event| pb::RejectedEvent {
@@ -244,6 +305,88 @@ impl KpiService for KpiApi {
             events,
             total_rejected,
         }))
+    }
+
+    async fn get_case(
+        &self,
+        request: Request<pb::GetCaseRequest>,
+    ) -> Result<Response<pb::CaseReply>, Status> {
+        let case_id = request.into_inner().case_id;
+        if case_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "case_id is required: the case code (mã hồ sơ) or feedback code",
+            ));
+        }
+        let store = self.views.current();
+        let now = Moment::from((self.clock)());
+        for key in [
+            RecordKey::Case(case_id.clone()),
+            RecordKey::Feedback(case_id.clone()),
+        ] {
+            let (record, sequence) = store.record_at_checkpoint(&key).map_err(internal)?;
+            if let Some(record) = record {
+                let reply = case::reply(&key, &record, sequence, now, self.log.as_ref()).await;
+                return Ok(Response::new(reply));
+            }
+        }
+        Err(Status::not_found(format!(
+            "no event of case or feedback `{case_id}` has been folded (as of stream sequence {}); \
+             check the code, or `kpictl rejected` for events kept aside",
+            store.checkpoint().map_err(internal)?
+        )))
+    }
+
+    async fn list_held(
+        &self,
+        request: Request<pb::ListHeldRequest>,
+    ) -> Result<Response<pb::ListHeldReply>, Status> {
+        let request = request.into_inner();
+        let limit = match request.limit as usize {
+            0 => 100,
+            limit => limit.min(MAX_REJECTED_PAGE),
+        };
+        let after = (!request.after.is_empty()).then_some(request.after.as_str());
+        let page = self.views.current().held(after, limit).map_err(internal)?;
+        let records = page
+            .records
+            .into_iter()
+            .map(|(key, held)| pb::HeldRecord {
+                case_id: key.code().to_owned(),
+                feedback: matches!(key, RecordKey::Feedback(_)),
+                unit_id: held.unit_id,
+                first_at: case::rfc3339(held.first_at),
+                events: held.events as u32,
+            })
+            .collect();
+        Ok(Response::new(pb::ListHeldReply {
+            records,
+            next: page.next.unwrap_or_default(),
+        }))
+    }
+
+    type ExportViewsStream = export::ChunkStream;
+
+    async fn export_views(
+        &self,
+        _request: Request<pb::ExportViewsRequest>,
+    ) -> Result<Response<Self::ExportViewsStream>, Status> {
+        let export = self.views.current().export().map_err(internal)?;
+        Ok(Response::new(export::chunks(export)))
+    }
+
+    async fn rebuild(
+        &self,
+        _request: Request<pb::RebuildRequest>,
+    ) -> Result<Response<pb::RebuildReply>, Status> {
+        let Some(operations) = &self.operations else {
+            return Err(Status::unimplemented(
+                "this server cannot rebuild its views (only the projector can)",
+            ));
+        };
+        operations
+            .rebuild()
+            .map(|message| Response::new(pb::RebuildReply { message }))
+            .map_err(Status::failed_precondition)
     }
 }
 

@@ -116,6 +116,13 @@ pub fn unit_month(unit_id: &str, month: Month) -> Vec<u8> {
     bytes
 }
 
+/// The unit of a `unit_prefix`-based key (up to the NUL after the prefix).
+pub fn unit_of(key: &[u8]) -> Option<String> {
+    let rest = key.get(1..)?;
+    let end = rest.iter().position(|byte| *byte == 0)?;
+    String::from_utf8(rest[..end].to_vec()).ok()
+}
+
 /// The month at the end of a `unit_month` key.
 pub fn month_of(key: &[u8]) -> Option<Month> {
     let tail: [u8; 4] = key.get(key.len().checked_sub(4)?..)?.try_into().ok()?;

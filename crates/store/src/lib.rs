@@ -177,16 +177,37 @@ impl ParkedEvent {
             subject: kpi_events::subject_for(&loser.unit_id, loser.kind()),
             payload: loser.to_json(case_id),
             field: Some("event_id".to_owned()),
+            // The same words whichever arrived first (`kpictl case` shows
+            // the stream sequences).
             reason: format!(
-                "{CONFLICT_REASON}: in case {case_id} the event that counts under {} is the {} of {} (stream sequence {})",
+                "{CONFLICT_REASON}: in case {case_id} the event that counts under {} is the {} of {}",
                 loser.event_id,
                 winner.kind(),
                 winner.at.to_utc().with_timezone(&kpi_domain::vietnam()).to_rfc3339(),
-                winner.sequence
             ),
             published_unix: None,
         }
     }
+}
+
+/// A page of held records.
+#[derive(Debug, Clone, Default)]
+pub struct HeldPage {
+    pub records: Vec<(RecordKey, kpi_domain::HeldEntry)>,
+    /// Where the next page starts; `None` at the end.
+    pub next: Option<String>,
+}
+
+/// Every counter of the views at one checkpoint.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ViewsExport {
+    pub checkpoint: u64,
+    /// The day whose tree the open cases follow.
+    pub live_day: Option<Day>,
+    /// Non-zero day counters: (unit id, day, counters), by unit then day.
+    pub days: Vec<(String, Day, Counters)>,
+    /// Open cases per unit: (unit id, open, open without apology).
+    pub open: Vec<(String, u32, u32)>,
 }
 
 /// Running totals since the views were created.
@@ -862,6 +883,112 @@ impl Store {
             overdue_open: open.saturating_sub(not_due),
             overdue_without_apology: open_without_apology.saturating_sub(not_due_without_apology),
         })
+    }
+
+    /// A record and the stream sequence the views reflect, read together.
+    pub fn record_at_checkpoint(
+        &self,
+        key: &RecordKey,
+    ) -> Result<(Option<Record>, u64), StoreError> {
+        let _shared = self
+            .commit
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok((self.load_record(key)?, self.checkpoint()?))
+    }
+
+    /// Records whose events are held, in key order, after `after` (a
+    /// previous page's last [`HeldPage::next`]), at most `limit`.
+    pub fn held(&self, after: Option<&str>, limit: usize) -> Result<HeldPage, StoreError> {
+        let start = match after {
+            Some(after) => {
+                let mut key = vec![keys::HELD];
+                key.extend_from_slice(after.as_bytes());
+                key.push(0);
+                key
+            }
+            None => vec![keys::HELD],
+        };
+        let end = keys::prefix_end(&[keys::HELD]);
+        let mut records = Vec::new();
+        let mut next = None;
+        for entry in self.views.range(start..end) {
+            let (key, value) = entry?;
+            if records.len() == limit {
+                break;
+            }
+            let entry: kpi_domain::HeldEntry =
+                postcard::from_bytes(&value).map_err(|err| corrupt(&key, err))?;
+            let code = String::from_utf8_lossy(&key[2..]).into_owned();
+            let record_key = match key.get(1) {
+                Some(&keys::FEEDBACK) => RecordKey::Feedback(code),
+                _ => RecordKey::Case(code),
+            };
+            next = Some(String::from_utf8_lossy(&key[1..]).into_owned());
+            records.push((record_key, entry));
+        }
+        if records.len() < limit {
+            next = None;
+        }
+        Ok(HeldPage { records, next })
+    }
+
+    /// Every day counter of every unit and the open-case totals, as of one
+    /// checkpoint: what `kpictl verify` compares with a rebuild.
+    pub fn export(&self) -> Result<ViewsExport, StoreError> {
+        let _shared = self
+            .commit
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut export = ViewsExport {
+            checkpoint: self.checkpoint()?,
+            live_day: self.live_day()?,
+            ..ViewsExport::default()
+        };
+        for entry in self.views.scan_prefix([keys::MONTH_COUNTERS]) {
+            let (key, value) = entry?;
+            let unit = keys::unit_of(&key).ok_or_else(|| corrupt(&key, "no unit in key"))?;
+            let month = keys::month_of(&key).ok_or_else(|| corrupt(&key, "no month in key"))?;
+            let (first, last) = month.days();
+            for day_of_month in 1..=(last.to_date().day() as usize) {
+                let counters =
+                    month::row(&value, day_of_month).map_err(|detail| corrupt(&key, detail))?;
+                if !counters.is_zero() {
+                    let day = Day::from_date(
+                        first.to_date() + chrono::Days::new(day_of_month as u64 - 1),
+                    );
+                    export.days.push((unit.clone(), day, counters));
+                }
+            }
+        }
+        for entry in self.views.scan_prefix([keys::OPEN_TOTAL]) {
+            let (key, value) = entry?;
+            let unit = keys::unit_of(&key).ok_or_else(|| corrupt(&key, "no unit in key"))?;
+            let (open, without_apology) =
+                decode_pair(&value).map_err(|detail| corrupt(&key, detail))?;
+            export.open.push((unit, open, without_apology));
+        }
+        Ok(export)
+    }
+
+    /// Every record, in key order (audits of the whole store).
+    pub fn records(&self) -> impl Iterator<Item = Result<(RecordKey, Record), StoreError>> + '_ {
+        [keys::CASE, keys::FEEDBACK]
+            .into_iter()
+            .flat_map(move |prefix| {
+                self.views.scan_prefix([prefix]).map(move |entry| {
+                    let (key, value) = entry?;
+                    let record: Record =
+                        postcard::from_bytes(&value).map_err(|err| corrupt(&key, err))?;
+                    let code = String::from_utf8_lossy(&key[1..]).into_owned();
+                    let record_key = if prefix == keys::CASE {
+                        RecordKey::Case(code)
+                    } else {
+                        RecordKey::Feedback(code)
+                    };
+                    Ok((record_key, record))
+                })
+            })
     }
 
     /// Parked events after `after_sequence`, oldest first, at most `limit`.

@@ -4,6 +4,7 @@
 //! scripts. Those that publish take `--nats-url` and `--units`; those that
 //! read the API take `--addr`.
 
+mod audit;
 mod bench;
 mod import;
 mod query;
@@ -37,6 +38,20 @@ enum Command {
     Rejected(query::RejectedArgs),
     /// The tree of units of a day (the 2025 reform changed it), from the API.
     Units(query::UnitsArgs),
+    /// A case's audit trail: its events read back from the log, in stream
+    /// order, and what follows from them.
+    Case(audit::CaseArgs),
+    /// Cases whose events wait for their case.received (counted nowhere yet).
+    Held(audit::HeldArgs),
+    /// Fold the whole log (or up to --until) into fresh views in a new
+    /// directory, as the projector would; the live projector keeps serving.
+    Replay(audit::ReplayArgs),
+    /// Rebuild aside up to the live views' sequence and compare every
+    /// counter; exit status 1 on any difference.
+    Verify(audit::VerifyArgs),
+    /// Ask the projector to rebuild its views from the log beside the live
+    /// ones and switch when caught up (blue/green, no gap in service).
+    Rebuild(audit::RebuildArgs),
     /// Send parked events again after a fix (they then count, once).
     Redrive(redrive::RedriveArgs),
     /// Create the CASES stream, or check an existing one (as the operator).
@@ -111,6 +126,11 @@ fn main() -> ExitCode {
             Command::Rates(args) => query::rates(args).await,
             Command::Rejected(args) => query::rejected(args).await,
             Command::Units(args) => query::units(args).await,
+            Command::Case(args) => audit::case(args).await,
+            Command::Held(args) => audit::held(args).await,
+            Command::Replay(args) => audit::replay(args).await,
+            Command::Verify(args) => audit::verify(args).await,
+            Command::Rebuild(args) => audit::rebuild(args).await,
             Command::Redrive(args) => redrive::run(args).await,
             Command::StreamInit(args) => stream_init(args).await,
             Command::Simulate(args) => simulate::run(args).await,

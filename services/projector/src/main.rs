@@ -1,11 +1,15 @@
 //! The projector: folds the `CASES` stream into sled KPI views and serves
 //! them over gRPC from the same store.
 //!
-//! Two stages run side by side: an async reader pulls messages from an
-//! ordered consumer starting at the store's checkpoint + 1 and groups them
-//! into batches; a fold thread validates, folds and commits each batch with
-//! its checkpoint in one atomic write. After any restart — clean or
-//! `kill -9` — the views resume from their own checkpoint.
+//! The fold pipeline (`kpi-projection`) reads an ordered consumer from the
+//! views' checkpoint + 1, validates on one thread, folds and commits each
+//! batch with its checkpoint in one atomic write on another. After any
+//! restart — clean or `kill -9` — the views resume from their own
+//! checkpoint. The supervisor owns that pipeline and, on request, rebuilds
+//! the views beside the live ones and switches to them (blue/green).
+
+mod layout;
+mod supervisor;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +20,8 @@ use clap::Parser;
 use kpi_api::KpiApi;
 use kpi_domain::{Targets, UnitRegistry};
 use kpi_store::{Store, StoreOptions};
+use layout::Layout;
+use supervisor::{Operations, Settings, Supervisor};
 use tokio::sync::watch;
 
 /// Folds case events from NATS JetStream into sled KPI views and serves
@@ -45,6 +51,11 @@ struct Args {
     /// Most messages folded into one atomic write.
     #[arg(long, default_value_t = 2000)]
     batch_size: usize,
+    /// Rebuild the views from the log beside the live ones (blue/green)
+    /// and switch to them when they have caught up; queries go on. Also
+    /// `kpictl rebuild` on a running projector.
+    #[arg(long)]
+    rebuild: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,15 +92,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     });
 
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
-    let options = StoreOptions {
+    let layout = Layout::open(&args.data_dir)?;
+    let views_dir = layout.current()?;
+    let store_options = StoreOptions {
         cache_bytes: args.cache_mb * 1024 * 1024,
         ..StoreOptions::default()
     };
     let store = Arc::new(
-        Store::open(&args.data_dir, &options)
-            .with_context(|| format!("opening the views in {}", args.data_dir.display()))?,
+        Store::open(&views_dir, &store_options)
+            .with_context(|| format!("opening the views in {}", views_dir.display()))?,
     );
     let today = kpi_domain::Moment::from(chrono::Utc::now().fixed_offset()).local_day();
     if let Some(reason) = store
@@ -99,7 +110,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(%reason, "the rollups were recomputed from the case records (no replay of the log)");
     }
     let checkpoint = store.checkpoint()?;
-    tracing::info!(data_dir = %args.data_dir.display(), checkpoint, units = units.len(), "views opened");
+    tracing::info!(views = %views_dir.display(), checkpoint, units = units.len(), "views opened");
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -111,44 +122,56 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })?;
     tracing::info!(listen = %args.listen, "serving kpi.v1.KpiService, grpc.health.v1 and reflection");
 
-    let (stop_sender, stop) = watch::channel(false);
-    let api = KpiApi::new(store.clone(), units.clone(), targets);
-    let mut server_stop = stop.clone();
+    let api = KpiApi::new(store, units.clone(), targets).with_log(args.nats.clone());
+    let (supervisor, mut failures) = Supervisor::new(
+        Settings {
+            nats: args.nats,
+            batch_size: args.batch_size.max(1),
+            store_options,
+        },
+        units,
+        layout,
+        api.views(),
+    );
+    let api = api.with_operations(Arc::new(Operations(supervisor.clone())));
+    let (stop_server, server_stopped) = watch::channel(false);
+    let mut server_stopped = server_stopped;
     let server = tokio::spawn(kpi_api::serve(listener, api, async move {
-        let _ = server_stop.wait_for(|stopped| *stopped).await;
+        let _ = server_stopped.wait_for(|stopped| *stopped).await;
     }));
 
-    let mut folding = tokio::spawn(kpi_projection::run(
-        kpi_projection::Config {
-            nats: args.nats,
-            client_name: "kpi-projector".to_owned(),
-            batch_size: args.batch_size.max(1),
-            until: None,
-        },
-        store.clone(),
-        units,
-        stop.clone(),
-    ));
-
-    let fold_result = tokio::select! {
-        _ = shutdown_signal() => {
-            tracing::info!("stopping: finishing the current batch");
-            let _ = stop_sender.send(true);
-            (&mut folding).await
+    supervisor.start_live();
+    if args.rebuild {
+        match supervisor.request_rebuild() {
+            Ok(message) => tracing::info!("{message}"),
+            Err(message) => tracing::warn!("{message}"),
         }
-        // Only a fatal error (the store cannot be written) ends it early.
-        ended = &mut folding => ended,
+    }
+
+    let outcome = loop {
+        tokio::select! {
+            _ = shutdown_signal() => {
+                tracing::info!("stopping: finishing the current batch");
+                break Ok(());
+            }
+            failure = failures.recv() => match failure {
+                // Only the live fold's failure stops the projector: a failed
+                // rebuild leaves the live views as they are.
+                Some((generation, err)) if generation == supervisor.live_generation() => break Err(err),
+                Some(_) => {}
+                None => break Ok(()),
+            },
+        }
     };
-    let _ = stop_sender.send(true);
-    let fold_result = fold_result.context("fold task")?;
-    store.flush().context("flushing the views")?;
+    let stopped = supervisor.stop().await;
+    let _ = stop_server.send(true);
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => tracing::error!(error = %err, "gRPC server"),
         Err(err) => tracing::error!(error = %err, "gRPC server task"),
     }
-    tracing::info!(checkpoint = store.checkpoint()?, "stopped");
-    fold_result
+    tracing::info!("stopped");
+    outcome.and(stopped)
 }
 
 /// SIGTERM (systemd, kill) or Ctrl-C.
