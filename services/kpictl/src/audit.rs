@@ -283,7 +283,7 @@ fn today() -> Day {
 
 /// Folds the log into fresh views in `dir` up to `until`, with a progress
 /// bar; the same pipeline as the projector's.
-async fn replay_into(
+pub(crate) async fn replay_into(
     dir: &Path,
     units: Arc<UnitRegistry>,
     nats: &kpi_bus::NatsArgs,
