@@ -339,7 +339,7 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let ingest = if args.ingest_events > 0 {
         Some(
             ingest_bench(
-                &args,
+                args,
                 &bus,
                 &nats.url(),
                 &units,
