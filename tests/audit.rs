@@ -42,6 +42,7 @@ async fn rates(projector: &mut Projector, unit: &str, period: &str) -> RatesRepl
         .get_rates(GetRatesRequest {
             unit_id: unit.into(),
             period: period.into(),
+            min_stream_sequence: None,
         })
         .await
         .unwrap()
@@ -469,6 +470,7 @@ async fn a_blue_green_rebuild_keeps_answering_and_ends_equal_to_the_log() {
             .get_rates(GetRatesRequest {
                 unit_id: "P00".into(),
                 period: "2025".into(),
+                min_stream_sequence: None,
             })
             .await
             .expect("answers during the rebuild");

@@ -83,6 +83,7 @@ impl Stack {
             .get_rates(GetRatesRequest {
                 unit_id: unit_id.into(),
                 period: period.into(),
+                min_stream_sequence: None,
             })
             .await
             .expect("GetRates")
@@ -549,6 +550,7 @@ async fn each_nats_user_may_publish_only_its_own_kinds() {
         .get_rates(GetRatesRequest {
             unit_id: COMMUNE.into(),
             period: "2025".into(),
+            min_stream_sequence: None,
         })
         .await
         .unwrap()
@@ -669,6 +671,7 @@ async fn a_parked_event_counts_once_after_redrive_and_a_second_redrive_changes_n
     let rates = |unit: &str| GetRatesRequest {
         unit_id: unit.into(),
         period: "2025".into(),
+        min_stream_sequence: None,
     };
     projector.wait_for("51", 3, FOLD_TIMEOUT).await;
     let mut client = projector.client().await;

@@ -52,6 +52,7 @@ async fn the_reform_scenario_gives_the_hand_computed_figures_through_the_api() {
                 .get_rates(GetRatesRequest {
                     unit_id: unit.into(),
                     period: period.into(),
+                    min_stream_sequence: None,
                 })
                 .await
                 .unwrap()

@@ -277,6 +277,7 @@ async fn the_api_refuses_unknown_units_and_bad_periods_with_actionable_messages(
         .get_rates(GetRatesRequest {
             unit_id: "NO_SUCH_UNIT".into(),
             period: "2025".into(),
+            min_stream_sequence: None,
         })
         .await
         .unwrap_err();
@@ -298,6 +299,7 @@ async fn the_api_refuses_unknown_units_and_bad_periods_with_actionable_messages(
             .get_rates(GetRatesRequest {
                 unit_id: "P46".into(),
                 period: period.into(),
+                min_stream_sequence: None,
             })
             .await
             .unwrap_err();
@@ -406,6 +408,7 @@ async fn a_targets_file_overrides_the_defaults_by_year_and_unit() {
         let request = GetRatesRequest {
             unit_id: unit.into(),
             period: period.into(),
+            min_stream_sequence: None,
         };
         let kpi = kpi.to_owned();
         let mut client = client.clone();

@@ -154,6 +154,7 @@ impl Projector {
             .get_rates(GetRatesRequest {
                 unit_id: unit_id.into(),
                 period: "2024-01-01".into(),
+                min_stream_sequence: None,
             })
             .await
             .expect("GetRates")
@@ -445,6 +446,7 @@ pub async fn differences_from_expected(client: &mut KpiServiceClient<Channel>) -
             .get_rates(GetRatesRequest {
                 unit_id: query.unit_id.clone(),
                 period: query.period.clone(),
+                min_stream_sequence: None,
             })
             .await
             .expect("GetRates")

@@ -9,11 +9,18 @@ use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use kpi_domain::{Day, Moment, Period, Rate, RecordKey, Targets, UnitIdx, UnitRegistry};
-use kpi_store::{Snapshot, Store, StoreError};
+use kpi_domain::{Day, Moment, RecordKey, Targets, UnitIdx, UnitRegistry};
+use kpi_store::{Store, StoreError};
 
+mod answers;
 mod case;
 mod export;
+mod rates;
+mod risk;
+mod scores;
+
+pub use answers::Hub;
+pub use scores::ScoreFacts;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
@@ -39,18 +46,32 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 const MAX_REJECTED_PAGE: usize = 1000;
 
 /// The views the API answers from, switched whole by a blue/green rebuild:
-/// every call reads one store from start to end.
+/// every call reads one store from start to end. Each store tells the hub
+/// of its commits.
 #[derive(Clone)]
-pub struct Views(Arc<std::sync::RwLock<Arc<Store>>>);
+pub struct Views {
+    store: Arc<std::sync::RwLock<Arc<Store>>>,
+    hub: Arc<Hub>,
+}
 
 impl Views {
-    pub fn new(store: Arc<Store>) -> Views {
-        Views(Arc::new(std::sync::RwLock::new(store)))
+    pub fn new(store: Arc<Store>, units: usize) -> Views {
+        let hub = Hub::new(units, store.checkpoint().unwrap_or(0));
+        Self::listen(&store, &hub);
+        Views {
+            store: Arc::new(std::sync::RwLock::new(store)),
+            hub,
+        }
+    }
+
+    fn listen(store: &Store, hub: &Arc<Hub>) {
+        let hub = hub.clone();
+        store.set_commit_listener(Box::new(move |committed| hub.committed(committed)));
     }
 
     /// The store calls read now.
     pub fn current(&self) -> Arc<Store> {
-        self.0
+        self.store
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
@@ -58,11 +79,21 @@ impl Views {
 
     /// Answers from `store` from now on; returns the one it replaces.
     pub fn switch(&self, store: Arc<Store>) -> Arc<Store> {
-        let mut current = self
-            .0
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        std::mem::replace(&mut current, store)
+        Self::listen(&store, &self.hub);
+        let sequence = store.checkpoint().unwrap_or(0);
+        let old = {
+            let mut current = self
+                .store
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            std::mem::replace(&mut *current, store)
+        };
+        self.hub.everything_changed(sequence);
+        old
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
     }
 }
 
@@ -82,18 +113,27 @@ pub struct KpiApi {
     /// Where case audits read events back from (GetCase).
     log: Option<case::Log>,
     operations: Option<Arc<dyn Operations>>,
+    facts: Arc<ScoreFacts>,
 }
 
 impl KpiApi {
     pub fn new(store: Arc<Store>, units: Arc<UnitRegistry>, targets: Arc<Targets>) -> Self {
         KpiApi {
-            views: Views::new(store),
+            views: Views::new(store, units.len()),
             units,
             targets,
             clock: Arc::new(Utc::now),
             log: None,
             operations: None,
+            facts: Arc::new(ScoreFacts::default()),
         }
+    }
+
+    /// Takes the points of the QĐ 766 components the events cannot give
+    /// from an operator's facts file.
+    pub fn with_score_facts(mut self, facts: ScoreFacts) -> Self {
+        self.facts = Arc::new(facts);
+        self
     }
 
     /// The views, for switching them after a rebuild.
@@ -132,77 +172,9 @@ impl KpiApi {
             ))
         })
     }
-
-    /// The full answer for a unit and period.
-    pub fn rates_reply(&self, unit_id: &str, period_text: &str) -> Result<pb::RatesReply, Status> {
-        let unit = self.find_unit(unit_id, "unit_id")?;
-        let period =
-            Period::parse(period_text).map_err(|err| Status::invalid_argument(err.to_string()))?;
-        let now = Moment::from((self.clock)());
-        let snapshot = self
-            .views
-            .current()
-            .snapshot(
-                unit_id,
-                Day::from_date(period.first_day),
-                Day::from_date(period.last_day),
-                now,
-            )
-            .map_err(internal)?;
-        let rates = self
-            .targets
-            .rates_for(&self.units, unit_id, &period, &snapshot.counters);
-        let unit = self.units.unit(unit);
-        Ok(reply(
-            unit.id.clone(),
-            unit.name.clone(),
-            &period,
-            snapshot,
-            rates,
-        ))
-    }
 }
 
-fn reply(
-    unit_id: String,
-    unit_name: String,
-    period: &Period,
-    snapshot: Snapshot,
-    rates: Vec<Rate>,
-) -> pb::RatesReply {
-    pb::RatesReply {
-        unit_id,
-        unit_name,
-        period: period.label.clone(),
-        first_day: period.first_day.to_string(),
-        last_day: period.last_day.to_string(),
-        target_year: period.target_year(),
-        rates: rates
-            .into_iter()
-            .map(|rate| pb::Rate {
-                kpi: rate.kpi.name().to_owned(),
-                numerator: rate.numerator,
-                denominator: rate.denominator,
-                percent: rate.percent,
-                target_percent: rate.target_percent,
-                met: rate.met,
-            })
-            .collect(),
-        counts: snapshot
-            .counters
-            .iter()
-            .map(|(counter, value)| (counter.name().to_owned(), value))
-            .collect(),
-        live: Some(pb::Live {
-            open: snapshot.live.open,
-            overdue_open: snapshot.live.overdue_open,
-            overdue_without_apology: snapshot.live.overdue_without_apology,
-        }),
-        stream_sequence: snapshot.sequence,
-    }
-}
-
-fn internal(error: StoreError) -> Status {
+pub(crate) fn internal(error: StoreError) -> Status {
     tracing::error!(%error, "store query failed");
     Status::internal(format!("the views could not be read: {error}"))
 }
@@ -213,10 +185,51 @@ impl KpiService for KpiApi {
         &self,
         request: Request<pb::GetRatesRequest>,
     ) -> Result<Response<pb::RatesReply>, Status> {
+        let deadline = rates::deadline_of(request.metadata());
         let request = request.into_inner();
+        let reply = self
+            .rates_reply(
+                &request.unit_id,
+                &request.period,
+                request.min_stream_sequence,
+                deadline,
+            )
+            .await?;
+        Ok(Response::new(Arc::unwrap_or_clone(reply)))
+    }
+
+    type WatchRatesStream = rates::WatchStream;
+
+    async fn watch_rates(
+        &self,
+        request: Request<pb::GetRatesRequest>,
+    ) -> Result<Response<Self::WatchRatesStream>, Status> {
+        let deadline = rates::deadline_of(request.metadata());
+        let stream = rates::watch(self.clone(), request.into_inner(), deadline).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn rank_units(
+        &self,
+        request: Request<pb::RankUnitsRequest>,
+    ) -> Result<Response<pb::RankUnitsReply>, Status> {
         Ok(Response::new(
-            self.rates_reply(&request.unit_id, &request.period)?,
+            rates::rank(self, request.into_inner()).await?,
         ))
+    }
+
+    async fn list_at_risk(
+        &self,
+        request: Request<pb::ListAtRiskRequest>,
+    ) -> Result<Response<pb::ListAtRiskReply>, Status> {
+        Ok(Response::new(risk::list(self, request.into_inner())?))
+    }
+
+    async fn get_scores(
+        &self,
+        request: Request<pb::GetScoresRequest>,
+    ) -> Result<Response<pb::ScoresReply>, Status> {
+        Ok(Response::new(scores::reply(self, request.into_inner())?))
     }
 
     async fn list_units(
@@ -444,6 +457,7 @@ mod tests {
         Request::new(pb::GetRatesRequest {
             unit_id: unit_id.into(),
             period: period.into(),
+            min_stream_sequence: None,
         })
     }
 

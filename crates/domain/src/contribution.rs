@@ -7,7 +7,7 @@
 //! resolution) and out-of-order arrivals need no special handling.
 
 use crate::counters::Counter;
-use crate::record::{Fact, Record};
+use crate::record::{Fact, Record, RecordedEvent};
 use crate::time::{Day, Moment};
 use kpi_events::{Channel, RatingLevel, ResolutionResult};
 
@@ -127,6 +127,26 @@ impl Record {
             on_received(Counter::ReceivedSynced);
         }
 
+        // Closed by the first of its resolution and withdrawal: what was
+        // open at the end of any day is received minus closed up to it.
+        let closed_at = match (state.resolution, state.withdrawal) {
+            (Some(a), Some(b)) => Some(a.at.min(b.at)),
+            (a, b) => a.or(b).map(|event| event.at),
+        };
+        let closed_day = closed_at.map(Moment::local_day);
+        if let Some(day) = closed_day {
+            counts.push((day, Counter::Closed));
+            if state.sync.is_some() {
+                counts.push((day, Counter::ClosedSynced));
+            }
+        }
+        for (from, to) in overdue_spans(received_day, &due_steps(received, self), closed_day) {
+            counts.push((from, Counter::BecameOverdue));
+            if let Some(to) = to {
+                counts.push((to, Counter::StoppedOverdue));
+            }
+        }
+
         let mut open = None;
         if let Some(withdrawal) = state.withdrawal {
             // A withdrawn case leaves every resolution KPI.
@@ -143,7 +163,8 @@ impl Record {
             let day = resolution.at.local_day();
             let mut on_resolved = |counter| counts.push((day, counter));
             on_resolved(Counter::Resolved);
-            match Timeliness::of(resolution.at, due_at) {
+            let timeliness = Timeliness::of(resolution.at, due_at);
+            match timeliness {
                 Timeliness::Early => on_resolved(Counter::ResolvedEarly),
                 Timeliness::OnTime => on_resolved(Counter::ResolvedOnTime),
                 Timeliness::Late => {
@@ -152,6 +173,18 @@ impl Record {
                         on_resolved(Counter::ResolvedLateWithApology);
                     }
                 }
+            }
+            // QĐ 766 satisfaction: late, or rated unsatisfied (whenever).
+            let unsatisfied = state.rating.is_some_and(|rating| {
+                matches!(
+                    rating.fact,
+                    Fact::Rated {
+                        level: RatingLevel::Unsatisfied
+                    }
+                )
+            });
+            if timeliness == Timeliness::Late || unsatisfied {
+                on_resolved(Counter::ResolvedLateOrUnsatisfied);
             }
             on_resolved(match result {
                 ResolutionResult::Approved => Counter::ResolvedApproved,
@@ -214,12 +247,21 @@ impl Record {
         let Fact::FeedbackReceived { due_at } = received.fact else {
             return None;
         };
-        let mut counts = vec![(received.at.local_day(), Counter::FeedbackReceived)];
+        let received_day = received.at.local_day();
+        let mut counts = vec![(received_day, Counter::FeedbackReceived)];
+        let resolved_day = state.resolution.map(|resolution| resolution.at.local_day());
         if let Some(resolution) = state.resolution {
             let day = resolution.at.local_day();
             counts.push((day, Counter::FeedbackResolved));
             if resolution.at <= due_at {
                 counts.push((day, Counter::FeedbackResolvedOnTime));
+            }
+        }
+        let steps = [(received_day, due_at.local_day())];
+        for (from, to) in overdue_spans(received_day, &steps, resolved_day) {
+            counts.push((from, Counter::FeedbackBecameOverdue));
+            if let Some(to) = to {
+                counts.push((to, Counter::FeedbackStoppedOverdue));
             }
         }
         Some(Contribution {
@@ -228,6 +270,61 @@ impl Record {
             open: None,
         })
     }
+}
+
+/// The due day of a case as it stood over time: from each day on (the
+/// received day, then each supplement request's day, earliest first), the
+/// day its due time falls on. Requests on one day: the last one stands.
+fn due_steps(received: &RecordedEvent, record: &Record) -> Vec<(Day, Day)> {
+    let Fact::Received { due_at, .. } = received.fact else {
+        return Vec::new();
+    };
+    let mut requests: Vec<&RecordedEvent> = record
+        .events
+        .iter()
+        .filter(|event| matches!(event.fact, Fact::SupplementRequested { .. }))
+        .collect();
+    requests.sort_by_key(|event| event.stamp());
+    let mut steps = vec![(received.at.local_day(), due_at.local_day())];
+    for request in requests {
+        if let Fact::SupplementRequested { due_at, .. } = request.fact {
+            let from = request.at.local_day().max(received.at.local_day());
+            match steps.last_mut() {
+                Some(last) if last.0 == from => last.1 = due_at.local_day(),
+                _ => steps.push((from, due_at.local_day())),
+            }
+        }
+    }
+    steps
+}
+
+/// The days a case (or feedback) was open and past due at their end, as
+/// spans `[from, to)` (`to` absent while it still is): open from `opened`
+/// until `closed` (exclusive), past due from the day its due time (as it
+/// stood then, `steps`) falls on.
+fn overdue_spans(
+    opened: Day,
+    steps: &[(Day, Day)],
+    closed: Option<Day>,
+) -> Vec<(Day, Option<Day>)> {
+    let mut spans: Vec<(Day, Option<Day>)> = Vec::new();
+    for (index, &(from, due_day)) in steps.iter().enumerate() {
+        let until = steps.get(index + 1).map(|next| next.0);
+        let end = match (until, closed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let start = from.max(due_day).max(opened);
+        if end.is_some_and(|end| end <= start) {
+            continue;
+        }
+        match spans.last_mut() {
+            // Adjacent spans are one: no stop and start on the same day.
+            Some(last) if last.1 == Some(start) => last.1 = end,
+            _ => spans.push((start, end)),
+        }
+    }
+    spans
 }
 
 #[cfg(test)]

@@ -53,6 +53,13 @@ counters! {
     FeedbackResolved => "feedback_resolved": "Feedback answered (by answer date).",
     FeedbackResolvedOnTime => "feedback_resolved_on_time": "Feedback answered by its due time.",
     HeldEvents => "held_events": "Events held because their case.received (or feedback.received) has not arrived (by their own date).",
+    Closed => "closed": "Cases resolved or withdrawn, whichever came first (by that date): received minus closed up to a day is what was open at its end.",
+    ClosedSynced => "closed_synced": "Of those, cases that reached the national portal.",
+    BecameOverdue => "became_overdue": "Open cases that passed their due time as it stood then (by the day they did).",
+    StoppedOverdue => "stopped_overdue": "Overdue cases closed, or given a later due time (by that day).",
+    ResolvedLateOrUnsatisfied => "resolved_late_or_unsatisfied": "Resolved cases that were late or whose counted rating is unsatisfied (by resolution date).",
+    FeedbackBecameOverdue => "feedback_became_overdue": "Open feedback that passed its due time (by that day).",
+    FeedbackStoppedOverdue => "feedback_stopped_overdue": "Overdue feedback answered (by that day).",
 }
 
 /// How many counters there are.

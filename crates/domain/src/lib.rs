@@ -6,6 +6,7 @@
 //!   contributes to the day-bucketed counters, as a pure function;
 //! - [`fold`]: a batch of events turned into changes to write at once;
 //! - [`kpi`] and [`targets`]: the 13 rates of §3 and their targets;
+//! - [`scores`]: the QĐ 766 components that follow from case events;
 //! - [`reference`]: the same views in memory, the oracle of the tests.
 //!
 //! NATS, sled and tonic stay outside: see the `kpi-bus`, `kpi-store` and
@@ -18,6 +19,7 @@ pub mod kpi;
 pub mod period;
 pub mod record;
 pub mod reference;
+pub mod scores;
 pub mod targets;
 pub mod time;
 pub mod units;

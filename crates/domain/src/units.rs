@@ -38,7 +38,7 @@ pub const MAX_UNIT_ID_CHARS: usize = 32;
 pub struct UnitIdx(u32);
 
 impl UnitIdx {
-    fn index(self) -> usize {
+    pub fn index(self) -> usize {
         self.0 as usize
     }
 }

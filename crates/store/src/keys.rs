@@ -137,6 +137,16 @@ pub fn moment(at: Moment) -> [u8; 12] {
     bytes
 }
 
+/// The instant encoded by [`moment`].
+pub fn moment_from(bytes: &[u8]) -> Option<Moment> {
+    let seconds: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    let nanos: [u8; 4] = bytes.get(8..12)?.try_into().ok()?;
+    Some(Moment::from_parts(
+        (u64::from_be_bytes(seconds) ^ (1 << 63)) as i64,
+        u32::from_be_bytes(nanos),
+    ))
+}
+
 pub fn open_index(unit_id: &str, due_at: Moment, case_id: &str) -> Vec<u8> {
     let mut bytes = open_index_at(unit_id, due_at);
     bytes.extend_from_slice(case_id.as_bytes());
@@ -187,6 +197,9 @@ mod tests {
         ];
         let keys: Vec<_> = times.iter().map(|t| moment(at(t))).collect();
         assert!(keys.windows(2).all(|pair| pair[0] < pair[1]));
+        for (text, key) in times.iter().zip(&keys) {
+            assert_eq!(moment_from(key), Some(at(text)));
+        }
     }
 
     #[test]

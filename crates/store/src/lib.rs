@@ -44,7 +44,7 @@ const FORMAT_VERSION: &[u8] = b"3";
 /// The counting rules this build folds with: bumped whenever what an event
 /// contributes changes, so that views folded by other rules are refused
 /// instead of mixed.
-pub const RULES_VERSION: &str = "2";
+pub const RULES_VERSION: &str = "3";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -190,6 +190,25 @@ impl ParkedEvent {
     }
 }
 
+/// A page of open cases: (due time, case code, has an apology letter).
+#[derive(Debug, Clone, Default)]
+pub struct OpenPage {
+    pub sequence: u64,
+    pub cases: Vec<(Moment, String, bool)>,
+    /// Where the next page starts; `None` at the end.
+    pub next: Option<Vec<u8>>,
+}
+
+/// The counters of a QĐ 766 score at one checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreSnapshot {
+    pub sequence: u64,
+    pub period: Counters,
+    pub through_end: Counters,
+    pub before_start: Counters,
+    pub live: LiveCounts,
+}
+
 /// A page of held records.
 #[derive(Debug, Clone, Default)]
 pub struct HeldPage {
@@ -268,7 +287,23 @@ pub struct Store {
     commit: RwLock<()>,
     /// Serialises writers: counters are read, changed and written back.
     writer: Mutex<()>,
+    /// Told of every commit (the API's caches and live streams).
+    listener: RwLock<Option<CommitListener>>,
 }
+
+/// What a commit changed: the units whose figures (counters or open
+/// cases) changed, or all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// The checkpoint after the commit.
+    pub sequence: u64,
+    /// Units whose figures changed, sorted; every unit when `all`.
+    pub units: Vec<UnitIdx>,
+    pub all: bool,
+}
+
+/// Called after each commit, outside the commit lock.
+pub type CommitListener = Box<dyn Fn(&Committed) + Send + Sync>;
 
 impl Store {
     /// Opens (or creates) the views in `dir`.
@@ -325,7 +360,27 @@ impl Store {
             views,
             commit: RwLock::new(()),
             writer: Mutex::new(()),
+            listener: RwLock::new(None),
         })
+    }
+
+    /// Calls `listener` after every commit from now on (one listener).
+    pub fn set_commit_listener(&self, listener: CommitListener) {
+        *self
+            .listener
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(listener);
+    }
+
+    fn tell(&self, committed: &Committed) {
+        if let Some(listener) = self
+            .listener
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+        {
+            listener(committed);
+        }
     }
 
     /// Takes `units` as the registry the views are rolled up with, and
@@ -458,11 +513,18 @@ impl Store {
         }
         self.write_rollups(&mut batch, units, &changes, Base::Empty)?;
         Self::record_rollup_basis(&mut batch, units, live_day)?;
-        let _exclusive = self
-            .commit
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.views.apply_batch(batch)?;
+        {
+            let _exclusive = self
+                .commit
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            self.views.apply_batch(batch)?;
+        }
+        self.tell(&Committed {
+            sequence: self.checkpoint()?,
+            units: Vec::new(),
+            all: true,
+        });
         tracing::info!(
             records,
             live_day = %live_day.to_date(),
@@ -674,11 +736,26 @@ impl Store {
         marker.extend_from_slice(&nanos.to_be_bytes());
         batch.insert(keys::LAST_MESSAGE, marker);
 
-        let _exclusive = self
-            .commit
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.views.apply_batch(batch)?;
+        let mut touched: Vec<UnitIdx> = changes
+            .counters
+            .keys()
+            .map(|(unit, _)| *unit)
+            .chain(changes.open_by_due_day.keys().map(|(unit, _)| *unit))
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        {
+            let _exclusive = self
+                .commit
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            self.views.apply_batch(batch)?;
+        }
+        self.tell(&Committed {
+            sequence: checkpoint,
+            units: touched,
+            all: false,
+        });
         Ok(())
     }
 
@@ -989,6 +1066,79 @@ impl Store {
                     Ok((record_key, record))
                 })
             })
+    }
+
+    /// Open cases of `unit_id` due before `until` (every overdue one
+    /// included), by due time then case code, after the position `after`
+    /// (a previous page's [`OpenPage::next`]), at most `limit`.
+    pub fn open_cases(
+        &self,
+        unit_id: &str,
+        until: Moment,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<OpenPage, StoreError> {
+        let _shared = self
+            .commit
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let prefix = keys::unit_prefix(keys::OPEN_INDEX, unit_id);
+        let start = match after {
+            Some(position) => {
+                let mut key = prefix.clone();
+                key.extend_from_slice(position);
+                key.push(0);
+                key
+            }
+            None => prefix.clone(),
+        };
+        let end = keys::open_index_at(unit_id, until);
+        let mut page = OpenPage {
+            sequence: self.checkpoint()?,
+            ..OpenPage::default()
+        };
+        for entry in self.views.range(start..end) {
+            let (key, value) = entry?;
+            if page.cases.len() == limit {
+                page.next = page.cases.last().map(|(due, case, _)| {
+                    let mut position = keys::moment(*due).to_vec();
+                    position.extend_from_slice(case.as_bytes());
+                    position
+                });
+                break;
+            }
+            let rest = &key[prefix.len()..];
+            let due = keys::moment_from(rest).ok_or_else(|| corrupt(&key, "no due time"))?;
+            let case = String::from_utf8_lossy(&rest[12..]).into_owned();
+            page.cases.push((due, case, value.first() == Some(&1)));
+        }
+        Ok(page)
+    }
+
+    /// The counters a QĐ 766 score needs, at one checkpoint: over the
+    /// period, over every day up to its last, over every day before its
+    /// first; and the live counts at `now`.
+    pub fn score_inputs(
+        &self,
+        unit_id: &str,
+        first: Day,
+        last: Day,
+        now: Moment,
+    ) -> Result<ScoreSnapshot, StoreError> {
+        let _shared = self
+            .commit
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let beginning =
+            Day::from_date(chrono::NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or_default());
+        let day_before = Day::from_date(first.to_date().pred_opt().unwrap_or(first.to_date()));
+        Ok(ScoreSnapshot {
+            sequence: self.checkpoint()?,
+            period: self.sum_counters(unit_id, first, last)?,
+            through_end: self.sum_counters(unit_id, beginning, last)?,
+            before_start: self.sum_counters(unit_id, beginning, day_before)?,
+            live: self.live_counts(unit_id, now)?,
+        })
     }
 
     /// Parked events after `after_sequence`, oldest first, at most `limit`.

@@ -10,6 +10,7 @@ mod import;
 mod query;
 mod redrive;
 mod simulate;
+mod views;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +53,16 @@ enum Command {
     /// Ask the projector to rebuild its views from the log beside the live
     /// ones and switch when caught up (blue/green, no gap in service).
     Rebuild(audit::RebuildArgs),
+    /// Follow a unit's rates live (WatchRates), redrawing the table.
+    Watch(views::WatchArgs),
+    /// Rank the units under a district or province by one KPI.
+    Rank(views::RankArgs),
+    /// Open cases due within N hours or overdue, by due time.
+    AtRisk(views::AtRiskArgs),
+    /// The QĐ 766 component scores computable from case events.
+    Scores(views::ScoresArgs),
+    /// Next year's targets for every unit by the rule of seed 001.
+    Targets(views::TargetsArgs),
     /// Send parked events again after a fix (they then count, once).
     Redrive(redrive::RedriveArgs),
     /// Create the CASES stream, or check an existing one (as the operator).
@@ -131,6 +142,11 @@ fn main() -> ExitCode {
             Command::Replay(args) => audit::replay(args).await,
             Command::Verify(args) => audit::verify(args).await,
             Command::Rebuild(args) => audit::rebuild(args).await,
+            Command::Watch(args) => views::watch(args).await,
+            Command::Rank(args) => views::rank(args).await,
+            Command::AtRisk(args) => views::at_risk(args).await,
+            Command::Scores(args) => views::scores(args).await,
+            Command::Targets(args) => views::targets(args).await,
             Command::Redrive(args) => redrive::run(args).await,
             Command::StreamInit(args) => stream_init(args).await,
             Command::Simulate(args) => simulate::run(args).await,

@@ -59,6 +59,7 @@ pub async fn rates(args: RatesArgs) -> anyhow::Result<ExitCode> {
         .get_rates(GetRatesRequest {
             unit_id: args.unit,
             period: args.period,
+            min_stream_sequence: None,
         })
         .await
         .map_err(status_error)?
@@ -223,12 +224,39 @@ pub struct UnitsArgs {
 /// `kpictl units`: the tree of units of a day, from the API, each unit
 /// followed by the units under it that day.
 pub async fn units(args: UnitsArgs) -> anyhow::Result<ExitCode> {
-    let client = connect(&args.api.addr).await?;
+    let mut client = connect(&args.api.addr).await?;
     let as_of = args.as_of.unwrap_or_default();
+    let (listed_day, walked) = walk_units(&mut client, args.root.as_deref(), &as_of).await?;
+    let mut rows = Vec::new();
+    if let Some(root) = &args.root {
+        rows.push((0, json!({"id": root})));
+    }
+    let shift = usize::from(args.root.is_some());
+    for (depth, unit) in walked {
+        rows.push((
+            depth + shift,
+            json!({
+                "id": unit.id, "name": unit.name, "level": unit.level,
+                "parent_id": unit.parent_id, "valid_from": unit.valid_from,
+                "valid_to": unit.valid_to, "successor_of": unit.successor_of,
+            }),
+        ));
+    }
+    print_tree(&listed_day, rows, args.json)
+}
+
+/// The tree of units of a day (`as_of`, empty for today), under `root` or
+/// from the roots, depth first: each unit with its depth, followed by the
+/// units under it. Also the day listed.
+pub async fn walk_units(
+    client: &mut KpiServiceClient<Channel>,
+    root: Option<&str>,
+    as_of: &str,
+) -> anyhow::Result<(String, Vec<(usize, pb::Unit)>)> {
     let list = |parent_id: String| {
         let request = ListUnitsRequest {
             parent_id,
-            as_of: as_of.clone(),
+            as_of: as_of.to_owned(),
         };
         let mut client = client.clone();
         async move {
@@ -239,19 +267,14 @@ pub async fn units(args: UnitsArgs) -> anyhow::Result<ExitCode> {
                 .map(tonic::Response::into_inner)
         }
     };
-    let first = list(args.root.clone().unwrap_or_default()).await?;
+    let first = list(root.unwrap_or_default().to_owned()).await?;
     let listed_day = first.as_of.clone();
     let mut rows = Vec::new();
-    let mut depth_of_first = 0;
-    if let Some(root) = &args.root {
-        rows.push((0, json!({"id": root})));
-        depth_of_first = 1;
-    }
     let mut stack: Vec<(usize, pb::Unit)> = first
         .units
         .into_iter()
         .rev()
-        .map(|unit| (depth_of_first, unit))
+        .map(|unit| (0, unit))
         .collect();
     while let Some((depth, unit)) = stack.pop() {
         let children = list(unit.id.clone()).await?;
@@ -262,16 +285,24 @@ pub async fn units(args: UnitsArgs) -> anyhow::Result<ExitCode> {
                 .rev()
                 .map(|child| (depth + 1, child)),
         );
-        rows.push((
-            depth,
-            json!({
-                "id": unit.id, "name": unit.name, "level": unit.level,
-                "parent_id": unit.parent_id, "valid_from": unit.valid_from,
-                "valid_to": unit.valid_to, "successor_of": unit.successor_of,
-            }),
-        ));
+        rows.push((depth, unit));
     }
-    print_tree(&listed_day, rows, args.json)
+    Ok((listed_day, rows))
+}
+
+/// Every unit id of the tree of a day, under `root` (itself included) or
+/// from the roots.
+pub async fn unit_ids(
+    client: &mut KpiServiceClient<Channel>,
+    root: Option<&str>,
+    as_of: &str,
+) -> anyhow::Result<Vec<String>> {
+    let (_, walked) = walk_units(client, root, as_of).await?;
+    Ok(root
+        .map(str::to_owned)
+        .into_iter()
+        .chain(walked.into_iter().map(|(_, unit)| unit.id))
+        .collect())
 }
 
 fn print_tree(as_of: &str, rows: Vec<(usize, Value)>, as_json: bool) -> anyhow::Result<ExitCode> {

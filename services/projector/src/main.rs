@@ -39,6 +39,10 @@ struct Args {
     /// Targets by year and unit (JSON); the seed plans' defaults otherwise.
     #[arg(long, env = "KPI_TARGETS")]
     targets: Option<PathBuf>,
+    /// Points of the QĐ 766 components that case events cannot give (the
+    /// procedure catalogue's), by component, year and unit (JSON; README).
+    #[arg(long, env = "KPI_SCORES_FACTS")]
+    scores_facts: Option<PathBuf>,
     /// Where the sled views live.
     #[arg(long, env = "KPI_DATA_DIR", default_value = "data/projector")]
     data_dir: PathBuf,
@@ -122,7 +126,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })?;
     tracing::info!(listen = %args.listen, "serving kpi.v1.KpiService, grpc.health.v1 and reflection");
 
-    let api = KpiApi::new(store, units.clone(), targets).with_log(args.nats.clone());
+    let mut api = KpiApi::new(store, units.clone(), targets).with_log(args.nats.clone());
+    if let Some(path) = &args.scores_facts {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("reading the scores facts file {}", path.display()))?;
+        let facts = kpi_api::ScoreFacts::from_json(&bytes, &units)
+            .with_context(|| format!("scores facts file {}", path.display()))?;
+        api = api.with_score_facts(facts);
+    }
     let (supervisor, mut failures) = Supervisor::new(
         Settings {
             nats: args.nats,
