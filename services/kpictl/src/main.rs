@@ -9,6 +9,7 @@ mod bench;
 mod import;
 mod query;
 mod redrive;
+mod report;
 mod simulate;
 mod views;
 
@@ -63,6 +64,9 @@ enum Command {
     Scores(views::ScoresArgs),
     /// Next year's targets for every unit by the rule of seed 001.
     Targets(views::TargetsArgs),
+    /// The monthly public page of progress, satisfaction and QĐ 766 results
+    /// (HTML for A4 with charts, or CSV).
+    Report(report::ReportArgs),
     /// Send parked events again after a fix (they then count, once).
     Redrive(redrive::RedriveArgs),
     /// Create the CASES stream, or check an existing one (as the operator).
@@ -147,6 +151,7 @@ fn main() -> ExitCode {
             Command::AtRisk(args) => views::at_risk(args).await,
             Command::Scores(args) => views::scores(args).await,
             Command::Targets(args) => views::targets(args).await,
+            Command::Report(args) => report::run(args).await,
             Command::Redrive(args) => redrive::run(args).await,
             Command::StreamInit(args) => stream_init(args).await,
             Command::Simulate(args) => simulate::run(args).await,

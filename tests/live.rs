@@ -1,0 +1,808 @@
+//! Live views and published reports (CONTRACT §3, §5, §6; SCORING-766.md):
+//! WatchRates, RankUnits, ListAtRisk and GetScores against figures worked
+//! out by hand, the monthly report rendered by headless Chromium, and next
+//! year's targets.
+
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use futures::StreamExt;
+use kpi_api::pb::{
+    GetRatesRequest, GetScoresRequest, ListAtRiskRequest, RankUnitsRequest, RatesReply,
+};
+use kpi_bus::Bus;
+use kpi_e2e::{kpictl, message_id_of, publish_all, Projector};
+use kpi_simulator::{vietnam_day, Simulator};
+use kpi_testkit::{event_lines, example_path, subject_of};
+use local_nats::LocalNats;
+use serde_json::{json, Value};
+
+const FOLD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// nats-server and a projector with the example scenario folded.
+async fn example_stack() -> (LocalNats, Projector, Bus, tempfile::TempDir) {
+    let nats = LocalNats::start().unwrap_or_else(|err| panic!("{err}"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut projector = Projector::start(
+        &nats.url(),
+        &example_path("units.json"),
+        &dir.path().join("views"),
+        &[],
+    );
+    let bus = Bus::connect(&nats.url(), "live-test").await.unwrap();
+    bus.ensure_stream().await.unwrap();
+    let messages = event_lines().into_iter().map(|(number, line)| {
+        (
+            subject_of(line),
+            message_id_of(line, &format!("line-{number}")),
+            line.to_vec(),
+        )
+    });
+    publish_all(&bus, messages).await;
+    let last = bus.last_sequence().await.unwrap();
+    projector.wait_for("P46", last, FOLD_TIMEOUT).await;
+    (nats, projector, bus, dir)
+}
+
+fn rates_request(unit: &str, period: &str) -> GetRatesRequest {
+    GetRatesRequest {
+        unit_id: unit.into(),
+        period: period.into(),
+        min_stream_sequence: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rank_units_and_list_at_risk_match_the_scenario_worked_out_by_hand() {
+    let (_nats, mut projector, _bus, _dir) = example_stack().await;
+    let mut client = projector.client().await;
+
+    // On-time resolutions in 2025, per commune of Thành phố Hải Phòng,
+    // from the events by hand: C31_2 4/4, C31_0 9/10, C31_1 5/6, C31_3 4/5,
+    // C31_4 5/7.
+    let ranked = client
+        .rank_units(RankUnitsRequest {
+            parent_id: "P31".into(),
+            period: "2025".into(),
+            kpi: "on_time_rate".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let order: Vec<(u32, &str, u64, u64)> = ranked
+        .units
+        .iter()
+        .map(|unit| {
+            let rate = unit.rate.as_ref().unwrap();
+            (
+                unit.rank,
+                unit.unit_id.as_str(),
+                rate.numerator,
+                rate.denominator,
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            (1, "C31_2", 4, 4),
+            (2, "C31_0", 9, 10),
+            (3, "C31_1", 5, 6),
+            (4, "C31_3", 4, 5),
+            (5, "C31_4", 5, 7),
+        ]
+    );
+    // Late resolutions: lower is better. D46-0 4/26, D46-2 5/29, D46-1 8/29.
+    let ranked = client
+        .rank_units(RankUnitsRequest {
+            parent_id: "P46".into(),
+            period: "2025".into(),
+            kpi: "late_rate".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!ranked.higher_is_better);
+    let order: Vec<&str> = ranked.units.iter().map(|u| u.unit_id.as_str()).collect();
+    assert_eq!(order, ["D46-0", "D46-2", "D46-1"]);
+    let status = client
+        .rank_units(RankUnitsRequest {
+            parent_id: "P46".into(),
+            period: "2025".into(),
+            kpi: "speed".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    // Open cases of Tỉnh Thừa Thiên Huế, by due time, all overdue now.
+    let mut cases = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = client
+            .list_at_risk(ListAtRiskRequest {
+                unit_id: "P46".into(),
+                within_hours: 0,
+                limit: 4,
+                after,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        cases.extend(page.cases);
+        if page.next.is_empty() {
+            break;
+        }
+        after = page.next;
+    }
+    let found: Vec<(&str, &str, &str, bool, bool)> = cases
+        .iter()
+        .map(|c| {
+            (
+                c.case_id.as_str(),
+                c.unit_id.as_str(),
+                c.due_at.as_str(),
+                c.overdue,
+                c.has_apology,
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (
+                "000.00.29.H42-000017/7",
+                "C46-1-1",
+                "2025-01-25T07:47:00+07:00",
+                true,
+                false
+            ),
+            (
+                "000.00.23.H42-000038/3",
+                "C46-0-0",
+                "2025-02-27T18:13:00+07:00",
+                true,
+                false
+            ),
+            (
+                "000.00.26.H98-000065/5",
+                "C46-0-2",
+                "2025-02-28T23:50:00+07:00",
+                true,
+                false
+            ),
+            (
+                "000.00.44.H56-000010/5",
+                "C46-0-2",
+                "2025-03-16T05:06:00+07:00",
+                true,
+                false
+            ),
+            (
+                "000.00.43.H57-000037/3",
+                "C46-1-1",
+                "2025-03-23T17:54:00+07:00",
+                true,
+                false
+            ),
+            (
+                "000.00.55.H88-000122/2",
+                "C46-2-0",
+                "2025-05-03T18:08:00+07:00",
+                true,
+                false
+            ),
+        ]
+    );
+    assert!(cases.iter().all(|c| c.days_overdue > 100));
+    let output = kpictl(&[
+        "at-risk",
+        "--unit",
+        "D46-0",
+        "--within-hours",
+        "48",
+        "--json",
+        "--addr",
+        &projector.addr,
+    ]);
+    let listed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_rates_answers_at_once_follows_a_late_rating_and_never_piles_up() {
+    let (_nats, mut projector, bus, _dir) = example_stack().await;
+    let mut client = projector.client().await;
+    let started = Instant::now();
+    let mut stream = client
+        .watch_rates(rates_request("P46", "2025"))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the first answer at once"
+    );
+    let rated = first.counts["rated"];
+
+    // A rating dated in a past month of the watched period.
+    let rating = json!({"event_id": "77777777-7777-4777-8777-777777777777", "kind": "case.rated",
+        "case_id": "000.00.29.H42-000017/7", "unit_id": "C46-1-1",
+        "occurred_at": "2025-02-10T09:00:00+07:00", "data": {"level": "satisfied"}});
+    let published = Instant::now();
+    publish_all(
+        &bus,
+        [(
+            "cases.C46-1-1.case.rated".to_owned(),
+            "late-rating".to_owned(),
+            rating.to_string().into_bytes(),
+        )],
+    )
+    .await;
+    let update = tokio::time::timeout(Duration::from_secs(1), stream.next())
+        .await
+        .expect("an update within 1 s")
+        .unwrap()
+        .unwrap();
+    assert!(published.elapsed() < Duration::from_secs(1));
+    assert_eq!(update.counts["rated"], rated + 1);
+
+    // A watcher that stops reading while 50,000 events fold: the projector
+    // keeps no backlog for it, and it then gets the latest figures.
+    let mut slow = client
+        .watch_rates(rates_request("P46", "2025"))
+        .await
+        .unwrap()
+        .into_inner();
+    slow.next().await.unwrap().unwrap();
+    let units = kpi_domain::UnitRegistry::from_json(kpi_testkit::UNITS_JSON).unwrap();
+    let year = vietnam_day(Utc.with_ymd_and_hms(2025, 1, 2, 0, 0, 0).unwrap(), 1);
+    let events: Vec<_> = Simulator::new(&units, 99)
+        .history(year, 300, 8.0)
+        .take(50_000)
+        .map(|event| (event.subject, event.event_id.to_string(), event.payload))
+        .collect();
+    let memory_before = projector.resident_kib();
+    let pause = Instant::now();
+    publish_all(&bus, events).await;
+    let last = bus.last_sequence().await.unwrap();
+    projector.wait_for("P46", last, FOLD_TIMEOUT).await;
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(pause.elapsed())).await;
+    let memory_after = projector.resident_kib();
+    assert!(
+        memory_after < memory_before + 64 * 1024,
+        "memory grew from {memory_before} to {memory_after} KiB"
+    );
+    let mut answers = 0;
+    let latest: RatesReply = loop {
+        let answer = tokio::time::timeout(Duration::from_secs(5), slow.next())
+            .await
+            .expect("the watcher gets an answer")
+            .unwrap()
+            .unwrap();
+        answers += 1;
+        if answer.stream_sequence == last {
+            break answer;
+        }
+    };
+    // The pause lasted more than 10 s at up to 4 answers a second: an
+    // unbounded buffer would hold 40 or more. What waits is only what the
+    // HTTP/2 window took before the client stopped reading.
+    assert!(
+        answers <= 20,
+        "no backlog: {answers} answers to reach the latest"
+    );
+    let direct = client
+        .get_rates(rates_request("P46", "2025"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(latest.counts, direct.counts);
+
+    // min_stream_sequence: an answer waits for the views to reach it.
+    let status = client
+        .get_rates({
+            let mut request = tonic::Request::new(GetRatesRequest {
+                min_stream_sequence: Some(last + 1),
+                ..rates_request("P46", "2025")
+            });
+            request.set_timeout(Duration::from_millis(300));
+            request
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+    assert!(
+        status.message().contains(&last.to_string()),
+        "{}",
+        status.message()
+    );
+}
+
+/// One commune's March and April 2025, written for the scores (see
+/// `scores_match_the_components_worked_out_by_hand`).
+fn scores_events() -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut n = 0;
+    let mut add = |kind: &str, case: &str, at: &str, data: Value| {
+        n += 1;
+        events.push(json!({"event_id": format!("00000000-0000-4000-8000-{n:012}"), "kind": kind,
+            "case_id": case, "unit_id": "C", "occurred_at": format!("2025-{at}:00+07:00"), "data": data}));
+    };
+    let received = |due: &str, digitized: bool, reused: bool| {
+        json!({"procedure_code": "1.1", "field": "ho_tich", "channel": "online",
+               "due_at": format!("2025-{due}:00+07:00"), "dossier_digitized": digitized, "reused_data": reused})
+    };
+    let resolved = |electronic: bool| json!({"result": "approved", "result_electronic": electronic, "result_digitized": true});
+    add(
+        "case.received",
+        "S1",
+        "03-02T08:00",
+        received("03-05T17:00", true, true),
+    );
+    add(
+        "case.synced",
+        "S1",
+        "03-02T09:00",
+        json!({"portal": "national"}),
+    );
+    add(
+        "case.paid",
+        "S1",
+        "03-02T08:30",
+        json!({"amount_vnd": 50000, "online": true}),
+    );
+    add("case.resolved", "S1", "03-04T10:00", resolved(true));
+    add(
+        "case.rated",
+        "S1",
+        "03-04T11:00",
+        json!({"level": "satisfied"}),
+    );
+    add(
+        "case.received",
+        "S2",
+        "03-03T08:00",
+        received("03-06T17:00", true, true),
+    );
+    add(
+        "case.paid",
+        "S2",
+        "03-03T08:30",
+        json!({"amount_vnd": 20000, "online": false}),
+    );
+    add("case.resolved", "S2", "03-10T10:00", resolved(false));
+    add(
+        "case.rated",
+        "S2",
+        "03-10T11:00",
+        json!({"level": "satisfied"}),
+    );
+    add(
+        "case.received",
+        "S3",
+        "03-20T08:00",
+        received("04-05T17:00", true, true),
+    );
+    add(
+        "case.synced",
+        "S3",
+        "03-20T09:00",
+        json!({"portal": "national"}),
+    );
+    add(
+        "case.received",
+        "S4",
+        "03-10T08:00",
+        received("03-20T17:00", false, true),
+    );
+    add(
+        "case.received",
+        "S5",
+        "03-12T08:00",
+        received("03-18T17:00", false, true),
+    );
+    add(
+        "case.supplement_requested",
+        "S5",
+        "03-17T08:00",
+        json!({"reason": "Bổ sung", "due_at": "2025-04-10T17:00:00+07:00"}),
+    );
+    add(
+        "case.received",
+        "S6",
+        "02-20T08:00",
+        received("02-25T17:00", false, false),
+    );
+    add(
+        "case.synced",
+        "S6",
+        "02-20T09:00",
+        json!({"portal": "national"}),
+    );
+    add("case.resolved", "S6", "03-01T10:00", resolved(true));
+    add(
+        "case.rated",
+        "S6",
+        "03-02T10:00",
+        json!({"level": "unsatisfied"}),
+    );
+    add(
+        "case.received",
+        "S7",
+        "02-10T08:00",
+        received("02-15T17:00", false, false),
+    );
+    add(
+        "case.synced",
+        "S7",
+        "02-10T09:00",
+        json!({"portal": "national"}),
+    );
+    add("case.resolved", "S7", "02-14T10:00", resolved(true));
+    add(
+        "case.received",
+        "S8",
+        "02-25T08:00",
+        received("03-03T17:00", false, false),
+    );
+    add("case.resolved", "S8", "04-02T10:00", resolved(true));
+    add(
+        "case.received",
+        "W1",
+        "03-05T08:00",
+        received("03-10T17:00", false, false),
+    );
+    add(
+        "case.withdrawn",
+        "W1",
+        "03-06T08:00",
+        json!({"reason": "rút"}),
+    );
+    add(
+        "feedback.received",
+        "F1",
+        "04-01T08:00",
+        json!({"due_at": "2025-04-10T17:00:00+07:00"}),
+    );
+    add("feedback.resolved", "F1", "04-05T08:00", json!({}));
+    add(
+        "feedback.received",
+        "F2",
+        "04-20T08:00",
+        json!({"due_at": "2025-05-10T17:00:00+07:00"}),
+    );
+    add(
+        "feedback.received",
+        "F3",
+        "04-02T08:00",
+        json!({"due_at": "2025-04-12T17:00:00+07:00"}),
+    );
+    events
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scores_match_the_components_worked_out_by_hand() {
+    let nats = LocalNats::start().unwrap_or_else(|err| panic!("{err}"));
+    let dir = tempfile::tempdir().unwrap();
+    let units = dir.path().join("units.json");
+    std::fs::write(
+        &units,
+        r#"{"units":[{"id":"P","name":"Tỉnh P","level":"province"},
+            {"id":"C","name":"Xã C","level":"commune","parent":"P"}]}"#,
+    )
+    .unwrap();
+    let mut projector = Projector::start(&nats.url(), &units, &dir.path().join("views"), &[]);
+    let bus = Bus::connect(&nats.url(), "scores-test").await.unwrap();
+    bus.ensure_stream().await.unwrap();
+    let events = scores_events();
+    publish_all(
+        &bus,
+        events.iter().rev().map(|event| {
+            let kind = event["kind"].as_str().unwrap();
+            let id = event["event_id"].as_str().unwrap().to_owned();
+            (
+                format!("cases.C.{kind}"),
+                id,
+                event.to_string().into_bytes(),
+            )
+        }),
+    )
+    .await;
+    let last = bus.last_sequence().await.unwrap();
+    projector.wait_for("C", last, FOLD_TIMEOUT).await;
+    let client = projector.client().await;
+    let scores = |period: &str| {
+        let mut client = client.clone();
+        let period = period.to_owned();
+        async move {
+            client
+                .get_scores(GetScoresRequest {
+                    unit_id: "C".into(),
+                    period,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+
+    // March: resolved S1 (early), S2 and S6 (late); open at its end S3 and
+    // S5 (within their due time, S5's moved by a supplement) and S4, S8
+    // (past due); W1 withdrawn. Active: all but S7 (closed in February);
+    // synced among them S1, S3, S6.
+    let march = scores("2025-03").await;
+    let component = |reply: &kpi_api::pb::ScoresReply, code: &str| {
+        let c = reply
+            .components
+            .iter()
+            .find(|c| c.code == code)
+            .unwrap()
+            .clone();
+        (c.numerator, c.denominator, c.points)
+    };
+    assert_eq!(component(&march, "DOSSIER_SYNC"), (3, 8, Some(2.25)));
+    assert_eq!(component(&march, "PROGRESS"), (3, 7, Some(8.57)));
+    assert_eq!(component(&march, "ONLINE_PAYMENT"), (1, 2, Some(3.0)));
+    assert_eq!(
+        component(&march, "ORIGINAL_RESULT_AVAILABLE"),
+        (2, 3, Some(4.0))
+    );
+    assert_eq!(
+        component(&march, "SO_HOA_GIAY_TO_GIAI_QUYET"),
+        (3, 6, Some(2.0))
+    );
+    assert_eq!(
+        component(&march, "REUSED_DIGITIZED_DATA"),
+        (5, 6, Some(2.0))
+    );
+    // No feedback at all: the portal gives the 6 points (d = 0).
+    assert_eq!(
+        component(&march, "PETITION_PROCESSING_ON_TIME"),
+        (0, 0, Some(6.0))
+    );
+    // Only S1 was neither late nor rated unsatisfied.
+    assert_eq!(
+        component(&march, "DOSSIER_RECEIVING_SATISFACTION"),
+        (1, 3, Some(2.22))
+    );
+    assert_eq!(component(&march, "FULL_ONLINE").2, None);
+    assert_eq!((march.points, march.max_points), (30.04, 56.0));
+
+    // April's feedback: F1 answered on time; F2 open within its due time,
+    // F3 open past it.
+    let april = scores("2025-04").await;
+    assert_eq!(
+        component(&april, "PETITION_PROCESSING_ON_TIME"),
+        (2, 3, Some(4.0))
+    );
+    let output = kpictl(&[
+        "scores",
+        "--unit",
+        "C",
+        "--period",
+        "2025-03",
+        "--json",
+        "--addr",
+        &projector.addr,
+    ]);
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["points"], 30.04);
+}
+
+/// Chromium for the report test: Debian's, installed when missing.
+fn chromium() -> std::path::PathBuf {
+    let path = std::path::PathBuf::from("/usr/bin/chromium");
+    if !path.exists() {
+        let installed = std::process::Command::new("sh")
+            .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium"])
+            .status();
+        assert!(
+            installed.is_ok_and(|status| status.success()) && path.exists(),
+            "headless Chromium is needed: install it with `sudo apt-get install -y chromium`"
+        );
+    }
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_monthly_report_renders_in_chromium_with_every_unit_and_figure() {
+    let (_nats, mut projector, _bus, dir) = example_stack().await;
+    let report = dir.path().join("bao-cao.html");
+    let output = kpictl(&[
+        "report",
+        "--unit",
+        "P46",
+        "--period",
+        "2025-Q1",
+        "--out",
+        report.to_str().unwrap(),
+        "--addr",
+        &projector.addr,
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let chromium = chromium();
+    let flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ];
+    let profile = dir.path().join("chromium-profile");
+    let url = format!("file://{}", report.display());
+    let dom = std::process::Command::new(&chromium)
+        .args(flags)
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--dump-dom", &url])
+        .output()
+        .unwrap();
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    let text = String::from_utf8_lossy(&dom.stdout);
+    let screenshot = dir.path().join("bao-cao.png");
+    let shot = std::process::Command::new(&chromium)
+        .args(flags)
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--screenshot={}", screenshot.display()))
+        .args(["--window-size=1240,1754", &url])
+        .output()
+        .unwrap();
+    assert!(
+        shot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    assert!(
+        std::fs::metadata(&screenshot).unwrap().len() > 10_000,
+        "a screenshot was made"
+    );
+
+    // Every unit's name and figures, as GetRates gives them.
+    let mut client = projector.client().await;
+    let percent = |value: Option<f64>| {
+        value.map_or("—".to_owned(), |p| format!("{p:.2}%").replace('.', ","))
+    };
+    for unit in ["P46", "D46-0", "D46-1", "D46-2"] {
+        let reply = client
+            .get_rates(rates_request(unit, "2025-Q1"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            text.contains(&reply.unit_name),
+            "{} missing",
+            reply.unit_name
+        );
+        let on_time = reply
+            .rates
+            .iter()
+            .find(|r| r.kpi == "on_time_rate")
+            .unwrap();
+        assert!(
+            text.contains(&percent(on_time.percent)),
+            "{unit} on time {}",
+            percent(on_time.percent)
+        );
+        if unit == "P46" {
+            for rate in &reply.rates {
+                assert!(
+                    text.contains(&format!("{} / {}", rate.numerator, rate.denominator)),
+                    "{}",
+                    rate.kpi
+                );
+            }
+            assert!(text.contains(&format!(
+                "<td class=\"n\">{}</td>",
+                reply.counts["received"]
+            )));
+        }
+    }
+    assert!(text.contains("Quyết định số 766"));
+    assert!(text.contains("<svg"));
+
+    let csv = dir.path().join("bao-cao.csv");
+    let output = kpictl(&[
+        "report",
+        "--unit",
+        "P46",
+        "--period",
+        "2025-Q1",
+        "--out",
+        csv.to_str().unwrap(),
+        "--format",
+        "csv",
+        "--addr",
+        &projector.addr,
+    ]);
+    assert!(output.status.success());
+    let csv = std::fs::read_to_string(csv).unwrap();
+    assert!(csv.contains("rates,P46,Tỉnh Thừa Thiên Huế,2025-Q1,on_time_rate,51,66,"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn next_years_targets_follow_the_rule_and_load_as_a_targets_file() {
+    let (nats, projector, _bus, dir) = example_stack().await;
+    let out = dir.path().join("targets-2026.json");
+    let output = kpictl(&[
+        "targets",
+        "--year",
+        "2025",
+        "--root",
+        "P31",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+        "--addr",
+        &projector.addr,
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let target = |unit: &str, kpi: &str| {
+        report["computation"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["unit_id"] == unit && row["kpi"] == kpi)
+            .cloned()
+            .unwrap()
+    };
+    // C31_2 resolved 4/4 on time in 2025: 100% + 10, capped at 100.
+    let capped = target("C31_2", "on_time_rate");
+    assert_eq!(
+        (capped["result"].as_f64(), capped["target"].as_f64()),
+        (Some(100.0), Some(100.0))
+    );
+    // C31_4: 71.43% is below the central 100: the central target.
+    let below = target("C31_4", "on_time_rate");
+    assert_eq!(below["target"].as_f64(), Some(100.0));
+    assert!(below["rule"].as_str().unwrap().contains("central"));
+    // Above the central target and below 90: result + 10.
+    for row in report["computation"].as_array().unwrap() {
+        let (result, central, target) = (
+            row["result"].as_f64(),
+            row["central"].as_f64().unwrap(),
+            row["target"].as_f64().unwrap(),
+        );
+        let expected = match result {
+            Some(result) if result >= central => (result + 10.0).min(100.0),
+            _ => central,
+        };
+        assert!((target - expected).abs() < 1e-9, "{row}");
+    }
+    // The file is a targets file the projector takes.
+    projector.terminate();
+    let mut again = Projector::start(
+        &nats.url(),
+        &example_path("units.json"),
+        &dir.path().join("views"),
+        &["--targets", out.to_str().unwrap()],
+    );
+    let reply = again
+        .client()
+        .await
+        .get_rates(rates_request("C31_2", "2026"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reply
+        .rates
+        .iter()
+        .all(|rate| rate.kpi == "late_rate" || rate.target_percent.is_some()));
+}
