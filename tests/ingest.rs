@@ -193,6 +193,7 @@ async fn each_service_stores_its_own_kinds_and_refuses_the_rest() {
         ("resolved_digitized", 1),
         ("rated", 1),
         ("rated_very_satisfied", 1),
+        ("closed", 1),
     ]);
     assert_eq!(stack.counts(COMMUNE, "2025").await, counted);
     assert_eq!(stack.counts("51", "2025-03").await, counted);
@@ -875,6 +876,13 @@ async fn dvcqg_snapshots_in_any_order_and_doubled_give_the_same_late_case() {
         ("resolved_digitized", 1),
         ("payments", 1),
         ("payments_online", 1),
+        // QĐ 766 inputs: closed (and synced to the portal), overdue from
+        // its due day until resolved, and resolved late.
+        ("closed", 1),
+        ("closed_synced", 1),
+        ("became_overdue", 1),
+        ("stopped_overdue", 1),
+        ("resolved_late_or_unsatisfied", 1),
     ]);
     for stack in [&mut in_order, &mut shuffled] {
         assert_eq!(stack.counts(COMMUNE, "2025").await, late_with_apology);

@@ -22,6 +22,11 @@ use crate::pb;
 /// How long an answer's live counts may be reused.
 const LIVE_FOR: Duration = Duration::from_secs(1);
 
+/// Views this many messages behind the stream are catching up (a
+/// rebuild, or a restart after a pause), not following it live: at a
+/// steady few thousand events a second a commit leaves a few hundred.
+pub const CATCHING_UP_AFTER: u64 = 20_000;
+
 /// Commits, as the API sees them.
 pub struct Hub {
     /// The latest committed stream sequence.
@@ -30,6 +35,8 @@ pub struct Hub {
     changed: Vec<AtomicU64>,
     /// Answers by (unit, period).
     answers: DashMap<(UnitIdx, String), Cached>,
+    /// Messages the stream held beyond the last commit.
+    behind: AtomicU64,
 }
 
 struct Cached {
@@ -44,6 +51,7 @@ impl Hub {
             sequence: watch::channel(sequence).0,
             changed: (0..units).map(|_| AtomicU64::new(sequence)).collect(),
             answers: DashMap::new(),
+            behind: AtomicU64::new(0),
         })
     }
 
@@ -61,7 +69,14 @@ impl Hub {
                 }
             }
         }
+        self.behind.store(committed.behind, Ordering::Release);
         self.sequence.send_replace(committed.sequence);
+    }
+
+    /// Whether the views are catching up with the log (more than
+    /// [`CATCHING_UP_AFTER`] messages behind at the last commit).
+    pub fn catching_up(&self) -> bool {
+        self.behind.load(Ordering::Acquire) > CATCHING_UP_AFTER
     }
 
     /// Everything changed (the views were switched).
@@ -70,6 +85,7 @@ impl Hub {
             sequence,
             units: Vec::new(),
             all: true,
+            behind: 0,
         });
     }
 
@@ -97,6 +113,23 @@ impl Hub {
             && entry.sequence >= min_sequence
             && entry.at.elapsed() < LIVE_FOR;
         fresh.then(|| entry.reply.clone())
+    }
+
+    /// A kept answer newer than `after_sequence` and computed within
+    /// `max_age`, even if the unit changed since: what watchers of one unit
+    /// share, so that a busy unit is computed once an interval, not once
+    /// per watcher. (A watcher that got a slightly older answer sees the
+    /// unit's later change and asks again at its next interval.)
+    pub fn recent(
+        &self,
+        unit: UnitIdx,
+        period: &str,
+        after_sequence: u64,
+        max_age: Duration,
+    ) -> Option<Arc<pb::RatesReply>> {
+        let entry = self.answers.get(&(unit, period.to_owned()))?;
+        let usable = entry.sequence > after_sequence && entry.at.elapsed() < max_age;
+        usable.then(|| entry.reply.clone())
     }
 
     /// Keeps an answer computed at its own stream sequence.

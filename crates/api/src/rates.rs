@@ -16,8 +16,14 @@ use crate::{internal, pb, KpiApi};
 /// The longest `min_stream_sequence` wait when the call has no deadline.
 const LONGEST_WAIT: Duration = Duration::from_secs(60);
 
-/// At most this many `WatchRates` answers a second per watcher.
+/// A watcher gets at most four answers a second: the first change after a
+/// quiet spell goes out at once, a burst of changes is coalesced.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// While the views catch up with the log (a rebuild, a restart after a
+/// pause) their figures are history being replayed: a watcher gets one
+/// answer every 2 s, leaving the machine to the fold.
+const CATCH_UP_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A watcher's answer is recomputed at least this often: live counts move
 /// with the clock (a case falls overdue without any event).
@@ -186,7 +192,7 @@ pub async fn watch(
     request: pb::GetRatesRequest,
     deadline: Option<Instant>,
 ) -> Result<WatchStream, Status> {
-    let (unit, _) = api.parse_request(&request.unit_id, &request.period)?;
+    let (unit, period) = api.parse_request(&request.unit_id, &request.period)?;
     let first = api
         .rates_reply(
             &request.unit_id,
@@ -199,6 +205,7 @@ pub async fn watch(
         api: KpiApi,
         request: pb::GetRatesRequest,
         unit: UnitIdx,
+        period_label: String,
         news: tokio::sync::watch::Receiver<u64>,
         last: Option<Arc<pb::RatesReply>>,
         sent_at: Instant,
@@ -209,6 +216,7 @@ pub async fn watch(
         api,
         request,
         unit,
+        period_label: period.label,
         news,
         last: None,
         sent_at: Instant::now(),
@@ -221,29 +229,43 @@ pub async fn watch(
             return Some((Ok(Arc::unwrap_or_clone(first)), state));
         }
         loop {
+            // Never more than one answer an interval; a watcher that just
+            // answered sleeps through the commits of that interval instead
+            // of waking on each.
+            let hub = state.api.views.hub();
+            let interval = if hub.catching_up() {
+                CATCH_UP_INTERVAL
+            } else {
+                WATCH_INTERVAL
+            };
+            tokio::time::sleep_until(state.sent_at + interval).await;
             let last_seen = state.last.as_ref().map_or(0, |last| last.stream_sequence);
-            let changed = state.api.views.hub().changed_at(state.unit) > last_seen;
-            if !changed {
-                // Wait for a commit, or refresh the live counts now and then.
-                let refresh = state.sent_at + WATCH_REFRESH;
+            // Wait for a commit that touches the unit, or refresh the live
+            // counts now and then.
+            let refresh = state.sent_at + WATCH_REFRESH;
+            while state.api.views.hub().changed_at(state.unit) <= last_seen {
                 match tokio::time::timeout_at(refresh, state.news.changed()).await {
                     Ok(Err(_)) => return None,
-                    Ok(Ok(())) => {
-                        if state.api.views.hub().changed_at(state.unit) <= last_seen {
-                            continue;
-                        }
-                    }
-                    Err(_) => {}
+                    Ok(Ok(())) => {}
+                    Err(_) => break,
                 }
             }
-            tokio::time::sleep_until(state.sent_at + WATCH_INTERVAL).await;
-            let reply = match state
-                .api
-                .rates_reply(&state.request.unit_id, &state.request.period, None, None)
-                .await
-            {
-                Ok(reply) => reply,
-                Err(status) => return Some((Err(status), state)),
+            let shared =
+                state
+                    .api
+                    .views
+                    .hub()
+                    .recent(state.unit, &state.period_label, last_seen, interval);
+            let reply = match shared {
+                Some(reply) => reply,
+                None => match state
+                    .api
+                    .rates_reply(&state.request.unit_id, &state.request.period, None, None)
+                    .await
+                {
+                    Ok(reply) => reply,
+                    Err(status) => return Some((Err(status), state)),
+                },
             };
             let unchanged = state
                 .last

@@ -177,6 +177,9 @@ pub struct StreamMessage {
     pub published: Option<DateTime<Utc>>,
     /// The parked copy this message redrives ([`REDRIVE_OF_HEADER`]).
     pub redrive_of: Option<u64>,
+    /// Messages the stream held after this one when it was delivered
+    /// (0 when unknown).
+    pub pending: u64,
 }
 
 impl Bus {
@@ -343,6 +346,7 @@ impl Bus {
                     .and_then(|value| value.as_str().parse().ok()),
                 payload: message.payload,
                 published: Some(message.time),
+                pending: 0,
             })),
             Err(err) if err.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(err) => Err(BusError::Read(format!("message {sequence}: {err}"))),
@@ -395,6 +399,7 @@ impl Bus {
                 subject: message.subject.to_string(),
                 payload: message.payload.clone(),
                 redrive_of,
+                pending: info.pending,
             })
         }))
     }

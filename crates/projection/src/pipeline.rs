@@ -133,6 +133,7 @@ fn fold_batches(
                 payload: &message.payload,
                 published: message.published,
                 redrive_of: message.redrive_of,
+                behind: message.pending,
                 event,
             })
             .collect();

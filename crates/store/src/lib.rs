@@ -126,6 +126,9 @@ pub struct Incoming<'a> {
     /// The parked event this message sends again after a fix
     /// (`kpictl redrive`): once this one is valid, that one is retired.
     pub redrive_of: Option<u64>,
+    /// Messages the stream held after this one when it was read (0 when
+    /// unknown): how far the views are behind the log.
+    pub behind: u64,
     /// The event, or why it is invalid.
     pub event: Result<Event, EventError>,
 }
@@ -149,6 +152,7 @@ impl<'a> Incoming<'a> {
             payload,
             published,
             redrive_of: None,
+            behind: 0,
             event: kpi_events::parse_message(subject, payload, &validation),
         }
     }
@@ -300,6 +304,9 @@ pub struct Committed {
     /// Units whose figures changed, sorted; every unit when `all`.
     pub units: Vec<UnitIdx>,
     pub all: bool,
+    /// Messages the stream held beyond the commit's last one when it was
+    /// read: a projector catching up commits with many behind.
+    pub behind: u64,
 }
 
 /// Called after each commit, outside the commit lock.
@@ -524,6 +531,7 @@ impl Store {
             sequence: self.checkpoint()?,
             units: Vec::new(),
             all: true,
+            behind: 0,
         });
         tracing::info!(
             records,
@@ -673,16 +681,14 @@ impl Store {
             .iter()
             .map(|p| (p.sequence, p.reason.clone()))
             .collect();
-        let last_published = batch
-            .iter()
-            .find(|message| message.sequence == last)
-            .and_then(|message| message.published);
+        let last_message = batch.iter().find(|message| message.sequence == last);
         self.commit(
             units,
             changes,
             parked,
             &retired,
-            (last, last_published),
+            (last, last_message.and_then(|message| message.published)),
+            last_message.map_or(0, |message| message.behind),
             &all_totals,
         )?;
         Ok(BatchReport {
@@ -699,6 +705,7 @@ impl Store {
         parked: Vec<ParkedEvent>,
         retired: &[u64],
         (checkpoint, published): (u64, Option<DateTime<Utc>>),
+        behind: u64,
         totals: &FoldTotals,
     ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
@@ -755,6 +762,7 @@ impl Store {
             sequence: checkpoint,
             units: touched,
             all: false,
+            behind,
         });
         Ok(())
     }

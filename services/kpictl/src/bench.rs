@@ -37,6 +37,8 @@ use tonic_health::pb::HealthCheckRequest;
 
 use kpi_ingest::{Publisher, Service, DEFAULT_DEADLINE};
 
+use crate::bench_watch;
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Cases in the simulated year (each has about 4.6 events).
@@ -78,6 +80,14 @@ pub struct BenchArgs {
     /// Concurrent HTTP clients posting to the intake service.
     #[arg(long, default_value_t = 4)]
     pub ingest_clients: usize,
+    /// WatchRates watchers connected while GetRates is measured, and while
+    /// a second fold runs (its slowdown against the first); 0: none.
+    #[arg(long, default_value_t = 1000)]
+    pub watchers: usize,
+    /// Events a second of background traffic while WatchRates freshness is
+    /// measured.
+    #[arg(long, default_value_t = 5000)]
+    pub freshness_rate: usize,
     /// Run the whole benchmark this many times, printing each run and
     /// then the worst and median of each goal's figure.
     #[arg(long, default_value_t = 1)]
@@ -213,6 +223,26 @@ fn print_summary(runs: &[serde_json::Value]) {
         "intake service / raw publish",
         "goal ≥ 40%",
     );
+    if let Some((worst, median)) = spread(runs, &["get_scores_p99_ms"], false) {
+        println!(
+            "  {:<44} worst {worst:>6.3} ms, median {median:>6.3} ms (goal < 5 ms)",
+            "GetScores p99, 1 client"
+        );
+    }
+    if let Some((worst, median)) = spread(runs, &["freshness_p99_ms"], false) {
+        println!(
+            "  {:<44} worst {worst:>6.1} ms, median {median:>6.1} ms (goal < 100 ms)",
+            "WatchRates freshness p99"
+        );
+    }
+    if let Some((worst, median)) = spread(runs, &["fold_with_watchers_slowdown"], false) {
+        println!(
+            "  {:<44} worst {:>5.1}%, median {:>5.1}% (goal ≤ 20%)",
+            "fold slowdown with watchers",
+            100.0 * worst,
+            100.0 * median
+        );
+    }
     if let Some((worst, median)) = spread(runs, &["get_rates_p99_ms"], false) {
         println!(
             "  {:<44} worst {worst:>6.3} ms, median {median:>6.3} ms (goal < 2 ms)",
@@ -251,7 +281,14 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     } else {
         synthetic_registry_reformed(1, args.districts, args.communes)
     };
-    std::fs::write(&units_path, registry)?;
+    // A commune that only the freshness probes use.
+    let mut registry: serde_json::Value = serde_json::from_str(&registry)?;
+    if let Some(list) = registry["units"].as_array_mut() {
+        list.push(
+            json!({"id": PROBE_UNIT, "name": "Xã Thăm Dò", "level": "commune", "parent": "P00"}),
+        );
+    }
+    std::fs::write(&units_path, serde_json::to_vec_pretty(&registry)?)?;
     let units = UnitRegistry::from_json(&std::fs::read(&units_path)?)?;
     let communes = args.districts * args.communes;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -277,7 +314,10 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let mut published = 0u64;
     let mut failures = 0usize;
     let mut payload_bytes = 0u64;
-    for event in simulator.history(year_start, 365, per_commune_day) {
+    let traffic = simulator
+        .history(year_start, 365, per_commune_day)
+        .filter(|event| !event.subject.contains(PROBE_UNIT));
+    for event in traffic {
         payload_bytes += event.payload.len() as u64;
         let acks = publisher.send((), crate::simulate::outgoing(event)).await;
         failures += acks.iter().filter(|(_, ack)| ack.is_err()).count();
@@ -333,7 +373,7 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         .spawn()
         .with_context(|| format!("starting {}", projector_bin.display()))?;
     let pid = projector.id();
-    let outcome = fold_and_query(args, &addr, pid, last, started, &log_path).await;
+    let outcome = fold_and_query(args, &addr, pid, last, started, &log_path, &bus, &units).await;
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
@@ -349,14 +389,38 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         &replay_dir,
         std::sync::Arc::new(units.clone()),
         &kpi_bus::NatsArgs::plain(nats.url()),
-        kpi_projection::Until::StreamEnd,
+        kpi_projection::Until::Sequence(last),
         kpi_domain::Moment::from(chrono::Utc::now().fixed_offset()).local_day(),
         args.cache_mb,
     )
     .await?;
     eprintln!("replayed {last} events in {replay_seconds:.2} s");
 
-    // 6. The intake service against a raw pipelined publish of as many
+    // 6. The same fold twice more on fresh views, back to back: without
+    //    watchers, then with watchers connected from its start (the two
+    //    compared run under the same conditions, unlike the first fold).
+    let watched_folds = if args.watchers > 0 {
+        let mut seconds = [0.0; 2];
+        for (slot, watchers) in seconds.iter_mut().zip([0, args.watchers]) {
+            settle_disk();
+            *slot = watched_fold(
+                args,
+                watchers,
+                &projector_bin,
+                &nats.url(),
+                &units,
+                &units_path,
+                work.path(),
+                last,
+            )
+            .await?;
+        }
+        Some(seconds)
+    } else {
+        None
+    };
+
+    // 7. The intake service against a raw pipelined publish of as many
     //    events of the same kinds.
     let ingest = if args.ingest_events > 0 {
         Some(
@@ -389,6 +453,15 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         "fold_vs_raw_read": fold_rate / raw_rate,
         "replay_events_per_second": last as f64 / replay_seconds,
         "replay_vs_raw_read": (last as f64 / replay_seconds) / raw_rate,
+        "watchers": args.watchers,
+        "fold_without_watchers_events_per_second": watched_folds.map(|[without, _]| last as f64 / without),
+        "fold_with_watchers_events_per_second": watched_folds.map(|[_, with]| last as f64 / with),
+        "fold_with_watchers_slowdown": watched_folds.map(|[without, with]| with / without - 1.0),
+        "get_scores_p50_ms": measured.scores_p50_ms,
+        "get_scores_p99_ms": measured.scores_p99_ms,
+        "freshness_p50_ms": measured.freshness.as_ref().map(|d| bench_watch::quantile(d, 0.5)),
+        "freshness_p99_ms": measured.freshness.as_ref().map(|d| bench_watch::quantile(d, 0.99)),
+        "freshness_events_per_second": args.freshness_rate,
         "get_rates_p50_ms": measured.p50_ms,
         "get_rates_p99_ms": measured.p99_ms,
         "get_rates_max_ms": measured.max_ms,
@@ -465,7 +538,7 @@ fn print_run(figures: &serde_json::Value, index: usize, repeat: usize) {
         number(&["get_rates_max_ms"])
     );
     println!(
-        "  GetRates, {} clients                 {:>12.0} calls/s   = {:.0}% of health Check (goal ≥ 50%)",
+        "  GetRates, {} clients                 {:>12.0} calls/s   = {:.0}% of health Check (goal ≥ 60%)",
         number(&["clients"]),
         number(&["get_rates_calls_per_second"]),
         100.0 * number(&["get_rates_vs_health_check"])
@@ -475,6 +548,32 @@ fn print_run(figures: &serde_json::Value, index: usize, repeat: usize) {
         number(&["clients"]),
         number(&["health_check_calls_per_second"])
     );
+    println!(
+        "  (GetRates measured with {} WatchRates watchers connected; goals: p99 < 2 ms, ≥ 60% of Check)",
+        number(&["watchers"])
+    );
+    println!(
+        "  GetScores province, R2025, 1 client  p50 {:.3} ms, p99 {:.3} ms (goal p99 < 5 ms)",
+        number(&["get_scores_p50_ms"]),
+        number(&["get_scores_p99_ms"])
+    );
+    if figures["freshness_p99_ms"].is_number() {
+        println!(
+            "  WatchRates freshness at {} events/s  p50 {:.1} ms, p99 {:.1} ms from ack to update (goal p99 < 100 ms)",
+            number(&["freshness_events_per_second"]),
+            number(&["freshness_p50_ms"]),
+            number(&["freshness_p99_ms"])
+        );
+    }
+    if figures["fold_with_watchers_slowdown"].is_number() {
+        println!(
+            "  fold with {} watchers               {:>12.0} events/s  = {:.0}% slower than without ({:.0} events/s, same run; goal ≤ 20%)",
+            number(&["watchers"]),
+            number(&["fold_with_watchers_events_per_second"]),
+            100.0 * number(&["fold_with_watchers_slowdown"]),
+            number(&["fold_without_watchers_events_per_second"])
+        );
+    }
     for sample in figures["memory_mib_by_events"]
         .as_array()
         .into_iter()
@@ -703,6 +802,10 @@ async fn raw_read(bus: &Bus, last: u64) -> anyhow::Result<f64> {
 
 struct Measured {
     fold_seconds: f64,
+    scores_p50_ms: f64,
+    scores_p99_ms: f64,
+    /// Sorted delays (ms) from a publish's ack to the WatchRates answer.
+    freshness: Option<Vec<f64>>,
     /// Memory when the views first reflected each milestone (events).
     memory_at: Vec<(u64, Memory)>,
     memory_end: Memory,
@@ -732,6 +835,93 @@ async fn connect(addr: &str, log: &Path) -> anyhow::Result<Channel> {
     }
 }
 
+/// The commune the freshness probes are received at.
+const PROBE_UNIT: &str = "P00-PROBE";
+
+/// Every unit of the registry but the probe (what watchers watch).
+fn watched_units(units: &UnitRegistry) -> Vec<String> {
+    units
+        .iter()
+        .map(|(_, unit)| unit.id.clone())
+        .filter(|id| id != PROBE_UNIT)
+        .collect()
+}
+
+/// Another projector folds the same stream, on fresh views, with
+/// `watchers` watchers connected from its start; the seconds until it
+/// reflects `last`.
+#[allow(clippy::too_many_arguments)]
+async fn watched_fold(
+    args: &BenchArgs,
+    watchers: usize,
+    projector_bin: &Path,
+    nats_url: &str,
+    units: &UnitRegistry,
+    units_path: &Path,
+    work: &Path,
+    last: u64,
+) -> anyhow::Result<f64> {
+    let port = free_port()?;
+    let addr = format!("http://127.0.0.1:{port}");
+    let log_path = work.join(format!("projector-watched-{watchers}.log"));
+    let started = Instant::now();
+    let mut projector = Command::new(projector_bin)
+        .args(["--nats-url", nats_url])
+        .arg("--units")
+        .arg(units_path)
+        .arg("--data-dir")
+        .arg(work.join(format!("views-watched-{watchers}")))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--cache-mb", &args.cache_mb.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path)?)
+        .spawn()?;
+    let outcome = async {
+        let channel = connect(&addr, &log_path).await?;
+        let connected = if watchers > 0 {
+            Some(
+                bench_watch::Watchers::connect(&addr, watchers, &watched_units(units), "R2025")
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let mut client = KpiServiceClient::new(channel);
+        let probe = GetRatesRequest {
+            unit_id: "P00".into(),
+            period: "2025-01-02".into(),
+            min_stream_sequence: None,
+        };
+        let seconds = loop {
+            let sequence = client
+                .get_rates(probe.clone())
+                .await?
+                .into_inner()
+                .stream_sequence;
+            if sequence >= last {
+                break started.elapsed().as_secs_f64();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        eprintln!(
+            "folded {last} events with {watchers} watchers in {seconds:.2} s ({} answers sent)",
+            connected.as_ref().map_or(0, |connected| connected
+                .answers
+                .load(std::sync::atomic::Ordering::Relaxed))
+        );
+        Ok::<f64, anyhow::Error>(seconds)
+    }
+    .await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &projector.id().to_string()])
+        .status();
+    let _ = projector.wait();
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn fold_and_query(
     args: &BenchArgs,
     addr: &str,
@@ -739,6 +929,8 @@ async fn fold_and_query(
     last: u64,
     started: Instant,
     log: &Path,
+    bus: &Bus,
+    units: &UnitRegistry,
 ) -> anyhow::Result<Measured> {
     let channel = connect(addr, log).await?;
     let mut client = KpiServiceClient::new(channel.clone());
@@ -771,6 +963,16 @@ async fn fold_and_query(
     };
     let memory_end = memory_of(pid);
     eprintln!("folded {last} events in {fold_seconds:.2} s");
+
+    // Watchers stay connected while the read path is measured.
+    let watchers = if args.watchers > 0 {
+        Some(
+            bench_watch::Watchers::connect(addr, args.watchers, &watched_units(units), "R2025")
+                .await?,
+        )
+    } else {
+        None
+    };
 
     // One client, sequential calls: latency percentiles. R2025 crosses
     // the reform of the simulated province (unless --no-reform).
@@ -811,8 +1013,56 @@ async fn fold_and_query(
     })
     .await?;
 
+    // GetScores for the province over the reporting year.
+    let scores_request = kpi_api::pb::GetScoresRequest {
+        unit_id: "P00".into(),
+        period: "R2025".into(),
+    };
+    for _ in 0..100 {
+        client.get_scores(scores_request.clone()).await?;
+    }
+    let mut scores = hdrhistogram::Histogram::<u64>::new(3)?;
+    for _ in 0..args.calls.min(2000) {
+        let call = Instant::now();
+        client.get_scores(scores_request.clone()).await?;
+        scores.record(call.elapsed().as_micros() as u64)?;
+    }
+    drop(watchers);
+
+    // Freshness under steady traffic for other units.
+    let freshness = if args.freshness_rate > 0 {
+        let mut simulator = Simulator::new(units, args.seed.wrapping_add(2));
+        let start = vietnam_day(
+            Utc.with_ymd_and_hms(2024, 1, 1, 12, 0, 0)
+                .single()
+                .context("date")?,
+            0,
+        );
+        let background: Vec<kpi_ingest::Outgoing> = simulator
+            .history(start, 365, 2.0)
+            .filter(|event| !event.subject.contains(PROBE_UNIT))
+            .take(args.freshness_rate * 25)
+            .map(crate::simulate::outgoing)
+            .collect();
+        let delays =
+            bench_watch::freshness(addr, bus, PROBE_UNIT, background, args.freshness_rate, 30)
+                .await?;
+        eprintln!(
+            "freshness at {} events/s: p50 {:.1} ms, p99 {:.1} ms",
+            args.freshness_rate,
+            bench_watch::quantile(&delays, 0.5),
+            bench_watch::quantile(&delays, 0.99)
+        );
+        Some(delays)
+    } else {
+        None
+    };
+
     Ok(Measured {
         fold_seconds,
+        scores_p50_ms: scores.value_at_quantile(0.5) as f64 / 1000.0,
+        scores_p99_ms: scores.value_at_quantile(0.99) as f64 / 1000.0,
+        freshness,
         memory_at,
         memory_end,
         p50_ms: ms(0.5),

@@ -4,8 +4,11 @@
 //! scripts. Those that publish take `--nats-url` and `--units`; those that
 //! read the API take `--addr`.
 
+#![recursion_limit = "256"]
+
 mod audit;
 mod bench;
+mod bench_watch;
 mod import;
 mod query;
 mod redrive;
