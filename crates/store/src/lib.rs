@@ -309,6 +309,13 @@ pub struct Committed {
     pub behind: u64,
 }
 
+/// The last message of a batch, as the commit records it.
+struct LastFolded {
+    sequence: u64,
+    published: Option<DateTime<Utc>>,
+    behind: u64,
+}
+
 /// Called after each commit, outside the commit lock.
 pub type CommitListener = Box<dyn Fn(&Committed) + Send + Sync>;
 
@@ -687,8 +694,11 @@ impl Store {
             changes,
             parked,
             &retired,
-            (last, last_message.and_then(|message| message.published)),
-            last_message.map_or(0, |message| message.behind),
+            LastFolded {
+                sequence: last,
+                published: last_message.and_then(|message| message.published),
+                behind: last_message.map_or(0, |message| message.behind),
+            },
             &all_totals,
         )?;
         Ok(BatchReport {
@@ -704,10 +714,14 @@ impl Store {
         changes: BatchChanges,
         parked: Vec<ParkedEvent>,
         retired: &[u64],
-        (checkpoint, published): (u64, Option<DateTime<Utc>>),
-        behind: u64,
+        last: LastFolded,
         totals: &FoldTotals,
     ) -> Result<(), StoreError> {
+        let LastFolded {
+            sequence: checkpoint,
+            published,
+            behind,
+        } = last;
         let mut batch = sled::Batch::default();
         for (key, record) in &changes.records {
             let bytes =
