@@ -423,6 +423,13 @@ async fn a_stream_recreated_under_a_running_projector_stops_it_within_15_s() {
     let started = Instant::now();
     let status = projector.wait_for_exit(Duration::from_secs(15));
     assert!(!status.success(), "stopped in {:?}", started.elapsed());
+    // An operator must act: the systemd unit does not restart on it.
+    assert_eq!(
+        status.code(),
+        Some(kpi_bus::EXIT_NEEDS_OPERATOR as i32),
+        "{}",
+        projector.log()
+    );
     let log = projector.log();
     assert!(
         log.contains("rebuild"),

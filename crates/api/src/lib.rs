@@ -20,7 +20,7 @@ mod risk;
 mod scores;
 
 pub use answers::Hub;
-pub use scores::ScoreFacts;
+pub use scores::{FactsError, ScoreFacts};
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};

@@ -168,6 +168,13 @@ pub struct StreamState {
     pub last_sequence: u64,
 }
 
+/// The exit status of a service stopped by an error a restart cannot fix
+/// (sysexits' EX_CONFIG): a configuration file that does not load, a
+/// `CASES` stream that is not this system's, views that no longer match
+/// the log. The systemd units do not restart on it
+/// (`RestartPreventExitStatus=78`); other errors exit with 1 and are.
+pub const EXIT_NEEDS_OPERATOR: u8 = 78;
+
 /// One message read from the stream, with its position.
 #[derive(Debug, Clone)]
 pub struct StreamMessage {

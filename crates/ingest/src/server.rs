@@ -61,10 +61,37 @@ pub fn load_field_map(path: Option<&Path>) -> anyhow::Result<FieldMap> {
         Some(path) => {
             let bytes = std::fs::read(path)
                 .with_context(|| format!("reading the field map {}", path.display()))?;
-            FieldMap::from_json(&bytes)
-                .map_err(|reason| anyhow::anyhow!("field map {}: {reason}", path.display()))
+            FieldMap::from_json(&bytes).map_err(|reason| {
+                FieldMapError {
+                    path: path.display().to_string(),
+                    reason,
+                }
+                .into()
+            })
         }
     }
+}
+
+/// A `--field-map` file that does not load.
+#[derive(Debug, thiserror::Error)]
+#[error("field map {path}: {reason}")]
+pub struct FieldMapError {
+    path: String,
+    reason: String,
+}
+
+/// Whether an error needs an operator rather than a restart
+/// ([`kpi_bus::EXIT_NEEDS_OPERATOR`]): a units file or field map that does
+/// not load, a `CASES` stream that is not this system's.
+fn needs_operator(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause.is::<kpi_domain::UnitsError>()
+            || cause.is::<FieldMapError>()
+            || matches!(
+                cause.downcast_ref::<kpi_bus::BusError>(),
+                Some(kpi_bus::BusError::StreamMismatch { .. })
+            )
+    })
 }
 
 /// Runs `service` until SIGTERM or Ctrl-C. `dvcqg` is the field map of the
@@ -86,7 +113,11 @@ pub fn main(service: Service, args: ServiceArgs, dvcqg: Option<PathBuf>) -> Exit
         Err(err) => {
             tracing::error!("{err:#}");
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            if needs_operator(&err) {
+                ExitCode::from(kpi_bus::EXIT_NEEDS_OPERATOR)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

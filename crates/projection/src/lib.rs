@@ -6,4 +6,4 @@
 
 pub mod pipeline;
 
-pub use pipeline::{run, Config, Until};
+pub use pipeline::{run, Config, StreamLeftTheViews, Until};

@@ -358,14 +358,15 @@ async fn check_stream(
         .context("checking the stream against the views")?;
     let checkpoint = store.checkpoint()?;
     if state.last_sequence < checkpoint {
-        anyhow::bail!(
+        return Err(StreamLeftTheViews(format!(
             "stream {} ends at sequence {} but the views reflect sequence {checkpoint}: the stream lost \
              messages the views counted (or was recreated or purged). Stopping instead of mixing two logs: \
              run `kpictl verify` to compare, then rebuild the views (`projector --rebuild`, or move the data \
              directory aside; README, Rebuilding the views)",
             kpi_bus::STREAM_NAME,
             state.last_sequence,
-        );
+        ))
+        .into());
     }
     if let Some((sequence, published_nanos)) = store.last_message()? {
         let stored = bus
@@ -374,18 +375,25 @@ async fn check_stream(
             .context("reading back the last message the views folded")?;
         let same = stored.and_then(|at| at.timestamp_nanos_opt()) == Some(published_nanos);
         if published_nanos != 0 && !same {
-            anyhow::bail!(
+            return Err(StreamLeftTheViews(format!(
                 "stream {} no longer holds, at sequence {sequence}, the message the views folded there \
                  (stored at {}): it lost acknowledged messages and reused their sequences, or was \
                  recreated. Stopping instead of counting a different log: run `kpictl verify`, then rebuild \
                  the views (`projector --rebuild`; README, Rebuilding the views)",
                 kpi_bus::STREAM_NAME,
                 chrono::DateTime::from_timestamp_nanos(published_nanos).to_rfc3339(),
-            );
+            ))
+            .into());
         }
     }
     Ok(())
 }
+
+/// The stream no longer holds the log the views were folded from: an
+/// operator must compare (`kpictl verify`) and rebuild.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StreamLeftTheViews(String);
 
 /// The periodic checks of a live fold: the stream still matches the views,
 /// and the live counts follow today's tree of units.

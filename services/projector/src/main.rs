@@ -13,6 +13,7 @@ mod supervisor;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -62,7 +63,53 @@ struct Args {
     rebuild: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Whether an error needs an operator rather than a restart
+/// ([`kpi_bus::EXIT_NEEDS_OPERATOR`]): a units, targets or facts file that
+/// does not load, a stream that is not this system's, views of another
+/// format or counting rule or that no longer match the stream, an
+/// unreadable or underflowing stored value. The message says what to do.
+fn needs_operator(err: &anyhow::Error) -> bool {
+    use kpi_store::StoreError;
+    err.chain().any(|cause| {
+        cause.is::<kpi_domain::units::UnitsError>()
+            || cause.is::<kpi_domain::targets::TargetsError>()
+            || cause.is::<kpi_api::FactsError>()
+            || cause.is::<kpi_projection::StreamLeftTheViews>()
+            || matches!(
+                cause.downcast_ref::<kpi_bus::BusError>(),
+                Some(kpi_bus::BusError::StreamMismatch { .. })
+            )
+            || matches!(
+                cause.downcast_ref::<StoreError>(),
+                Some(
+                    StoreError::Corrupt { .. }
+                        | StoreError::Format { .. }
+                        | StoreError::Rules { .. }
+                        | StoreError::UnknownUnit(_)
+                        | StoreError::Underflow { .. }
+                        | StoreError::StreamChanged { .. }
+                        | StoreError::StreamGap { .. }
+                )
+            )
+    })
+}
+
+fn main() -> ExitCode {
+    match start() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let status = if needs_operator(&err) {
+                kpi_bus::EXIT_NEEDS_OPERATOR
+            } else {
+                1
+            };
+            tracing::error!(exit_status = status, "{err:#}");
+            ExitCode::from(status)
+        }
+    }
+}
+
+fn start() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

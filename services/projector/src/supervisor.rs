@@ -99,10 +99,14 @@ impl Supervisor {
         let pipeline_store = store.clone();
         let task = tokio::spawn(async move {
             let result = kpi_projection::run(config, pipeline_store, units, stopped).await;
-            if let Err(err) = &result {
-                let _ = failures.send((generation, anyhow::anyhow!("{err:#}")));
-            }
-            result
+            // The error itself goes to whoever decides the exit status
+            // (its type says whether a restart can fix it); the task keeps
+            // its text.
+            result.map_err(|err| {
+                let text = anyhow::anyhow!("{err:#}");
+                let _ = failures.send((generation, err));
+                text
+            })
         });
         Running {
             store,
