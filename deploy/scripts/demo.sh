@@ -8,7 +8,8 @@
 #   ingest services as the provincial system would, a DVCQG dossier
 #   snapshot, then live traffic, and the live rates printed every few
 #   seconds.
-# Stop it with Ctrl-C. DEMO_SECONDS=N stops it after N seconds.
+# Each run starts from an empty log (the previous run's data goes to
+# data.old/). Stop it with Ctrl-C. DEMO_SECONDS=N stops it after N seconds.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -23,6 +24,13 @@ deploy/scripts/setup.sh
 echo "demo: building (release)…" >&2
 cargo build --release --locked -p projector -p kpictl -p intake -p resolution -p feedback
 bin=target/release
+# Each demo starts from an empty log; the previous demo's data (which a
+# newer build may not read) is moved to data.old/.
+if [ -d data ]; then
+  rm -rf data.old
+  mv data data.old
+  echo "demo: the previous demo's data moved to data.old/" >&2
+fi
 mkdir -p data/nats data/projector logs
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -37,7 +45,7 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  echo "demo: stopped (data kept in data/; logs in logs/)" >&2
+  echo "demo: stopped (data in data/, moved to data.old/ by the next run; logs in logs/)" >&2
 }
 trap cleanup EXIT
 trap 'exit 0' INT TERM

@@ -361,8 +361,8 @@ async fn check_stream(
         return Err(StreamLeftTheViews(format!(
             "stream {} ends at sequence {} but the views reflect sequence {checkpoint}: the stream lost \
              messages the views counted (or was recreated or purged). Stopping instead of mixing two logs: \
-             run `kpictl verify` to compare, then rebuild the views (`projector --rebuild`, or move the data \
-             directory aside; README, Rebuilding the views)",
+             run `kpictl verify` to compare, then rebuild the views: once NATS holds the right log, move the \
+             projector's data directory aside and start it again (README, Rebuilding the views)",
             kpi_bus::STREAM_NAME,
             state.last_sequence,
         ))
@@ -379,7 +379,8 @@ async fn check_stream(
                 "stream {} no longer holds, at sequence {sequence}, the message the views folded there \
                  (stored at {}): it lost acknowledged messages and reused their sequences, or was \
                  recreated. Stopping instead of counting a different log: run `kpictl verify`, then rebuild \
-                 the views (`projector --rebuild`; README, Rebuilding the views)",
+                 the views: move the projector's data directory aside and start it again (README, Rebuilding \
+                 the views)",
                 kpi_bus::STREAM_NAME,
                 chrono::DateTime::from_timestamp_nanos(published_nanos).to_rfc3339(),
             ))

@@ -58,14 +58,14 @@ pub enum StoreError {
     UnknownUnit(#[from] kpi_domain::UnknownUnit),
     #[error(
         "the views were folded with counting rules {found}; this build counts with rules {RULES_VERSION}: \
-         rebuild them with the rules of this build (`projector --rebuild` builds new views beside these and \
-         switches when they have caught up; README, Rebuilding the views)"
+         rebuild them with the rules of this build: stop the projector, move its data directory aside and \
+         start it again (it folds the whole log anew; README, Rebuilding the views)"
     )]
     Rules { found: String },
     #[error(
         "counter {counter} of unit {unit} on {day} would go below zero: the views disagree with the log. \
-         Nothing of this batch was written. Run `kpictl verify` to list the differences, then rebuild the \
-         views (`projector --rebuild`; README, Rebuilding the views)"
+         Nothing of this batch was written. Rebuild the views: stop the projector, move its data directory \
+         aside and start it again (it folds the whole log anew; README, Rebuilding the views)"
     )]
     Underflow {
         unit: String,
