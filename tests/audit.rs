@@ -5,12 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::{TimeZone, Utc};
 use kpi_api::pb::{GetCaseRequest, GetRatesRequest, ListRejectedRequest, RatesReply};
 use kpi_bus::Bus;
 use kpi_domain::UnitRegistry;
-use kpi_e2e::{free_port, kpictl, message_id_of, publish_all, Projector};
-use kpi_simulator::{synthetic_registry, vietnam_day, Simulator};
+use kpi_e2e::{free_port, kpictl, message_id_of, publish_all, simulated_messages, Projector};
+use kpi_simulator::synthetic_registry;
 use kpi_testkit::{event_lines, example_path, subject_of};
 use local_nats::LocalNats;
 use serde_json::{json, Value};
@@ -445,12 +444,7 @@ async fn a_blue_green_rebuild_keeps_answering_and_ends_equal_to_the_log() {
     let units_path = dir.path().join("units.json");
     std::fs::write(&units_path, synthetic_registry(1, 4, 5)).unwrap();
     let units = UnitRegistry::from_json(&std::fs::read(&units_path).unwrap()).unwrap();
-    let year_start = vietnam_day(Utc.with_ymd_and_hms(2025, 1, 2, 0, 0, 0).unwrap(), 1);
-    let events: Vec<_> = Simulator::new(&units, 7)
-        .history(year_start, 365, 20.0)
-        .take(EVENTS)
-        .map(|event| (event.subject, event.event_id.to_string(), event.payload))
-        .collect();
+    let events = simulated_messages(&units, 7, (365, 20.0), EVENTS);
     let bus = Bus::connect(&nats.url(), "rebuild-test").await.unwrap();
     bus.ensure_stream().await.unwrap();
     publish_all(&bus, events).await;

@@ -4,11 +4,10 @@
 
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
 use kpi_bus::Bus;
 use kpi_domain::UnitRegistry;
-use kpi_e2e::{publish_all, Projector};
-use kpi_simulator::{synthetic_registry, vietnam_day, Simulator};
+use kpi_e2e::{publish_all, simulated_messages, Projector};
+use kpi_simulator::synthetic_registry;
 use kpi_store::{Store, StoreOptions};
 use local_nats::LocalNats;
 
@@ -42,12 +41,7 @@ async fn kill_9_while_folding_then_restart_equals_an_uninterrupted_run() {
     let units = UnitRegistry::from_json(&std::fs::read(&units_path).unwrap()).unwrap();
 
     // 100,000 events of a simulated year, published before folding starts.
-    let year_start = vietnam_day(Utc.with_ymd_and_hms(2025, 1, 2, 0, 0, 0).unwrap(), 1);
-    let events: Vec<_> = Simulator::new(&units, 20_251_121)
-        .history(year_start, 365, 20.0)
-        .take(EVENTS)
-        .map(|event| (event.subject, event.event_id.to_string(), event.payload))
-        .collect();
+    let events = simulated_messages(&units, 20_251_121, (365, 20.0), EVENTS);
     assert_eq!(events.len(), EVENTS, "the simulated year has enough events");
     let cases = events
         .iter()

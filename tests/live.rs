@@ -5,14 +5,12 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::{TimeZone, Utc};
 use futures::StreamExt;
 use kpi_api::pb::{
     GetRatesRequest, GetScoresRequest, ListAtRiskRequest, RankUnitsRequest, RatesReply,
 };
 use kpi_bus::Bus;
-use kpi_e2e::{kpictl, message_id_of, publish_all, Projector};
-use kpi_simulator::{vietnam_day, Simulator};
+use kpi_e2e::{kpictl, message_id_of, publish_all, simulated_messages, Projector};
 use kpi_testkit::{event_lines, example_path, subject_of};
 use local_nats::LocalNats;
 use serde_json::{json, Value};
@@ -257,12 +255,7 @@ async fn watch_rates_answers_at_once_follows_a_late_rating_and_never_piles_up() 
         .into_inner();
     slow.next().await.unwrap().unwrap();
     let units = kpi_domain::UnitRegistry::from_json(kpi_testkit::UNITS_JSON).unwrap();
-    let year = vietnam_day(Utc.with_ymd_and_hms(2025, 1, 2, 0, 0, 0).unwrap(), 1);
-    let events: Vec<_> = Simulator::new(&units, 99)
-        .history(year, 300, 8.0)
-        .take(50_000)
-        .map(|event| (event.subject, event.event_id.to_string(), event.payload))
-        .collect();
+    let events = simulated_messages(&units, 99, (300, 8.0), 50_000);
     let memory_before = projector.resident_kib();
     let pause = Instant::now();
     publish_all(&bus, events).await;

@@ -394,6 +394,30 @@ pub fn kpictl(args: &[&str]) -> Output {
         .expect("running kpictl")
 }
 
+/// The first `count` events of a simulated history from 2 January 2025
+/// (`days` days, `cases_per_commune_day` cases a commune a day), as
+/// messages for [`publish_all`] with their event ids as message ids.
+pub fn simulated_messages(
+    units: &kpi_domain::UnitRegistry,
+    seed: u64,
+    (days, cases_per_commune_day): (u32, f64),
+    count: usize,
+) -> Vec<(String, String, Vec<u8>)> {
+    use chrono::TimeZone;
+    let first_day = kpi_simulator::vietnam_day(
+        chrono::Utc
+            .with_ymd_and_hms(2025, 1, 2, 0, 0, 0)
+            .single()
+            .expect("a valid date"),
+        1,
+    );
+    kpi_simulator::Simulator::new(units, seed)
+        .history(first_day, days, cases_per_commune_day)
+        .take(count)
+        .map(|event| (event.subject, event.event_id.to_string(), event.payload))
+        .collect()
+}
+
 /// Publishes `(subject, message id, payload)` straight onto the bus and
 /// waits for every ack.
 pub async fn publish_all(bus: &Bus, messages: impl IntoIterator<Item = (String, String, Vec<u8>)>) {
