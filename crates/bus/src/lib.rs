@@ -7,6 +7,7 @@
 //! restart, a rebuild and a benchmark all read the log the same way.
 
 use std::path::PathBuf;
+use std::task::Poll;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, context::PublishAckFuture, stream};
@@ -201,9 +202,23 @@ impl Bus {
         url: &str,
         client_name: &str,
     ) -> Result<Bus, BusError> {
+        let name = client_name.to_owned();
         let client = options
             .name(client_name)
             .connection_timeout(Duration::from_secs(5))
+            // A lost connection or a slow subscription loses in-flight pull
+            // requests and messages: say so where the operator looks.
+            .event_callback(move |event| {
+                let name = name.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected | async_nats::Event::Closed => {
+                            tracing::info!(client = %name, %event, "NATS connection")
+                        }
+                        event => tracing::warn!(client = %name, %event, "NATS connection"),
+                    }
+                }
+            })
             .connect(url)
             .await
             .map_err(|err| BusError::Connect {
@@ -369,47 +384,121 @@ impl Bus {
     }
 
     /// Every message from `start_sequence` on, in stream order, then new
-    /// ones as they arrive. Gaps and server restarts are handled by the
-    /// ordered consumer, which recreates itself where it left off.
+    /// ones as they arrive.
+    ///
+    /// The stream ends with an error, never by skipping a message, when a
+    /// message is missing between two delivered ones or when neither a
+    /// message nor the server's idle heartbeat came for
+    /// [`READ_HEARTBEAT`] × 2; the caller reads again from the next
+    /// sequence. (async-nats' ordered consumer recreates itself only after
+    /// two missed 15 s heartbeats: a read that lost its pull request sat a
+    /// minute without a word.)
     pub async fn read_from(
         &self,
         start_sequence: u64,
     ) -> Result<impl Stream<Item = Result<StreamMessage, BusError>> + Send + 'static, BusError>
     {
         let stream = self.ensure_stream().await?;
+        let config: consumer::pull::Config = consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: start_sequence.max(1),
+            },
+            ..Default::default()
+        }
+        .into();
         let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: start_sequence.max(1),
-                },
-                ..Default::default()
+            .create_consumer(consumer::pull::Config {
+                inactive_threshold: READ_INACTIVE_THRESHOLD,
+                ..config
             })
             .await
             .map_err(|err| BusError::Read(err.to_string()))?;
         let messages = consumer
+            .stream()
+            .max_messages_per_batch(READ_BATCH)
+            .expires(READ_EXPIRES)
+            .heartbeat(READ_HEARTBEAT)
             .messages()
             .await
             .map_err(|err| BusError::Read(err.to_string()))?;
-        Ok(messages.map(|message| {
-            let message = message.map_err(|err| BusError::Read(err.to_string()))?;
-            let info = message
-                .info()
-                .map_err(|err| BusError::Read(err.to_string()))?;
-            let redrive_of = message
-                .headers
-                .as_ref()
-                .and_then(|headers| headers.get(REDRIVE_OF_HEADER))
-                .and_then(|value| value.as_str().parse().ok());
-            Ok(StreamMessage {
-                sequence: info.stream_sequence,
-                published: Some(info.published),
-                subject: message.subject.to_string(),
-                payload: message.payload.clone(),
-                redrive_of,
-                pending: info.pending,
-            })
+        // After an error the stream ends at once (and stops pulling): the
+        // caller reads again from the message after the last one it got.
+        let mut messages = Some(messages);
+        let mut delivered = 0u64;
+        Ok(futures::stream::poll_fn(move |context| {
+            let Some(reading) = messages.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let polled = reading.poll_next_unpin(context);
+            match polled {
+                Poll::Ready(Some(message)) => {
+                    let read = read_in_order(message, &mut delivered);
+                    if read.is_err() {
+                        messages = None;
+                    }
+                    Poll::Ready(Some(read))
+                }
+                Poll::Ready(None) => {
+                    messages = None;
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            }
         }))
     }
+}
+
+/// The consumer numbers its deliveries 1, 2, 3…: a number that skips
+/// means a message was lost on the way.
+fn check_delivery(
+    consumer_sequence: u64,
+    stream_sequence: u64,
+    delivered: &mut u64,
+) -> Result<(), BusError> {
+    if consumer_sequence != *delivered + 1 {
+        return Err(BusError::Read(format!(
+            "a message was lost on the way: delivery {consumer_sequence} came after {delivered}, \
+             at stream sequence {stream_sequence}"
+        )));
+    }
+    *delivered = consumer_sequence;
+    Ok(())
+}
+
+/// Messages asked for in one pull request (async-nats' ordered consumer
+/// asks for 500 too).
+const READ_BATCH: usize = 500;
+/// How long one pull request waits for messages.
+const READ_EXPIRES: Duration = Duration::from_secs(10);
+/// The server sends an idle heartbeat this often while a pull request
+/// waits; two missed ones end the read.
+pub const READ_HEARTBEAT: Duration = Duration::from_secs(1);
+/// The server removes a reader's consumer once it has not pulled for this long.
+const READ_INACTIVE_THRESHOLD: Duration = Duration::from_secs(30);
+
+/// One delivered message, checked to follow the previous one.
+fn read_in_order(
+    message: Result<jetstream::Message, consumer::pull::MessagesError>,
+    delivered: &mut u64,
+) -> Result<StreamMessage, BusError> {
+    let message = message.map_err(|err| BusError::Read(format!("reading the stream: {err}")))?;
+    let info = message
+        .info()
+        .map_err(|err| BusError::Read(err.to_string()))?;
+    check_delivery(info.consumer_sequence, info.stream_sequence, delivered)?;
+    let redrive_of = message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(REDRIVE_OF_HEADER))
+        .and_then(|value| value.as_str().parse().ok());
+    Ok(StreamMessage {
+        sequence: info.stream_sequence,
+        published: Some(info.published),
+        subject: message.subject.to_string(),
+        payload: message.payload.clone(),
+        redrive_of,
+        pending: info.pending,
+    })
 }
 
 #[cfg(test)]
@@ -444,6 +533,56 @@ mod tests {
         let message = read.into_iter().next().unwrap().unwrap();
         assert_eq!((message.sequence, message.payload.as_ref()), (2, &b"2"[..]));
         assert_eq!(message.subject, "cases.C1.case.paid");
+    }
+
+    /// A server that goes silent (paused here; a lost pull request looks
+    /// the same to the reader) ends the read within a few seconds, so the
+    /// caller reads again, instead of waiting a minute for async-nats'
+    /// ordered consumer to notice.
+    #[tokio::test]
+    async fn a_read_from_a_silent_server_ends_with_an_error_within_seconds() {
+        let server = LocalNats::start().unwrap_or_else(|err| panic!("{err}"));
+        let bus = Bus::connect(&server.url(), "bus-test")
+            .await
+            .expect("connect");
+        bus.ensure_stream().await.expect("stream");
+        bus.publish_event("cases.C1.case.paid".into(), "a", Bytes::from("1"))
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+        let mut read = Box::pin(bus.read_from(1).await.expect("read"));
+        let first = read.next().await.expect("a message").expect("no error");
+        assert_eq!(first.sequence, 1);
+        let pid = server.pid().expect("running").to_string();
+        let signal = |name: &str| {
+            let status = std::process::Command::new("kill")
+                .args([name, &pid])
+                .status()
+                .expect("kill");
+            assert!(status.success(), "kill {name} {pid}");
+        };
+        signal("-STOP");
+        let waited = tokio::time::timeout(Duration::from_secs(8), read.next()).await;
+        signal("-CONT");
+        let ended = waited.expect("the read must not wait for long on a silent server");
+        let err = ended
+            .expect("an item")
+            .expect_err("an error, not a message");
+        assert!(err.to_string().contains("heartbeat"), "{err}");
+        assert!(read.next().await.is_none(), "the read ends after its error");
+    }
+
+    /// Losing a message between two delivered ones ends the read with an
+    /// error, before any later message is passed on.
+    #[test]
+    fn a_skipped_delivery_is_an_error() {
+        let mut delivered = 4;
+        assert!(matches!(check_delivery(5, 12, &mut delivered), Ok(())));
+        assert_eq!(delivered, 5);
+        let err = check_delivery(7, 14, &mut delivered).expect_err("a gap");
+        assert!(err.to_string().contains("delivery 7 came after 5"), "{err}");
+        assert_eq!(delivered, 5);
     }
 
     #[tokio::test]

@@ -127,6 +127,11 @@ impl LocalNats {
         self.dir.path().join("jetstream")
     }
 
+    /// The server's process id while it runs (for tests that pause it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(log_path(self.dir.path(), self.port)).unwrap_or_default()
