@@ -15,7 +15,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,11 +31,11 @@ use kpi_simulator::{synthetic_registry, synthetic_registry_reformed, vietnam_day
 use local_nats::LocalNats;
 use serde_json::json;
 use tonic::transport::Channel;
-use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use kpi_ingest::{Publisher, Service, DEFAULT_DEADLINE};
 
+use crate::bench_calls::{self, RawCall};
 use crate::bench_watch;
 
 #[derive(Debug, Args)]
@@ -61,7 +60,8 @@ pub struct BenchArgs {
     /// Concurrent clients for the throughput comparison.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
-    /// Seconds each throughput run lasts.
+    /// Seconds the calls/s of health Check and of GetRates are each counted
+    /// (in two windows, Check, GetRates, GetRates, Check).
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
     /// The projector's sled cache, MiB.
@@ -996,26 +996,26 @@ async fn fold_and_query(
     }
     let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
 
-    // Many clients, each on its own connection: calls/s.
-    let health_per_second = throughput(addr, args, log, |channel| {
-        let mut health = HealthClient::new(channel);
-        async move {
-            health
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .map(|_| ())
-        }
-    })
+    // Many clients, each on its own connection: calls/s of health Check
+    // and of GetRates, in alternating windows, replies kept as bytes
+    // (see bench_calls).
+    let mut channels = Vec::with_capacity(args.clients);
+    for _ in 0..args.clients {
+        channels.push(connect(addr, log).await?);
+    }
+    let (health_per_second, rates_per_second) = bench_calls::alternating(
+        &channels,
+        RawCall::new(
+            "/grpc.health.v1.Health/Check",
+            HealthCheckRequest {
+                service: String::new(),
+            },
+        ),
+        RawCall::new("/kpi.v1.KpiService/GetRates", request.clone()),
+        Duration::from_secs_f64(args.seconds as f64 / 2.0),
+    )
     .await?;
-    let rates_request = request.clone();
-    let rates_per_second = throughput(addr, args, log, move |channel| {
-        let mut client = KpiServiceClient::new(channel);
-        let request = rates_request.clone();
-        async move { client.get_rates(request).await.map(|_| ()) }
-    })
-    .await?;
+    drop(channels);
 
     // GetScores for the province over the reporting year.
     let scores_request = kpi_api::pb::GetScoresRequest {
@@ -1075,48 +1075,6 @@ async fn fold_and_query(
         rates_per_second,
         health_per_second,
     })
-}
-
-/// Calls/s of `call` from `args.clients` clients for `args.seconds`.
-async fn throughput<F, Fut>(
-    addr: &str,
-    args: &BenchArgs,
-    log: &Path,
-    call: F,
-) -> anyhow::Result<f64>
-where
-    F: Fn(Channel) -> Fut + Send + Sync + 'static + Clone,
-    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send,
-{
-    let mut channels = Vec::with_capacity(args.clients);
-    for _ in 0..args.clients {
-        channels.push(connect(addr, log).await?);
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let calls = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for channel in channels {
-        let (stop, calls, call) = (stop.clone(), calls.clone(), call.clone());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                call(channel.clone()).await?;
-                calls.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok::<(), tonic::Status>(())
-        }));
-    }
-    // Warm up for a second, then count.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = calls.load(Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
-    let counted = calls.load(Ordering::Relaxed) - before;
-    let seconds = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await??;
-    }
-    Ok(counted as f64 / seconds)
 }
 
 fn directory_size(dir: &Path) -> u64 {

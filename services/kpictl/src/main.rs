@@ -8,6 +8,7 @@
 
 mod audit;
 mod bench;
+mod bench_calls;
 mod bench_watch;
 mod import;
 mod query;
