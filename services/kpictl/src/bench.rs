@@ -378,6 +378,7 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         .args(["-TERM", &pid.to_string()])
         .status();
     let _ = projector.wait();
+    print_warnings(&log_path);
     let measured = outcome?;
     let disk_mib = directory_size(&data_dir) as f64 / 1024.0 / 1024.0;
 
@@ -921,6 +922,7 @@ async fn watched_fold(
         .args(["-TERM", &projector.id().to_string()])
         .status();
     let _ = projector.wait();
+    print_warnings(&log_path);
     let _ = std::fs::remove_dir_all(&views);
     outcome
 }
@@ -1075,6 +1077,22 @@ async fn fold_and_query(
         rates_per_second,
         health_per_second,
     })
+}
+
+/// The warnings a projector logged while measured (a read that stalled and
+/// started again shows here), at most ten.
+fn print_warnings(log: &Path) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+        .collect();
+    for line in warnings.iter().take(10) {
+        eprintln!("projector: {line}");
+    }
+    if warnings.len() > 10 {
+        eprintln!("projector: … {} more warnings", warnings.len() - 10);
+    }
 }
 
 fn directory_size(dir: &Path) -> u64 {
