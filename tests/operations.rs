@@ -3,11 +3,9 @@
 //! failure exits with 1 and is restarted.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use kpi_bus::EXIT_NEEDS_OPERATOR;
-use kpi_e2e::{binaries, free_port};
+use kpi_e2e::{binaries, free_port, run_to_end};
 use local_nats::LocalNats;
 
 /// A units file with a mistake (a district whose parent does not exist).
@@ -15,32 +13,6 @@ const BROKEN_UNITS: &str = r#"{"units": [
   {"id": "P1", "name": "Tỉnh Một", "level": "province"},
   {"id": "D1", "name": "Huyện Một", "level": "district", "parent": "P-NONE"}
 ]}"#;
-
-/// Runs a binary to its end (at most 30 s); its exit status and stderr.
-fn run_to_end(binary: &Path, args: &[&str]) -> (Option<i32>, String) {
-    let mut child = Command::new(binary)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|err| panic!("starting {}: {err}", binary.display()));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let output = child.wait_with_output().unwrap();
-            return (
-                status.code(),
-                String::from_utf8_lossy(&output.stderr).into_owned(),
-            );
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{} did not stop within 30 s", binary.display());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn a_units_file_that_does_not_load_stops_every_service_with_status_78() {

@@ -83,6 +83,32 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// Runs a binary to its end (at most 30 s); its exit status and stderr.
+pub fn run_to_end(binary: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("starting {}: {err}", binary.display()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let output = child.wait_with_output().unwrap();
+            return (
+                status.code(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            );
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{} did not stop within 30 s", binary.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A running projector process, killed on drop.
 pub struct Projector {
     child: Option<Child>,

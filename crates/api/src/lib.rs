@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use kpi_domain::{Day, Moment, RecordKey, Targets, UnitIdx, UnitRegistry};
 use kpi_store::{Store, StoreError};
 
+pub mod access;
 mod answers;
 mod case;
 mod export;
@@ -19,6 +20,8 @@ mod rates;
 mod risk;
 mod scores;
 
+use access::{caller_of, operators_only};
+pub use access::{Access, Bearer, Caller, TokensError};
 pub use answers::Hub;
 pub use scores::{FactsError, ScoreFacts};
 use tokio::net::TcpListener;
@@ -186,7 +189,10 @@ impl KpiService for KpiApi {
         request: Request<pb::GetRatesRequest>,
     ) -> Result<Response<pb::RatesReply>, Status> {
         let deadline = rates::deadline_of(request.metadata());
+        let caller = caller_of(&request);
         let request = request.into_inner();
+        // Refuses what the caller may not read (answers are shared by all).
+        self.parse_request(caller.as_ref(), &request.unit_id, &request.period)?;
         let reply = self
             .rates_reply(
                 &request.unit_id,
@@ -205,7 +211,8 @@ impl KpiService for KpiApi {
         request: Request<pb::GetRatesRequest>,
     ) -> Result<Response<Self::WatchRatesStream>, Status> {
         let deadline = rates::deadline_of(request.metadata());
-        let stream = rates::watch(self.clone(), request.into_inner(), deadline).await?;
+        let caller = caller_of(&request);
+        let stream = rates::watch(self.clone(), caller, request.into_inner(), deadline).await?;
         Ok(Response::new(stream))
     }
 
@@ -213,8 +220,9 @@ impl KpiService for KpiApi {
         &self,
         request: Request<pb::RankUnitsRequest>,
     ) -> Result<Response<pb::RankUnitsReply>, Status> {
+        let caller = caller_of(&request);
         Ok(Response::new(
-            rates::rank(self, request.into_inner()).await?,
+            rates::rank(self, caller.as_ref(), request.into_inner()).await?,
         ))
     }
 
@@ -222,26 +230,32 @@ impl KpiService for KpiApi {
         &self,
         request: Request<pb::ListAtRiskRequest>,
     ) -> Result<Response<pb::ListAtRiskReply>, Status> {
-        Ok(Response::new(risk::list(self, request.into_inner())?))
+        let caller = caller_of(&request);
+        Ok(Response::new(risk::list(
+            self,
+            caller.as_ref(),
+            request.into_inner(),
+        )?))
     }
 
     async fn get_scores(
         &self,
         request: Request<pb::GetScoresRequest>,
     ) -> Result<Response<pb::ScoresReply>, Status> {
-        Ok(Response::new(scores::reply(self, request.into_inner())?))
+        let caller = caller_of(&request);
+        Ok(Response::new(scores::reply(
+            self,
+            caller.as_ref(),
+            request.into_inner(),
+        )?))
     }
 
     async fn list_units(
         &self,
         request: Request<pb::ListUnitsRequest>,
     ) -> Result<Response<pb::ListUnitsReply>, Status> {
+        let caller = caller_of(&request);
         let request = request.into_inner();
-        let parent = if request.parent_id.is_empty() {
-            None
-        } else {
-            Some(self.find_unit(&request.parent_id, "parent_id")?)
-        };
         let as_of = if request.as_of.is_empty() {
             Moment::from((self.clock)()).local_day()
         } else {
@@ -254,10 +268,28 @@ impl KpiService for KpiApi {
                     ))
                 })?
         };
+        let parent = if request.parent_id.is_empty() {
+            None
+        } else {
+            Some(self.permitted_unit(caller.as_ref(), &request.parent_id, "parent_id", as_of)?)
+        };
+        // A caller scoped to a unit sees it as the only root.
+        let scoped_root = match caller.as_ref().map(|caller| caller.scope) {
+            Some(access::Scope::Unit(scope)) if parent.is_none() => Some(scope),
+            _ => None,
+        };
+        let listed: Vec<UnitIdx> = match scoped_root {
+            Some(scope) => self
+                .units
+                .unit(scope)
+                .exists_on(as_of)
+                .then_some(scope)
+                .into_iter()
+                .collect(),
+            None => self.units.children(parent, as_of).to_vec(),
+        };
         let date = |day: Option<Day>| day.map(|day| day.to_date().to_string()).unwrap_or_default();
-        let units = self
-            .units
-            .children(parent, as_of)
+        let units = listed
             .iter()
             .map(|idx| {
                 let unit = self.units.unit(*idx);
@@ -289,6 +321,7 @@ impl KpiService for KpiApi {
         &self,
         request: Request<pb::ListRejectedRequest>,
     ) -> Result<Response<pb::ListRejectedReply>, Status> {
+        operators_only(caller_of(&request).as_ref(), "ListRejected")?;
         let request = request.into_inner();
         let limit = match request.limit as usize {
             0 => 100,
@@ -324,6 +357,7 @@ impl KpiService for KpiApi {
         &self,
         request: Request<pb::GetCaseRequest>,
     ) -> Result<Response<pb::CaseReply>, Status> {
+        operators_only(caller_of(&request).as_ref(), "GetCase")?;
         let case_id = request.into_inner().case_id;
         if case_id.is_empty() {
             return Err(Status::invalid_argument(
@@ -353,6 +387,7 @@ impl KpiService for KpiApi {
         &self,
         request: Request<pb::ListHeldRequest>,
     ) -> Result<Response<pb::ListHeldReply>, Status> {
+        operators_only(caller_of(&request).as_ref(), "ListHeld")?;
         let request = request.into_inner();
         let limit = match request.limit as usize {
             0 => 100,
@@ -381,16 +416,18 @@ impl KpiService for KpiApi {
 
     async fn export_views(
         &self,
-        _request: Request<pb::ExportViewsRequest>,
+        request: Request<pb::ExportViewsRequest>,
     ) -> Result<Response<Self::ExportViewsStream>, Status> {
+        operators_only(caller_of(&request).as_ref(), "ExportViews")?;
         let export = self.views.current().export().map_err(internal)?;
         Ok(Response::new(export::chunks(export)))
     }
 
     async fn rebuild(
         &self,
-        _request: Request<pb::RebuildRequest>,
+        request: Request<pb::RebuildRequest>,
     ) -> Result<Response<pb::RebuildReply>, Status> {
+        operators_only(caller_of(&request).as_ref(), "Rebuild")?;
         let Some(operations) = &self.operations else {
             return Err(Status::unimplemented(
                 "this server cannot rebuild its views (only the projector can)",
@@ -403,11 +440,20 @@ impl KpiService for KpiApi {
     }
 }
 
+/// How the API is served: who may call (CONTRACT §8) and, with an
+/// identity (certificate and key), over TLS.
+#[derive(Clone, Default)]
+pub struct Serving {
+    pub access: Access,
+    pub tls: Option<tonic::transport::Identity>,
+}
+
 /// Serves `KpiService`, health and reflection on `listener` until
-/// `shutdown` completes.
+/// `shutdown` completes. Health and reflection answer without a token.
 pub async fn serve(
     listener: TcpListener,
     api: KpiApi,
+    serving: Serving,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -425,10 +471,16 @@ pub async fn serve(
         stream.set_nodelay(true)?;
         Ok::<_, std::io::Error>(stream)
     });
-    tonic::transport::Server::builder()
+    let access = serving.access;
+    let kpi = KpiServiceServer::with_interceptor(api, move |request| access.intercept(request));
+    let mut server = tonic::transport::Server::builder();
+    if let Some(identity) = serving.tls {
+        server = server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    server
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(KpiServiceServer::new(api))
+        .add_service(kpi)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

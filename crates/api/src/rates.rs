@@ -11,6 +11,7 @@ use tokio_stream::Stream;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
+use crate::access::Caller;
 use crate::{internal, pb, KpiApi};
 
 /// The longest `min_stream_sequence` wait when the call has no deadline.
@@ -50,10 +51,17 @@ pub fn deadline_of(metadata: &MetadataMap) -> Option<Instant> {
 }
 
 impl KpiApi {
-    fn parse_request(&self, unit_id: &str, period: &str) -> Result<(UnitIdx, Period), Status> {
-        let unit = self.find_unit(unit_id, "unit_id")?;
+    /// The unit and period asked for, if `caller` may read the unit.
+    pub(crate) fn parse_request(
+        &self,
+        caller: Option<&Caller>,
+        unit_id: &str,
+        period: &str,
+    ) -> Result<(UnitIdx, Period), Status> {
         let period =
             Period::parse(period).map_err(|err| Status::invalid_argument(err.to_string()))?;
+        let unit =
+            self.permitted_unit(caller, unit_id, "unit_id", Day::from_date(period.last_day))?;
         Ok((unit, period))
     }
 
@@ -94,7 +102,7 @@ impl KpiApi {
         min_sequence: Option<u64>,
         deadline: Option<Instant>,
     ) -> Result<Arc<pb::RatesReply>, Status> {
-        let (unit, period) = self.parse_request(unit_id, period_text)?;
+        let (unit, period) = self.parse_request(None, unit_id, period_text)?;
         if let Some(sequence) = min_sequence {
             self.wait_for_sequence(sequence, deadline).await?;
         }
@@ -189,10 +197,11 @@ fn same_figures(a: &pb::RatesReply, b: &pb::RatesReply) -> bool {
 /// latest figures and nothing piles up.
 pub async fn watch(
     api: KpiApi,
+    caller: Option<Caller>,
     request: pb::GetRatesRequest,
     deadline: Option<Instant>,
 ) -> Result<WatchStream, Status> {
-    let (unit, period) = api.parse_request(&request.unit_id, &request.period)?;
+    let (unit, period) = api.parse_request(caller.as_ref(), &request.unit_id, &request.period)?;
     let first = api
         .rates_reply(
             &request.unit_id,
@@ -292,11 +301,17 @@ pub fn higher_is_better(kpi: Kpi) -> bool {
 /// The children of a unit on the period's last day, by one KPI.
 pub async fn rank(
     api: &KpiApi,
+    caller: Option<&Caller>,
     request: pb::RankUnitsRequest,
 ) -> Result<pb::RankUnitsReply, Status> {
-    let parent = api.find_unit(&request.parent_id, "parent_id")?;
     let period =
         Period::parse(&request.period).map_err(|err| Status::invalid_argument(err.to_string()))?;
+    let parent = api.permitted_unit(
+        caller,
+        &request.parent_id,
+        "parent_id",
+        Day::from_date(period.last_day),
+    )?;
     let kpi = Kpi::parse(&request.kpi).ok_or_else(|| {
         Status::invalid_argument(format!(
             "kpi `{}` is not a KPI; one of: {}",

@@ -4,14 +4,20 @@
 use kpi_domain::{Fact, Moment, RecordKey};
 use tonic::Status;
 
+use crate::access::Caller;
 use crate::case::rfc3339;
 use crate::{internal, pb, KpiApi};
 
 /// The most cases one page returns.
 const MAX_PAGE: usize = 1000;
 
-pub fn list(api: &KpiApi, request: pb::ListAtRiskRequest) -> Result<pb::ListAtRiskReply, Status> {
-    let unit = api.find_unit(&request.unit_id, "unit_id")?;
+pub fn list(
+    api: &KpiApi,
+    caller: Option<&Caller>,
+    request: pb::ListAtRiskRequest,
+) -> Result<pb::ListAtRiskReply, Status> {
+    let today = Moment::from((api.clock)()).local_day();
+    let unit = api.permitted_unit(caller, &request.unit_id, "unit_id", today)?;
     let unit_id = &api.units.unit(unit).id;
     let limit = match request.limit as usize {
         0 => 100,

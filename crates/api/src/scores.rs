@@ -7,6 +7,7 @@ use kpi_domain::{Day, Moment, Period, UnitRegistry};
 use serde::Deserialize;
 use tonic::Status;
 
+use crate::access::Caller;
 use crate::{internal, pb, KpiApi};
 
 /// Points of components from outside the events, by component, year and
@@ -107,11 +108,20 @@ impl ScoreFacts {
     }
 }
 
-pub fn reply(api: &KpiApi, request: pb::GetScoresRequest) -> Result<pb::ScoresReply, Status> {
-    let unit = api.find_unit(&request.unit_id, "unit_id")?;
-    let unit = api.units.unit(unit);
+pub fn reply(
+    api: &KpiApi,
+    caller: Option<&Caller>,
+    request: pb::GetScoresRequest,
+) -> Result<pb::ScoresReply, Status> {
     let period =
         Period::parse(&request.period).map_err(|err| Status::invalid_argument(err.to_string()))?;
+    let unit = api.permitted_unit(
+        caller,
+        &request.unit_id,
+        "unit_id",
+        Day::from_date(period.last_day),
+    )?;
+    let unit = api.units.unit(unit);
     let now = Moment::from((api.clock)());
     let (first, last) = (
         Day::from_date(period.first_day),

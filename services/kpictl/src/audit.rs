@@ -41,7 +41,7 @@ pub struct CaseArgs {
 }
 
 pub async fn case(args: CaseArgs) -> anyhow::Result<ExitCode> {
-    let mut client = connect(&args.api.addr).await?;
+    let mut client = connect(&args.api).await?;
     let reply = client
         .get_case(GetCaseRequest {
             case_id: args.case_id,
@@ -203,7 +203,7 @@ pub struct HeldArgs {
 }
 
 pub async fn held(args: HeldArgs) -> anyhow::Result<ExitCode> {
-    let mut client = connect(&args.api.addr).await?;
+    let mut client = connect(&args.api).await?;
     let mut records = Vec::new();
     let mut after = String::new();
     loop {
@@ -392,8 +392,8 @@ pub struct VerifyArgs {
 }
 
 /// The live views' counters, as of one sequence.
-async fn live_export(addr: &str) -> anyhow::Result<ViewsExport> {
-    let mut client = connect(addr).await?;
+async fn live_export(api: &ApiArgs) -> anyhow::Result<ViewsExport> {
+    let mut client = connect(api).await?;
     let mut chunks = client
         .export_views(ExportViewsRequest {})
         .await
@@ -548,7 +548,7 @@ fn uuid_text(bytes: &[u8]) -> String {
 
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let units = Arc::new(crate::load_units(&args.bus.units)?);
-    let live = live_export(&args.api.addr).await?;
+    let live = live_export(&args.api).await?;
     if live.checkpoint == 0 {
         println!("the live views reflect no event yet: nothing to verify");
         return Ok(ExitCode::SUCCESS);
@@ -639,7 +639,7 @@ pub struct RebuildArgs {
 }
 
 pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<ExitCode> {
-    let mut client = connect(&args.api.addr).await?;
+    let mut client = connect(&args.api).await?;
     let reply = client
         .rebuild(RebuildRequest {})
         .await

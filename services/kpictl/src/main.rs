@@ -15,6 +15,7 @@ mod query;
 mod redrive;
 mod report;
 mod simulate;
+mod token;
 mod views;
 
 use std::path::PathBuf;
@@ -73,6 +74,9 @@ enum Command {
     Report(report::ReportArgs),
     /// Send parked events again after a fix (they then count, once).
     Redrive(redrive::RedriveArgs),
+    /// Make a bearer token for the projector's --tokens file (CONTRACT §8).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Create the CASES stream, or check an existing one (as the operator).
     StreamInit(StreamInitArgs),
     /// Publish realistic synthetic traffic for the units of a registry.
@@ -101,9 +105,16 @@ pub struct StreamInitArgs {
 /// Where the gRPC API is.
 #[derive(Debug, Clone, Args)]
 pub struct ApiArgs {
-    /// The projector's gRPC address.
+    /// The projector's gRPC address (https://… when it serves TLS).
     #[arg(long, env = "KPI_ADDR", default_value = "http://127.0.0.1:50051")]
     pub addr: String,
+    /// The bearer token, when the projector has --tokens.
+    #[arg(long, env = "KPI_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Trust this CA (PEM) for the projector's TLS certificate instead of
+    /// the system's roots.
+    #[arg(long, env = "KPI_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 pub use kpi_ingest::server::load_units;
@@ -157,6 +168,7 @@ fn main() -> ExitCode {
             Command::Targets(args) => views::targets(args).await,
             Command::Report(args) => report::run(args).await,
             Command::Redrive(args) => redrive::run(args).await,
+            Command::Token(command) => token::run(command),
             Command::StreamInit(args) => stream_init(args).await,
             Command::Simulate(args) => simulate::run(args).await,
             Command::Bench(args) => bench::run(args).await,

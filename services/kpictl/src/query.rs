@@ -6,9 +6,11 @@ use anyhow::Context;
 use clap::Args;
 use kpi_api::pb::kpi_service_client::KpiServiceClient;
 use kpi_api::pb::{self, GetRatesRequest, ListRejectedRequest, ListUnitsRequest, RatesReply};
+use kpi_api::Bearer;
 use kpi_domain::Kpi;
 use serde_json::{json, Map, Value};
-use tonic::transport::Channel;
+use tonic::codegen::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::ApiArgs;
 
@@ -43,10 +45,27 @@ pub struct RejectedArgs {
     pub json: bool,
 }
 
-pub async fn connect(addr: &str) -> anyhow::Result<KpiServiceClient<Channel>> {
-    KpiServiceClient::connect(addr.to_owned())
-        .await
-        .with_context(|| format!("cannot reach the KPI API at {addr} (is the projector running?)"))
+/// A KpiService client that sends the caller's token with every call.
+pub type Client = KpiServiceClient<InterceptedService<Channel, Bearer>>;
+
+pub async fn connect(api: &ApiArgs) -> anyhow::Result<Client> {
+    let addr = &api.addr;
+    let mut endpoint = Endpoint::from_shared(addr.clone())
+        .with_context(|| format!("--addr {addr} is not a URL like http://127.0.0.1:50051"))?;
+    if let Some(ca) = &api.ca {
+        let pem = std::fs::read(ca)
+            .with_context(|| format!("reading the CA certificate {}", ca.display()))?;
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?;
+    } else if addr.starts_with("https:") {
+        endpoint = endpoint.tls_config(ClientTlsConfig::new().with_native_roots())?;
+    }
+    let channel = endpoint.connect().await.with_context(|| {
+        format!("cannot reach the KPI API at {addr} (is the projector running?)")
+    })?;
+    let bearer =
+        Bearer::new(api.token.as_deref()).map_err(|err| anyhow::anyhow!("--token: {err}"))?;
+    Ok(KpiServiceClient::with_interceptor(channel, bearer))
 }
 
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
@@ -54,7 +73,7 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
 }
 
 pub async fn rates(args: RatesArgs) -> anyhow::Result<ExitCode> {
-    let mut client = connect(&args.api.addr).await?;
+    let mut client = connect(&args.api).await?;
     let reply = client
         .get_rates(GetRatesRequest {
             unit_id: args.unit,
@@ -162,7 +181,7 @@ pub fn rates_table(reply: &RatesReply) -> String {
 }
 
 pub async fn rejected(args: RejectedArgs) -> anyhow::Result<ExitCode> {
-    let mut client = connect(&args.api.addr).await?;
+    let mut client = connect(&args.api).await?;
     let reply = client
         .list_rejected(ListRejectedRequest {
             after_sequence: args.after,
@@ -224,7 +243,7 @@ pub struct UnitsArgs {
 /// `kpictl units`: the tree of units of a day, from the API, each unit
 /// followed by the units under it that day.
 pub async fn units(args: UnitsArgs) -> anyhow::Result<ExitCode> {
-    let mut client = connect(&args.api.addr).await?;
+    let mut client = connect(&args.api).await?;
     let as_of = args.as_of.unwrap_or_default();
     let (listed_day, walked) = walk_units(&mut client, args.root.as_deref(), &as_of).await?;
     let mut rows = Vec::new();
@@ -249,7 +268,7 @@ pub async fn units(args: UnitsArgs) -> anyhow::Result<ExitCode> {
 /// from the roots, depth first: each unit with its depth, followed by the
 /// units under it. Also the day listed.
 pub async fn walk_units(
-    client: &mut KpiServiceClient<Channel>,
+    client: &mut crate::query::Client,
     root: Option<&str>,
     as_of: &str,
 ) -> anyhow::Result<(String, Vec<(usize, pb::Unit)>)> {
@@ -293,7 +312,7 @@ pub async fn walk_units(
 /// Every unit id of the tree of a day, under `root` (itself included) or
 /// from the roots.
 pub async fn unit_ids(
-    client: &mut KpiServiceClient<Channel>,
+    client: &mut crate::query::Client,
     root: Option<&str>,
     as_of: &str,
 ) -> anyhow::Result<Vec<String>> {

@@ -42,7 +42,7 @@ const PAGE: u32 = 1000;
 
 /// Every event the projector keeps aside, oldest first.
 async fn all_parked(api: &ApiArgs) -> anyhow::Result<Vec<RejectedEvent>> {
-    let mut client = connect(&api.addr).await?;
+    let mut client = connect(api).await?;
     let mut events = Vec::new();
     let mut after = 0;
     loop {

@@ -13,10 +13,8 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use html_escape::encode_text;
-use kpi_api::pb::kpi_service_client::KpiServiceClient;
 use kpi_api::pb::{self, GetRatesRequest, GetScoresRequest, RatesReply};
 use kpi_domain::{Kpi, Period};
-use tonic::transport::Channel;
 
 use crate::query::{connect, status_error};
 use crate::ApiArgs;
@@ -54,7 +52,7 @@ struct Figures {
 }
 
 async fn rates(
-    client: &mut KpiServiceClient<Channel>,
+    client: &mut crate::query::Client,
     unit: &str,
     period: &str,
 ) -> anyhow::Result<RatesReply> {
@@ -80,7 +78,7 @@ fn reporting_year(day: chrono::NaiveDate) -> i32 {
 }
 
 async fn gather(args: &ReportArgs) -> anyhow::Result<Figures> {
-    let mut client = connect(&args.api.addr).await?;
+    let mut client = connect(&args.api).await?;
     let main = rates(&mut client, &args.unit, &args.period).await?;
     let scores = client
         .get_scores(GetScoresRequest {

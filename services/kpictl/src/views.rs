@@ -30,7 +30,7 @@ pub struct WatchArgs {
 
 /// Follows `WatchRates`, redrawing the table on a terminal.
 pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
-    let mut client = connect(&args.api.addr).await?;
+    let mut client = connect(&args.api).await?;
     let mut answers = client
         .watch_rates(GetRatesRequest {
             unit_id: args.unit,
@@ -80,7 +80,7 @@ fn percent(value: Option<f64>) -> String {
 }
 
 pub async fn rank(args: RankArgs) -> anyhow::Result<ExitCode> {
-    let mut client = connect(&args.api.addr).await?;
+    let mut client = connect(&args.api).await?;
     let reply = client
         .rank_units(RankUnitsRequest {
             parent_id: args.parent,
@@ -144,7 +144,7 @@ pub struct AtRiskArgs {
 }
 
 pub async fn at_risk(args: AtRiskArgs) -> anyhow::Result<ExitCode> {
-    let mut client = connect(&args.api.addr).await?;
+    let mut client = connect(&args.api).await?;
     let mut cases = Vec::new();
     let mut after = String::new();
     loop {
@@ -237,7 +237,7 @@ pub fn scores_json(reply: &pb::ScoresReply) -> Value {
 }
 
 pub async fn scores(args: ScoresArgs) -> anyhow::Result<ExitCode> {
-    let mut client = connect(&args.api.addr).await?;
+    let mut client = connect(&args.api).await?;
     let reply = client
         .get_scores(GetScoresRequest {
             unit_id: args.unit,
@@ -299,7 +299,7 @@ pub struct TargetsArgs {
 /// target of next year where this year's result is below it; otherwise
 /// the result plus 10 points, capped at 100, never below the central one.
 pub async fn targets(args: TargetsArgs) -> anyhow::Result<ExitCode> {
-    let mut client = connect(&args.api.addr).await?;
+    let mut client = connect(&args.api).await?;
     let next = args.year + 1;
     let units =
         crate::query::unit_ids(&mut client, args.root.as_deref(), &format!("{next}-01-01")).await?;

@@ -47,9 +47,21 @@ struct Args {
     /// Where the sled views live.
     #[arg(long, env = "KPI_DATA_DIR", default_value = "data/projector")]
     data_dir: PathBuf,
-    /// gRPC listen address.
+    /// gRPC listen address. An address that is not loopback needs
+    /// --tokens.
     #[arg(long, env = "KPI_LISTEN", default_value = kpi_api::DEFAULT_LISTEN)]
     listen: SocketAddr,
+    /// Serve over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "KPI_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS certificate's private key (PEM).
+    #[arg(long, env = "KPI_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Bearer tokens (JSON, CONTRACT §8; `kpictl token new` makes the
+    /// lines): every KpiService call then needs one and reads only its
+    /// scope. Read again on SIGHUP.
+    #[arg(long, env = "KPI_TOKENS")]
+    tokens: Option<PathBuf>,
     /// sled page cache in MiB: the bound on the views' memory.
     #[arg(long, env = "KPI_CACHE_MB", default_value_t = 64)]
     cache_mb: u64,
@@ -73,6 +85,8 @@ fn needs_operator(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         cause.is::<kpi_domain::units::UnitsError>()
             || cause.is::<kpi_domain::targets::TargetsError>()
+            || cause.is::<kpi_api::TokensError>()
+            || cause.is::<TlsFilesError>()
             || cause.is::<kpi_api::FactsError>()
             || cause.is::<kpi_projection::StreamLeftTheViews>()
             || matches!(
@@ -143,6 +157,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     });
 
+    let serving = serving(&args, &units)?;
+
     let layout = Layout::open(&args.data_dir)?;
     let views_dir = layout.current()?;
     let store_options = StoreOptions {
@@ -171,7 +187,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 args.listen
             )
         })?;
-    tracing::info!(listen = %args.listen, "serving kpi.v1.KpiService, grpc.health.v1 and reflection");
+    tracing::info!(
+        listen = %args.listen,
+        tls = serving.tls.is_some(),
+        tokens = serving.access.needs_tokens(),
+        "serving kpi.v1.KpiService, grpc.health.v1 and reflection"
+    );
+    reload_tokens_on_sighup(serving.access.clone());
 
     let mut api = KpiApi::new(store, units.clone(), targets).with_log(args.nats.clone());
     if let Some(path) = &args.scores_facts {
@@ -194,7 +216,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let api = api.with_operations(Arc::new(Operations(supervisor.clone())));
     let (stop_server, server_stopped) = watch::channel(false);
     let mut server_stopped = server_stopped;
-    let server = tokio::spawn(kpi_api::serve(listener, api, async move {
+    let server = tokio::spawn(kpi_api::serve(listener, api, serving, async move {
         let _ = server_stopped.wait_for(|stopped| *stopped).await;
     }));
 
@@ -223,13 +245,93 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let stopped = supervisor.stop().await;
     let _ = stop_server.send(true);
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => tracing::error!(error = %err, "gRPC server"),
-        Err(err) => tracing::error!(error = %err, "gRPC server task"),
+    // Calls in flight get a moment to finish; connections clients keep
+    // open (a dashboard's, a WatchRates stream) are then closed.
+    match tokio::time::timeout(SERVER_GRACE, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => tracing::error!(error = %err, "gRPC server"),
+        Ok(Err(err)) => tracing::error!(error = %err, "gRPC server task"),
+        Err(_) => tracing::info!(
+            "clients still connected {} s after the stop: closing their connections",
+            SERVER_GRACE.as_secs()
+        ),
     }
     tracing::info!("stopped");
     outcome.and(stopped)
+}
+
+/// How long a stopping projector waits for its clients' calls.
+const SERVER_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A TLS certificate or key that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the TLS {what} {path}: {source}")]
+struct TlsFilesError {
+    what: &'static str,
+    path: String,
+    source: std::io::Error,
+}
+
+/// TLS and tokens as the flags say; refuses to serve every unit to the
+/// network without tokens.
+fn serving(args: &Args, units: &Arc<UnitRegistry>) -> anyhow::Result<kpi_api::Serving> {
+    let access = match &args.tokens {
+        Some(path) => kpi_api::Access::from_file(path, units.clone())?,
+        None if args.listen.ip().is_loopback() => kpi_api::Access::open(),
+        None => {
+            return Err(kpi_api::TokensError::OpenOnNetwork {
+                listen: args.listen.to_string(),
+            }
+            .into())
+        }
+    };
+    let read = |what: &'static str, path: &PathBuf| {
+        std::fs::read(path).map_err(|source| TlsFilesError {
+            what,
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tonic::transport::Identity::from_pem(
+            read("certificate", cert)?,
+            read("key", key)?,
+        )),
+        _ => None,
+    };
+    Ok(kpi_api::Serving { access, tls })
+}
+
+/// Reads the tokens file again on each SIGHUP; one that does not load
+/// leaves the tokens in force as they were. (Without --tokens a SIGHUP
+/// is logged and ignored, rather than ending the process.)
+fn reload_tokens_on_sighup(access: kpi_api::Access) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGHUP: the tokens file is read at start only");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                if !access.needs_tokens() {
+                    tracing::info!("SIGHUP: no tokens file to read again (no --tokens)");
+                    continue;
+                }
+                match access.reload() {
+                    Ok(count) => tracing::info!(tokens = count, "tokens file read again"),
+                    Err(err) => tracing::error!(
+                        error = %err,
+                        "tokens file not taken: the tokens in force stay as they were"
+                    ),
+                }
+            }
+        });
+    }
 }
 
 /// SIGTERM (systemd, kill) or Ctrl-C.

@@ -1,0 +1,99 @@
+//! `kpictl token new`: a bearer token for the projector's `--tokens` file
+//! (CONTRACT §8). The token is printed once and stored nowhere; the file
+//! keeps only its SHA-256.
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token: print it once, and the line for the tokens file.
+    New(NewTokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NewTokenArgs {
+    /// The unit whose subtree the token reads (its id), or `*` for all.
+    #[arg(long)]
+    pub scope: String,
+    /// `reader`, or `operator` (also the audit calls).
+    #[arg(long, value_enum)]
+    pub role: TokenRole,
+    /// Whom the token is for, as the server's logs and refusals name it.
+    #[arg(long)]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TokenRole {
+    Reader,
+    Operator,
+}
+
+impl TokenRole {
+    fn as_str(self) -> &'static str {
+        match self {
+            TokenRole::Reader => "reader",
+            TokenRole::Operator => "operator",
+        }
+    }
+}
+
+/// 32 random bytes from the operating system, as hex after a prefix that
+/// says what the string is.
+fn new_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|err| anyhow::anyhow!("no randomness from the operating system: {err}"))?;
+    Ok(format!("kpi_{}", hex::encode(bytes)))
+}
+
+/// The tokens file's entry for `token`.
+fn entry(token: &str, args: &NewTokenArgs) -> serde_json::Value {
+    json!({
+        "name": args.name,
+        "sha256": kpi_api::access::token_sha256(token),
+        "scope": args.scope,
+        "role": args.role.as_str(),
+    })
+}
+
+pub fn run(command: TokenCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TokenCommand::New(args) => {
+            let token = new_token()?;
+            println!("token (give it to {}; it is shown only now):", args.name);
+            println!("{token}");
+            println!();
+            println!("line for the projector's --tokens file (then SIGHUP the projector):");
+            println!("{}", entry(&token, &args));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_token_is_random_and_its_line_holds_only_its_hash() {
+        let (a, b) = (new_token().unwrap(), new_token().unwrap());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 4 + 64);
+        let args = NewTokenArgs {
+            scope: "51".into(),
+            role: TokenRole::Reader,
+            name: "Sở Nội vụ".into(),
+        };
+        let line = entry(&a, &args);
+        assert_eq!(line["sha256"], kpi_api::access::token_sha256(&a));
+        assert_eq!(line["role"], "reader");
+        assert!(
+            !line.to_string().contains(&a[4..]),
+            "the token itself is not in the line"
+        );
+    }
+}
