@@ -443,6 +443,7 @@ async fn connect_as(nats: &LocalNats, user: &str) -> Bus {
         nats_creds: None,
         nats_user: Some(user.to_owned()),
         nats_password: Some(format!("{user}-secret")),
+        replicas: 1,
     }
     .connect("permissions-test")
     .await

@@ -48,6 +48,38 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 /// The most parked events one `ListRejected` call returns.
 const MAX_REJECTED_PAGE: usize = 1000;
 
+/// About the most bytes of parked events one `ListRejected` call returns
+/// (a page holds at least one event): events are up to 64 KiB each, and
+/// clients refuse replies over 4 MiB by default.
+const MAX_REJECTED_PAGE_BYTES: usize = 1024 * 1024;
+
+/// The largest reply the server sends (clients' default limit).
+const MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Limits that keep one client from taking the server: every call has a
+/// deadline, connections are capped in concurrent calls and checked for
+/// life.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A unary call (or a stream's first answer) taking longer ends with
+    /// CANCELLED/DEADLINE_EXCEEDED; a client's own shorter deadline wins.
+    pub call_deadline: std::time::Duration,
+    /// Calls at once on one connection (HTTP/2 streams).
+    pub calls_per_connection: u32,
+    /// Calls being answered at once over all connections; more wait.
+    pub calls_in_flight: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            call_deadline: std::time::Duration::from_secs(30),
+            calls_per_connection: 256,
+            calls_in_flight: 1024,
+        }
+    }
+}
+
 /// The views the API answers from, switched whole by a blue/green rebuild:
 /// every call reads one store from start to end. Each store tells the hub
 /// of its commits.
@@ -332,9 +364,17 @@ impl KpiService for KpiApi {
             .parked(request.after_sequence, limit)
             .map_err(internal)?;
         let total_rejected = store.totals().map_err(internal)?.kept_aside();
+        // Pages are bounded in bytes too: the next page starts after the
+        // last event of this one.
+        let mut page_bytes = 0;
         let events = parked
             .into_iter()
-            .map(|event| pb::RejectedEvent {
+            .enumerate()
+            .take_while(|(index, event)| {
+                page_bytes += event.payload.len() + event.subject.len() + event.reason.len() + 64;
+                *index == 0 || page_bytes <= MAX_REJECTED_PAGE_BYTES
+            })
+            .map(|(_, event)| pb::RejectedEvent {
                 stream_sequence: event.sequence,
                 subject: event.subject,
                 payload: event.payload,
@@ -446,6 +486,7 @@ impl KpiService for KpiApi {
 pub struct Serving {
     pub access: Access,
     pub tls: Option<tonic::transport::Identity>,
+    pub limits: Limits,
 }
 
 /// Serves `KpiService`, health and reflection on `listener` until
@@ -472,8 +513,23 @@ pub async fn serve(
         Ok::<_, std::io::Error>(stream)
     });
     let access = serving.access;
-    let kpi = KpiServiceServer::with_interceptor(api, move |request| access.intercept(request));
-    let mut server = tonic::transport::Server::builder();
+    let limits = serving.limits;
+    let kpi = tonic::service::interceptor::InterceptedService::new(
+        KpiServiceServer::new(api)
+            .max_encoding_message_size(MAX_REPLY_BYTES)
+            .max_decoding_message_size(64 * 1024),
+        move |request| access.intercept(request),
+    );
+    let mut server = tonic::transport::Server::builder()
+        .timeout(limits.call_deadline)
+        .concurrency_limit_per_connection(limits.calls_per_connection as usize)
+        .max_concurrent_streams(Some(limits.calls_per_connection))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            limits.calls_in_flight,
+        ))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .tcp_keepalive(Some(std::time::Duration::from_secs(60)));
     if let Some(identity) = serving.tls {
         server = server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
     }
@@ -533,6 +589,51 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
+    }
+
+    /// Events of up to 64 KiB kept aside: a page stops at about 1 MiB, and
+    /// paging on from its last sequence gives every one exactly once.
+    #[tokio::test]
+    async fn list_rejected_pages_are_bounded_in_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = api(dir.path());
+        let units = UnitRegistry::from_json(UNITS.as_bytes()).unwrap();
+        let payloads: Vec<Vec<u8>> = (0..40)
+            .map(|n| format!(r#"{{"note": "{n} {}"}}"#, "x".repeat(60_000)).into_bytes())
+            .collect();
+        let subject = "cases.5153105.case.received";
+        let incoming: Vec<_> = payloads
+            .iter()
+            .enumerate()
+            .map(|(n, payload)| {
+                kpi_store::Incoming::validate(n as u64 + 1, subject, payload, None, &units)
+            })
+            .collect();
+        api.views.current().ingest(&units, &incoming).unwrap();
+        let mut after = 0;
+        let mut seen = Vec::new();
+        loop {
+            let page = api
+                .list_rejected(Request::new(pb::ListRejectedRequest {
+                    after_sequence: after,
+                    limit: 1000,
+                }))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(page.total_rejected, 40);
+            let Some(last) = page.events.last() else {
+                break;
+            };
+            let bytes: usize = page.events.iter().map(|event| event.payload.len()).sum();
+            assert!(
+                bytes <= MAX_REJECTED_PAGE_BYTES,
+                "{bytes} bytes in one page"
+            );
+            after = last.stream_sequence;
+            seen.extend(page.events.iter().map(|event| event.stream_sequence));
+        }
+        assert_eq!(seen, (1..=40).collect::<Vec<u64>>());
     }
 
     #[tokio::test]

@@ -110,7 +110,7 @@ pub fn config_differences(found: &stream::Config, wanted: &stream::Config) -> Ve
 /// the credentials of this service's own NATS user (CONTRACT §8).
 #[derive(Debug, Clone, clap::Args)]
 pub struct NatsArgs {
-    /// NATS server.
+    /// NATS server, or a cluster's servers separated by commas.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
     /// A NATS credentials file (JWT and NKey seed) for this service's user.
@@ -122,6 +122,11 @@ pub struct NatsArgs {
     /// The NATS user's password.
     #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
     pub nats_password: Option<String>,
+    /// Copies of the CASES stream when this service creates it: 3 on a
+    /// three-node JetStream cluster (deploy/nats/cluster/), 1 on a single
+    /// server.
+    #[arg(long, env = "KPI_STREAM_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
 }
 
 impl NatsArgs {
@@ -132,6 +137,7 @@ impl NatsArgs {
             nats_creds: None,
             nats_user: None,
             nats_password: None,
+            replicas: 1,
         }
     }
 
@@ -150,7 +156,7 @@ impl NatsArgs {
             options = options
                 .user_and_password(user.clone(), self.nats_password.clone().unwrap_or_default());
         }
-        Bus::connect_with(options, &self.nats_url, client_name).await
+        Bus::connect_with(options, &self.nats_url, client_name, self.replicas).await
     }
 }
 
@@ -158,6 +164,8 @@ impl NatsArgs {
 #[derive(Clone)]
 pub struct Bus {
     jetstream: jetstream::Context,
+    /// Copies of `CASES` when this connection creates it.
+    replicas: usize,
 }
 
 /// The stream's identity (a recreated stream has a new creation time) and
@@ -194,14 +202,24 @@ impl Bus {
     /// Connects without credentials, failing fast with a clear message
     /// when NATS is down.
     pub async fn connect(url: &str, client_name: &str) -> Result<Bus, BusError> {
-        Bus::connect_with(async_nats::ConnectOptions::new(), url, client_name).await
+        Bus::connect_with(async_nats::ConnectOptions::new(), url, client_name, 1).await
     }
 
     async fn connect_with(
         options: async_nats::ConnectOptions,
         url: &str,
         client_name: &str,
+        replicas: usize,
     ) -> Result<Bus, BusError> {
+        // A cluster's nodes, comma-separated; the client fails over among them.
+        let servers = url
+            .split(',')
+            .map(|server| server.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| BusError::Connect {
+                url: url.to_owned(),
+                detail: format!("not a NATS URL or comma-separated list of them: {err}"),
+            })?;
         let name = client_name.to_owned();
         let client = options
             .name(client_name)
@@ -219,7 +237,7 @@ impl Bus {
                     }
                 }
             })
-            .connect(url)
+            .connect(servers)
             .await
             .map_err(|err| BusError::Connect {
                 url: url.to_owned(),
@@ -229,6 +247,7 @@ impl Bus {
             jetstream: jetstream::ContextBuilder::new()
                 .timeout(API_TIMEOUT)
                 .build(client),
+            replicas: replicas.max(1),
         })
     }
 
@@ -236,7 +255,10 @@ impl Bus {
     pub fn with_timeout(&self, timeout: Duration) -> Bus {
         let mut jetstream = self.jetstream.clone();
         jetstream.set_timeout(timeout);
-        Bus { jetstream }
+        Bus {
+            jetstream,
+            replicas: self.replicas,
+        }
     }
 
     pub fn jetstream(&self) -> &jetstream::Context {
@@ -247,7 +269,7 @@ impl Bus {
     /// user may create it). An existing stream whose storage, retention or
     /// subjects differ from [`stream_config`] is refused.
     pub async fn ensure_stream(&self) -> Result<stream::Stream, BusError> {
-        let wanted = stream_config(1);
+        let wanted = stream_config(self.replicas);
         let mut stream = match self.jetstream.get_stream(STREAM_NAME).await {
             Ok(stream) => stream,
             Err(err)
@@ -273,6 +295,14 @@ impl Bus {
             .info()
             .await
             .map_err(|err| BusError::Stream(err.to_string()))?;
+        if info.config.num_replicas != wanted.num_replicas {
+            tracing::warn!(
+                found = info.config.num_replicas,
+                asked = wanted.num_replicas,
+                "CASES keeps another number of copies than --replicas asks; \
+                 the stream is used as it is (change it with `nats stream edit CASES --replicas N`)"
+            );
+        }
         let differences = config_differences(&info.config, &wanted);
         if !differences.is_empty() {
             return Err(BusError::StreamMismatch {

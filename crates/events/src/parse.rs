@@ -1179,8 +1179,80 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
-            let _ = parse_event(&bytes, &units());
+        fn arbitrary_bytes_get_a_reason_never_a_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            if let Err(err) = parse_event(&bytes, &units()) {
+                assert_has_a_reason(&err)?;
+            }
         }
+
+        #[test]
+        fn arbitrary_json_gets_a_reason_never_a_panic(value in arbitrary_json()) {
+            let bytes = value.to_string();
+            let parsed = parse_event(bytes.as_bytes(), &units());
+            if let Err(err) = &parsed {
+                assert_has_a_reason(err)?;
+            }
+            proptest::prop_assert_eq!(parsed, parse_detailed(bytes.as_bytes(), &units()));
+        }
+    }
+
+    /// A refusal says why, and names its field (when it has one) by a
+    /// path a person can find in the event.
+    fn assert_has_a_reason(err: &EventError) -> Result<(), proptest::test_runner::TestCaseError> {
+        proptest::prop_assert!(err.to_string().len() > 10, "{err}");
+        if let Some(field) = err.field() {
+            proptest::prop_assert!(
+                !field.is_empty() && !field.contains(char::is_control),
+                "{err}"
+            );
+        }
+        Ok(())
+    }
+
+    /// Any JSON value, its object members mostly named as an event's are
+    /// (so that the parser gets past its first checks).
+    fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let name = prop_oneof![
+            proptest::sample::select(vec![
+                "v",
+                "event_id",
+                "kind",
+                "case_id",
+                "unit_id",
+                "occurred_at",
+                "data",
+                "procedure_code",
+                "field",
+                "channel",
+                "due_at",
+                "dossier_digitized",
+                "reused_data",
+                "amount_vnd",
+                "online",
+                "result",
+                "level",
+                "reason",
+            ])
+            .prop_map(str::to_owned),
+            "\\PC{0,8}",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|x| json!(x)),
+            "\\PC{0,24}".prop_map(Value::from),
+            Just(json!("case.received")),
+            Just(json!("C1")),
+            Just(json!("2024-03-15T08:30:00+07:00")),
+        ];
+        leaf.prop_recursive(3, 32, 8, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(name.clone(), inner, 0..10)
+                    .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        })
     }
 }

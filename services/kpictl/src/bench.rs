@@ -471,6 +471,8 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         "get_rates_calls_per_second": measured.rates_per_second,
         "health_check_calls_per_second": measured.health_per_second,
         "get_rates_vs_health_check": measured.rates_per_second / measured.health_per_second,
+        "get_rates_decoded_calls_per_second": measured.decoded_rates_per_second,
+        "get_rates_decoded_vs_health_check": measured.decoded_rates_per_second / measured.health_per_second,
         "clients": args.clients,
         "memory_mib_by_events": measured
             .memory_at
@@ -550,6 +552,11 @@ fn print_run(figures: &serde_json::Value, index: usize, repeat: usize) {
         "  health Check, {} clients             {:>12.0} calls/s",
         number(&["clients"]),
         number(&["health_check_calls_per_second"])
+    );
+    println!(
+        "  GetRates, clients decoding replies   {:>12.0} calls/s   = {:.0}% of health Check (for comparison)",
+        number(&["get_rates_decoded_calls_per_second"]),
+        100.0 * number(&["get_rates_decoded_vs_health_check"])
     );
     println!(
         "  (GetRates measured with {} WatchRates watchers connected; goals: p99 < 2 ms, ≥ 60% of Check)",
@@ -816,6 +823,8 @@ struct Measured {
     p99_ms: f64,
     max_ms: f64,
     rates_per_second: f64,
+    /// GetRates calls/s with the clients decoding every reply.
+    decoded_rates_per_second: f64,
     health_per_second: f64,
 }
 
@@ -1017,6 +1026,15 @@ async fn fold_and_query(
         Duration::from_secs_f64(args.seconds as f64 / 2.0),
     )
     .await?;
+    // For comparison: the same calls with the clients decoding each reply.
+    let (calls, seconds) = bench_calls::calls_per_window(
+        &channels,
+        RawCall::new("/kpi.v1.KpiService/GetRates", request.clone())
+            .decoding_as::<kpi_api::pb::RatesReply>(),
+        Duration::from_secs_f64(args.seconds as f64 / 2.0),
+    )
+    .await?;
+    let decoded_rates_per_second = calls as f64 / seconds;
     drop(channels);
 
     // GetScores for the province over the reporting year.
@@ -1075,6 +1093,7 @@ async fn fold_and_query(
         p99_ms: ms(0.99),
         max_ms: histogram.max() as f64 / 1000.0,
         rates_per_second,
+        decoded_rates_per_second,
         health_per_second,
     })
 }

@@ -22,16 +22,30 @@ use tonic::codec::{Codec, DecodeBuf, Decoder};
 use tonic::transport::Channel;
 use tonic::Status;
 
-/// A unary call whose reply is kept as its encoded bytes.
+/// A unary call whose reply is kept as its encoded bytes (or decoded,
+/// to show what decoding costs the clients).
 #[derive(Clone)]
 pub struct RawCall<Q> {
     path: &'static str,
     request: Q,
+    decode: Option<fn(Bytes) -> bool>,
 }
 
 impl<Q: prost::Message + Clone + Send + Sync + 'static> RawCall<Q> {
     pub fn new(path: &'static str, request: Q) -> Self {
-        RawCall { path, request }
+        RawCall {
+            path,
+            request,
+            decode: None,
+        }
+    }
+
+    /// The same call, each reply decoded as an `M` as a real client would.
+    pub fn decoding_as<M: prost::Message + Default>(self) -> Self {
+        RawCall {
+            decode: Some(|bytes| M::decode(bytes).is_ok()),
+            ..self
+        }
     }
 
     /// One call on `channel`; the reply's length.
@@ -47,7 +61,15 @@ impl<Q: prost::Message + Clone + Send + Sync + 'static> RawCall<Q> {
                 RawReplyCodec::<Q>(PhantomData),
             )
             .await?;
-        Ok(reply.into_inner().len())
+        let reply = reply.into_inner();
+        let length = reply.len();
+        if self.decode.is_some_and(|decode| !decode(reply)) {
+            return Err(Status::internal(format!(
+                "{}: a reply that does not decode",
+                self.path
+            )));
+        }
+        Ok(length)
     }
 }
 
@@ -108,7 +130,7 @@ where
 }
 
 /// Calls counted in one window (after a second's warm-up), and its length.
-async fn calls_per_window<Q>(
+pub async fn calls_per_window<Q>(
     channels: &[Channel],
     call: RawCall<Q>,
     window: Duration,

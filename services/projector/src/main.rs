@@ -299,7 +299,11 @@ fn serving(args: &Args, units: &Arc<UnitRegistry>) -> anyhow::Result<kpi_api::Se
         )),
         _ => None,
     };
-    Ok(kpi_api::Serving { access, tls })
+    Ok(kpi_api::Serving {
+        access,
+        tls,
+        limits: kpi_api::Limits::default(),
+    })
 }
 
 /// Reads the tokens file again on each SIGHUP; one that does not load
