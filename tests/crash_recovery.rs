@@ -1,6 +1,6 @@
-//! `kill -9` of the projector while it folds 100,000 events, twice, then a
-//! restart: the final views must equal those of an uninterrupted run, entry
-//! for entry.
+//! `kill -9` of the projector while it folds 100,000 events, twice, a
+//! SIGTERM (a clean exit), and NATS gone for 20 s mid-fold: the final views
+//! must equal those of an uninterrupted run, entry for entry.
 
 use std::time::Duration;
 
@@ -32,9 +32,17 @@ fn views_of(dir: &std::path::Path) -> Views {
     )
 }
 
+/// How the projector's fold is interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interruption {
+    Kill9,
+    SigTerm,
+    NatsAway,
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_while_folding_then_restart_equals_an_uninterrupted_run() {
-    let nats = LocalNats::start().unwrap_or_else(|err| panic!("{err}"));
+    let mut nats = LocalNats::start().unwrap_or_else(|err| panic!("{err}"));
     let dir = tempfile::tempdir().unwrap();
     let units_path = dir.path().join("units.json");
     std::fs::write(&units_path, synthetic_registry(1, 4, 5)).unwrap();
@@ -61,22 +69,51 @@ async fn kill_9_while_folding_then_restart_equals_an_uninterrupted_run() {
     let last = bus.last_sequence().await.unwrap();
     assert_eq!(last as usize, EVENTS);
 
-    // Interrupted run: killed twice in the middle of folding.
+    // Interrupted run: killed twice in the middle of folding, then stopped
+    // by SIGTERM, then NATS goes away for 20 s while it folds.
     let interrupted = dir.path().join("interrupted");
     let mut projector = Projector::start(&nats.url(), &units_path, &interrupted, &[]);
-    for kill_after in [EVENTS as u64 / 5, EVENTS as u64 / 2] {
-        let reached = projector.wait_for("P00", kill_after, FOLD_TIMEOUT).await;
+    for (stop_after, how) in [
+        (EVENTS / 5, Interruption::Kill9),
+        (EVENTS / 2, Interruption::Kill9),
+        (EVENTS * 13 / 20, Interruption::SigTerm),
+        (EVENTS * 4 / 5, Interruption::NatsAway),
+    ] {
+        let reached = projector
+            .wait_for("P00", stop_after as u64, FOLD_TIMEOUT)
+            .await;
         assert!(
             reached < last,
-            "killed while folding (at {reached} of {last})"
+            "{how:?} while folding (at {reached} of {last})"
         );
-        projector.kill_9();
-        let (_, _, recovered) = views_of(&interrupted);
-        assert!(
-            recovered < last,
-            "the views reopen mid-way, at {recovered} of {last}: the restart has work left"
-        );
-        projector = Projector::start(&nats.url(), &units_path, &interrupted, &[]);
+        match how {
+            Interruption::Kill9 | Interruption::SigTerm => {
+                if how == Interruption::Kill9 {
+                    projector.kill_9();
+                } else {
+                    // A clean exit (status 0) after committing the batch in flight.
+                    projector.terminate();
+                }
+                let (_, _, recovered) = views_of(&interrupted);
+                assert!(
+                    recovered < last,
+                    "the views reopen mid-way, at {recovered} of {last}: the restart has work left"
+                );
+                projector = Projector::start(&nats.url(), &units_path, &interrupted, &[]);
+            }
+            Interruption::NatsAway => {
+                nats.stop();
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                assert!(
+                    projector
+                        .pid()
+                        .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists()),
+                    "the projector waits for NATS rather than exit; log:\n{}",
+                    projector.log()
+                );
+                nats.restart().unwrap_or_else(|err| panic!("{err}"));
+            }
+        }
     }
     projector.wait_for("P00", last, FOLD_TIMEOUT).await;
     projector.terminate();
