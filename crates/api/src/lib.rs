@@ -224,7 +224,11 @@ impl KpiService for KpiApi {
         let caller = caller_of(&request);
         let request = request.into_inner();
         // Refuses what the caller may not read (answers are shared by all).
-        self.parse_request(caller.as_ref(), &request.unit_id, &request.period)?;
+        self.parse_request(
+            caller.as_ref(),
+            ("unit_id", &request.unit_id),
+            &request.period,
+        )?;
         let reply = self
             .rates_reply(
                 &request.unit_id,

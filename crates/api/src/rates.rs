@@ -53,17 +53,17 @@ pub fn deadline_of(metadata: &MetadataMap) -> Option<Instant> {
 }
 
 impl KpiApi {
-    /// The unit and period asked for, if `caller` may read the unit.
+    /// The unit and period asked for, if `caller` may read the unit
+    /// (named by the request's `field`) on the period's last day.
     pub(crate) fn parse_request(
         &self,
         caller: Option<&Caller>,
-        unit_id: &str,
+        (field, unit_id): (&str, &str),
         period: &str,
     ) -> Result<(UnitIdx, Period), Status> {
         let period =
             Period::parse(period).map_err(|err| Status::invalid_argument(err.to_string()))?;
-        let unit =
-            self.permitted_unit(caller, unit_id, "unit_id", Day::from_date(period.last_day))?;
+        let unit = self.permitted_unit(caller, unit_id, field, Day::from_date(period.last_day))?;
         Ok((unit, period))
     }
 
@@ -104,7 +104,7 @@ impl KpiApi {
         min_sequence: Option<u64>,
         deadline: Option<Instant>,
     ) -> Result<Arc<pb::RatesReply>, Status> {
-        let (unit, period) = self.parse_request(None, unit_id, period_text)?;
+        let (unit, period) = self.parse_request(None, ("unit_id", unit_id), period_text)?;
         if let Some(sequence) = min_sequence {
             self.wait_for_sequence(sequence, deadline).await?;
         }
@@ -203,7 +203,11 @@ pub async fn watch(
     request: pb::GetRatesRequest,
     deadline: Option<Instant>,
 ) -> Result<WatchStream, Status> {
-    let (unit, period) = api.parse_request(caller.as_ref(), &request.unit_id, &request.period)?;
+    let (unit, period) = api.parse_request(
+        caller.as_ref(),
+        ("unit_id", &request.unit_id),
+        &request.period,
+    )?;
     let first = api
         .rates_reply(
             &request.unit_id,
@@ -306,14 +310,8 @@ pub async fn rank(
     caller: Option<&Caller>,
     request: pb::RankUnitsRequest,
 ) -> Result<pb::RankUnitsReply, Status> {
-    let period =
-        Period::parse(&request.period).map_err(|err| Status::invalid_argument(err.to_string()))?;
-    let parent = api.permitted_unit(
-        caller,
-        &request.parent_id,
-        "parent_id",
-        Day::from_date(period.last_day),
-    )?;
+    let (parent, period) =
+        api.parse_request(caller, ("parent_id", &request.parent_id), &request.period)?;
     let kpi = Kpi::parse(&request.kpi).ok_or_else(|| {
         Status::invalid_argument(format!(
             "kpi `{}` is not a KPI; one of: {}",

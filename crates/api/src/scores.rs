@@ -3,7 +3,7 @@
 //! components that case events cannot.
 
 use kpi_domain::scores::{scores, totals, ScoreInputs};
-use kpi_domain::{Day, Moment, Period, UnitRegistry};
+use kpi_domain::{Day, Moment, UnitRegistry};
 use serde::Deserialize;
 use tonic::Status;
 
@@ -113,14 +113,8 @@ pub fn reply(
     caller: Option<&Caller>,
     request: pb::GetScoresRequest,
 ) -> Result<pb::ScoresReply, Status> {
-    let period =
-        Period::parse(&request.period).map_err(|err| Status::invalid_argument(err.to_string()))?;
-    let unit = api.permitted_unit(
-        caller,
-        &request.unit_id,
-        "unit_id",
-        Day::from_date(period.last_day),
-    )?;
+    let (unit, period) =
+        api.parse_request(caller, ("unit_id", &request.unit_id), &request.period)?;
     let unit = api.units.unit(unit);
     let now = Moment::from((api.clock)());
     let (first, last) = (
