@@ -270,27 +270,7 @@ impl Bus {
     /// subjects differ from [`stream_config`] is refused.
     pub async fn ensure_stream(&self) -> Result<stream::Stream, BusError> {
         let wanted = stream_config(self.replicas);
-        let mut stream = match self.jetstream.get_stream(STREAM_NAME).await {
-            Ok(stream) => stream,
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    jetstream::context::GetStreamErrorKind::JetStream(inner)
-                        if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-                ) =>
-            {
-                return self
-                    .jetstream
-                    .get_or_create_stream(wanted)
-                    .await
-                    .map_err(|err| {
-                        BusError::Stream(format!(
-                            "it does not exist and could not be created ({err}); create it as the operator user (`kpictl stream-init`)"
-                        ))
-                    });
-            }
-            Err(err) => return Err(BusError::Stream(err.to_string())),
-        };
+        let mut stream = self.existing_or_created_stream(&wanted).await?;
         let info = stream
             .info()
             .await
@@ -311,6 +291,39 @@ impl Bus {
             });
         }
         Ok(stream)
+    }
+
+    /// Services start together, and each creates CASES when it is missing.
+    /// Whoever loses that race gets "already in use" or, from nats-server
+    /// 2.9 while the winner's stream is still being set up, "subjects
+    /// overlap": it then looks again, a few times, for the stream the winner
+    /// made. The caller checks the configuration of what it gets.
+    async fn existing_or_created_stream(
+        &self,
+        wanted: &stream::Config,
+    ) -> Result<stream::Stream, BusError> {
+        const ATTEMPTS: u32 = 5;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.jetstream.get_stream(STREAM_NAME).await {
+                Ok(stream) => return Ok(stream),
+                Err(err) if is_stream_not_found(&err) => {}
+                Err(err) => return Err(BusError::Stream(err.to_string())),
+            }
+            match self.jetstream.create_stream(wanted.clone()).await {
+                Ok(stream) => return Ok(stream),
+                Err(err) if attempt >= ATTEMPTS => {
+                    return Err(BusError::Stream(format!(
+                        "it does not exist and could not be created ({err}); create it as the operator user (`kpictl stream-init`)"
+                    )))
+                }
+                Err(err) => {
+                    tracing::debug!(%err, attempt, "creating CASES failed; looking for it again");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                }
+            }
+        }
     }
 
     /// The last sequence in the stream (0 when empty).
@@ -478,6 +491,14 @@ impl Bus {
     }
 }
 
+fn is_stream_not_found(err: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        err.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(inner)
+            if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
 /// The consumer numbers its deliveries 1, 2, 3…: a number that skips
 /// means a message was lost on the way.
 fn check_delivery(
@@ -563,6 +584,27 @@ mod tests {
         let message = read.into_iter().next().unwrap().unwrap();
         assert_eq!((message.sequence, message.payload.as_ref()), (2, &b"2"[..]));
         assert_eq!(message.subject, "cases.C1.case.paid");
+    }
+
+    /// Services start together: the projector and the ingest services each
+    /// create CASES when it is missing. Whoever loses the race must find the
+    /// stream the winner made, not fail ("subjects overlap").
+    #[tokio::test(flavor = "multi_thread")]
+    async fn services_creating_the_stream_at_once_all_succeed() {
+        for round in 0..5 {
+            let server = LocalNats::start().unwrap_or_else(|err| panic!("{err}"));
+            let mut buses = Vec::new();
+            for index in 0..6 {
+                let name = format!("bus-test-{index}");
+                buses.push(Bus::connect(&server.url(), &name).await.expect("connect"));
+            }
+            let results = futures::future::join_all(buses.iter().map(Bus::ensure_stream)).await;
+            for result in results {
+                if let Err(err) = result {
+                    panic!("round {round}: {err}");
+                }
+            }
+        }
     }
 
     /// A server that goes silent (paused here; a lost pull request looks
