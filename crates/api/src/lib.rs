@@ -485,12 +485,14 @@ impl KpiService for KpiApi {
 }
 
 /// How the API is served: who may call (CONTRACT §8) and, with an
-/// identity (certificate and key), over TLS.
+/// identity (certificate and key), over TLS; with `requests`, every call
+/// counted and timed for the metrics.
 #[derive(Clone, Default)]
 pub struct Serving {
     pub access: Access,
     pub tls: Option<tonic::transport::Identity>,
     pub limits: Limits,
+    pub requests: Option<kpi_metrics::Requests>,
 }
 
 /// Serves `KpiService`, health and reflection on `listener` until
@@ -528,6 +530,9 @@ pub async fn serve(
         .timeout(limits.call_deadline)
         .concurrency_limit_per_connection(limits.calls_per_connection as usize)
         .max_concurrent_streams(Some(limits.calls_per_connection))
+        .layer(tower::util::option_layer(
+            serving.requests.as_ref().map(kpi_metrics::Requests::layer),
+        ))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             limits.calls_in_flight,
         ))

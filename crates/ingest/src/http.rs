@@ -46,6 +46,8 @@ pub struct App {
     pub ingestor: Ingestor,
     /// Present on the service that takes DVCQG payloads (intake).
     pub dvcqg: Option<FieldMap>,
+    /// Events by outcome, for the metrics (`--metrics-listen`).
+    pub ingested: Option<kpi_metrics::Ingested>,
 }
 
 /// The service's routes.
@@ -175,6 +177,13 @@ async fn post_events(
             app.ingestor.ingest(ndjson_lines(&body)).await
         }
     };
+    if let Some(ingested) = &app.ingested {
+        ingested.count(
+            report.accepted.len(),
+            report.rejected.len(),
+            report.not_stored.len(),
+        );
+    }
     tracing::info!(
         service = app.name,
         accepted = report.accepted.len(),
@@ -345,6 +354,16 @@ async fn post_dvcqg(
     let started = Instant::now();
     match ingest_dvcqg(&app.ingestor, field_map, &body, query.madonvi.as_deref()).await {
         Ok(report) => {
+            if let Some(ingested) = &app.ingested {
+                ingested.count_dossiers(
+                    report.accepted.len(),
+                    report.rejected.len(),
+                    report.not_stored.len(),
+                );
+                let stored = report.accepted.iter().map(|dossier| dossier.events.len());
+                let partly = report.not_stored.iter().map(|dossier| dossier.stored.len());
+                ingested.count(stored.chain(partly).sum(), 0, 0);
+            }
             tracing::info!(
                 service = app.name,
                 dossiers_accepted = report.accepted.len(),

@@ -33,6 +33,10 @@ pub struct ServiceArgs {
     /// backoff meanwhile) before the answer is 503, e.g. 5s or 1500ms.
     #[arg(long, env = "KPI_PUBLISH_DEADLINE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub publish_deadline: Duration,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address: events
+    /// and dossiers by outcome, HTTP requests by path and status.
+    #[arg(long, env = "KPI_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the level.
@@ -142,6 +146,17 @@ async fn run(service: Service, args: ServiceArgs, dvcqg: Option<PathBuf>) -> any
     bus.ensure_stream()
         .await
         .context("checking the CASES stream")?;
+    let (ingested, requests) = match args.metrics_listen {
+        None => (None, None),
+        Some(listen) => {
+            let mut registry = prometheus_client::registry::Registry::default();
+            let ingested = kpi_metrics::Ingested::register(&mut registry);
+            let requests =
+                kpi_metrics::Requests::register(&mut registry, kpi_metrics::Protocol::Http);
+            kpi_metrics::spawn(listen, registry, shutdown_signal()).await?;
+            (Some(ingested), Some(requests))
+        }
+    };
     let app = Arc::new(App {
         name: service.name(),
         ingestor: Ingestor::new(
@@ -151,6 +166,7 @@ async fn run(service: Service, args: ServiceArgs, dvcqg: Option<PathBuf>) -> any
             args.publish_deadline,
         ),
         dvcqg: field_map,
+        ingested,
     });
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -168,7 +184,11 @@ async fn run(service: Service, args: ServiceArgs, dvcqg: Option<PathBuf>) -> any
         "accepting events: POST /v1/events{}, GET /healthz",
         if service == Service::Intake { ", POST /v1/dvcqg" } else { "" }
     );
-    axum::serve(listener, router(app))
+    let router = match requests {
+        Some(requests) => router(app).layer(requests.layer()),
+        None => router(app),
+    };
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving HTTP")?;

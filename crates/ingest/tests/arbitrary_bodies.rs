@@ -152,6 +152,7 @@ fn any_body_gets_an_answer_and_every_refusal_a_reason() {
                 Duration::from_secs(10),
             ),
             dvcqg: Some(FieldMap::default()),
+            ingested: None,
         }))
     });
     let mut runner = TestRunner::new(Config {

@@ -6,4 +6,4 @@
 
 pub mod pipeline;
 
-pub use pipeline::{run, Config, StreamLeftTheViews, Until};
+pub use pipeline::{fold_counts, run, Config, StreamLeftTheViews, Until};

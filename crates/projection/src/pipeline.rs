@@ -25,6 +25,8 @@ pub struct Config {
     pub batch_size: usize,
     /// Where to stop: `None` follows the stream for ever (the projector).
     pub until: Option<Until>,
+    /// Where the projector's metrics go (`--metrics-listen`).
+    pub metrics: Option<kpi_metrics::FoldSource>,
 }
 
 /// Where a fold stops (`kpictl replay --until`, `kpictl verify`).
@@ -65,9 +67,10 @@ pub async fn run(
         .spawn(move || validate_batches(&validation_units, read_queue, validated))
         .context("starting the validation thread")?;
     let fold_store = store.clone();
+    let fold_metrics = config.metrics.clone();
     let folder = std::thread::Builder::new()
         .name("fold".into())
-        .spawn(move || fold_batches(&fold_store, &units, fold_queue))
+        .spawn(move || fold_batches(&fold_store, &units, fold_queue, fold_metrics.as_ref()))
         .context("starting the fold thread")?;
     let read_result = read(
         &config,
@@ -119,6 +122,7 @@ fn fold_batches(
     store: &Store,
     units: &UnitRegistry,
     queue: Receiver<ValidatedBatch>,
+    metrics: Option<&kpi_metrics::FoldSource>,
 ) -> anyhow::Result<()> {
     let mut progress = Progress::new();
     for batch in queue.iter() {
@@ -143,7 +147,18 @@ fn fold_batches(
         for (sequence, reason) in &report.parked {
             tracing::warn!(sequence, %reason, "parked an invalid event; `kpictl rejected` lists it");
         }
-        progress.add(&report, batch_started.elapsed());
+        let busy = batch_started.elapsed();
+        if let Some(metrics) = metrics {
+            let behind = batch.messages.last().map_or(0, |message| message.pending);
+            metrics.batch(
+                fold_counts(&report.totals),
+                batch.messages.len(),
+                busy.as_secs_f64(),
+                report.checkpoint,
+                behind,
+            );
+        }
+        progress.add(&report, busy);
         if progress.since.elapsed() >= REPORT_EVERY {
             progress = progress.log();
         }
@@ -152,6 +167,17 @@ fn fold_batches(
         progress.log();
     }
     Ok(())
+}
+
+/// The metrics' view of fold totals.
+pub fn fold_counts(totals: &FoldTotals) -> kpi_metrics::FoldCounts {
+    kpi_metrics::FoldCounts {
+        folded: totals.folded,
+        duplicates: totals.duplicates,
+        parked: totals.parked,
+        conflicts: totals.conflicts,
+        redriven: totals.redriven,
+    }
 }
 
 /// What the fold did since the last progress line.
@@ -291,7 +317,7 @@ async fn read(
                 _ = check.tick(), if config.until.is_none() => {
                     check_while_reading(&bus, store, units).await?;
                 }
-                _ = report.tick() => report_lag(&bus, store).await,
+                _ = report.tick() => report_lag(&bus, store, config.metrics.as_ref()).await,
                 chunk = chunks.next() => {
                     let Some(chunk) = chunk else { break };
                     let mut batch = Vec::with_capacity(chunk.len());
@@ -412,13 +438,20 @@ async fn check_while_reading(bus: &Bus, store: &Store, units: &UnitRegistry) -> 
     Ok(())
 }
 
-/// Logs the lag (stream last sequence minus checkpoint) and totals.
-async fn report_lag(bus: &Bus, store: &Store) {
+/// Logs the lag (stream last sequence minus checkpoint) and totals, and
+/// gives the metrics the lag and the held records.
+async fn report_lag(bus: &Bus, store: &Store, metrics: Option<&kpi_metrics::FoldSource>) {
     let (Ok(state), Ok(checkpoint)) = (bus.stream_state().await, store.checkpoint()) else {
         return;
     };
     let stream_last = state.last_sequence;
     let totals = store.totals().unwrap_or_default();
+    if let Some(metrics) = metrics {
+        metrics.position(checkpoint, stream_last);
+        if let Ok(held) = tokio::task::block_in_place(|| store.held_count()) {
+            metrics.held(held);
+        }
+    }
     tracing::info!(
         checkpoint,
         stream_last,

@@ -996,6 +996,17 @@ impl Store {
         Ok((self.load_record(key)?, self.checkpoint()?))
     }
 
+    /// How many records have events held (their `case.received` has not
+    /// come): a key scan, for the metrics every few seconds.
+    pub fn held_count(&self) -> Result<u64, StoreError> {
+        let mut count = 0;
+        for key in self.views.scan_prefix([keys::HELD]).keys() {
+            key?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
     /// Records whose events are held, in key order, after `after` (a
     /// previous page's last [`HeldPage::next`]), at most `limit`.
     pub fn held(&self, after: Option<&str>, limit: usize) -> Result<HeldPage, StoreError> {

@@ -325,6 +325,7 @@ pub(crate) async fn replay_into(
             client_name: "kpictl-replay".to_owned(),
             batch_size: 2000,
             until: Some(until),
+            metrics: None,
         },
         store.clone(),
         units,

@@ -65,6 +65,11 @@ struct Args {
     /// sled page cache in MiB: the bound on the views' memory.
     #[arg(long, env = "KPI_CACHE_MB", default_value_t = 64)]
     cache_mb: u64,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address: events
+    /// folded, kept aside and held, checkpoint and lag, batch sizes and
+    /// fold latency, gRPC calls by method and code.
+    #[arg(long, env = "KPI_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Most messages folded into one atomic write.
     #[arg(long, default_value_t = 2000)]
     batch_size: usize,
@@ -157,7 +162,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     });
 
-    let serving = serving(&args, &units)?;
+    let mut serving = serving(&args, &units)?;
 
     let layout = Layout::open(&args.data_dir)?;
     let views_dir = layout.current()?;
@@ -178,6 +183,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let checkpoint = store.checkpoint()?;
     tracing::info!(views = %views_dir.display(), checkpoint, units = units.len(), "views opened");
+
+    let (stop_metrics, metrics_stopped) = watch::channel(false);
+    let fold_metrics = match args.metrics_listen {
+        None => None,
+        Some(listen) => {
+            let mut registry = prometheus_client::registry::Registry::default();
+            let fold = kpi_metrics::Fold::register(&mut registry);
+            fold.add(kpi_projection::fold_counts(&store.totals()?));
+            serving.requests = Some(kpi_metrics::Requests::register(
+                &mut registry,
+                kpi_metrics::Protocol::Grpc,
+            ));
+            let mut stopped = metrics_stopped;
+            kpi_metrics::spawn(listen, registry, async move {
+                let _ = stopped.wait_for(|stopped| *stopped).await;
+            })
+            .await?;
+            Some(fold)
+        }
+    };
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -208,6 +233,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             nats: args.nats,
             batch_size: args.batch_size.max(1),
             store_options,
+            metrics: fold_metrics,
         },
         units,
         layout,
@@ -245,6 +271,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let stopped = supervisor.stop().await;
     let _ = stop_server.send(true);
+    let _ = stop_metrics.send(true);
     // Calls in flight get a moment to finish; connections clients keep
     // open (a dashboard's, a WatchRates stream) are then closed.
     match tokio::time::timeout(SERVER_GRACE, server).await {
@@ -303,6 +330,7 @@ fn serving(args: &Args, units: &Arc<UnitRegistry>) -> anyhow::Result<kpi_api::Se
         access,
         tls,
         limits: kpi_api::Limits::default(),
+        requests: None,
     })
 }
 

@@ -25,6 +25,8 @@ pub struct Settings {
     pub nats: kpi_bus::NatsArgs,
     pub batch_size: usize,
     pub store_options: StoreOptions,
+    /// The fold's metrics (`--metrics-listen`): the live pipeline's.
+    pub metrics: Option<Arc<kpi_metrics::Fold>>,
 }
 
 /// A running pipeline.
@@ -93,6 +95,11 @@ impl Supervisor {
             client_name: client_name.to_owned(),
             batch_size: self.settings.batch_size,
             until: None,
+            metrics: self
+                .settings
+                .metrics
+                .as_ref()
+                .map(|metrics| metrics.source(generation)),
         };
         let failures = self.failures.clone();
         let units = self.units.clone();
@@ -119,7 +126,15 @@ impl Supervisor {
     /// Starts folding into the views the API serves.
     pub fn start_live(&self) {
         let running = self.start_pipeline(self.views.current(), "kpi-projector");
+        self.follow_with_metrics(&running);
         *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
+    }
+
+    /// Makes `running`'s batches the ones the metrics count.
+    fn follow_with_metrics(&self, running: &Running) {
+        if let Some(metrics) = &self.settings.metrics {
+            metrics.follow(running.generation);
+        }
     }
 
     /// The generation of the live pipeline.
@@ -244,8 +259,9 @@ impl Supervisor {
         while store.checkpoint()? < target {
             if candidate.task.is_finished() {
                 // Put the old fold back: nothing is switched.
-                *self.live.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(self.start_pipeline(old.store.clone(), "kpi-projector"));
+                let restarted = self.start_pipeline(old.store.clone(), "kpi-projector");
+                self.follow_with_metrics(&restarted);
+                *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Some(restarted);
                 anyhow::bail!("the rebuild's fold stopped before reaching sequence {target}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -253,6 +269,7 @@ impl Supervisor {
         let reached = store.checkpoint()?;
         let old_dir = self.layout.current()?;
         self.views.switch(store.clone());
+        self.follow_with_metrics(&candidate);
         *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Some(candidate);
         self.layout.point_current_to(&dir)?;
         old.store.flush()?;
