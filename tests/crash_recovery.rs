@@ -6,31 +6,12 @@ use std::time::Duration;
 
 use kpi_bus::Bus;
 use kpi_domain::UnitRegistry;
-use kpi_e2e::{publish_all, simulated_messages, Projector};
+use kpi_e2e::{publish_all, simulated_messages, views_of, Projector};
 use kpi_simulator::synthetic_registry;
-use kpi_store::{Store, StoreOptions};
 use local_nats::LocalNats;
 
 const EVENTS: usize = 100_000;
 const FOLD_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Every view entry, the fold totals and the checkpoint of a data directory.
-type Views = (Vec<(Vec<u8>, Vec<u8>)>, kpi_store::FoldTotals, u64);
-
-fn views_of(dir: &std::path::Path) -> Views {
-    // The projector's data directory links `current` to the views served.
-    let store =
-        Store::open(&dir.join("current"), &StoreOptions::default()).expect("open the views");
-    let entries = store
-        .view_entries()
-        .collect::<Result<Vec<_>, _>>()
-        .expect("read the views");
-    (
-        entries,
-        store.totals().unwrap(),
-        store.checkpoint().unwrap(),
-    )
-}
 
 /// How the projector's fold is interrupted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -525,3 +525,23 @@ pub async fn differences_from_expected(client: &mut KpiServiceClient<Channel>) -
     }
     differences
 }
+
+/// Every view entry, the fold totals and the checkpoint of a projector's
+/// data directory: what two folds of the same log must share.
+pub type Views = (Vec<(Vec<u8>, Vec<u8>)>, kpi_store::FoldTotals, u64);
+
+/// [`Views`] of the views a projector's data directory serves (its
+/// `current` link).
+pub fn views_of(dir: &Path) -> Views {
+    let store = kpi_store::Store::open(&dir.join("current"), &kpi_store::StoreOptions::default())
+        .expect("open the views");
+    let entries = store
+        .view_entries()
+        .collect::<Result<Vec<_>, _>>()
+        .expect("read the views");
+    (
+        entries,
+        store.totals().unwrap(),
+        store.checkpoint().unwrap(),
+    )
+}

@@ -29,7 +29,9 @@ pub use counters::{Counter, CounterDelta, Counters};
 pub use fold::{BatchChanges, BatchFold, HeldEntry, OpenDelta, OpenKey, RecordSource, UnknownUnit};
 pub use kpi::{rates, Kpi, Rate};
 pub use period::{Period, PeriodError, PERIOD_FORMS};
-pub use record::{Fact, Folded, Record, RecordKey, RecordedEvent, CONFLICT_REASON};
+pub use record::{
+    Fact, Folded, Record, RecordKey, RecordedEvent, CONFLICT_REASON, MAX_EVENTS_PER_RECORD,
+};
 pub use targets::Targets;
 pub use time::{vietnam, Day, Moment};
 pub use units::{Level, Unit, UnitIdx, UnitRegistry, UnitsError};

@@ -297,7 +297,16 @@ pub enum Folded {
     Duplicate { counts: bool },
     /// An event under an id the record has with other content.
     Conflict(Box<Conflict>),
+    /// A new event for a record that already holds
+    /// [`MAX_EVENTS_PER_RECORD`]: not recorded, it is kept aside.
+    OverLimit,
 }
+
+/// The most distinct events (counting and kept aside) one case or feedback
+/// record holds. A real case has a few dozen; beyond this, events under
+/// one flooded case code are kept aside instead of making every further
+/// event of that case cost more (the record is read and written whole).
+pub const MAX_EVENTS_PER_RECORD: usize = 1000;
 
 /// Two events under one id: `loser` is kept aside (the incoming event, or
 /// the one it displaced), `winner` counts.
@@ -335,6 +344,9 @@ impl Record {
                 if is_kept_aside(self, &incoming) {
                     return Folded::Duplicate { counts: false };
                 }
+                if self.is_full() {
+                    return Folded::OverLimit;
+                }
                 self.events.insert(position, incoming);
                 Folded::Applied
             }
@@ -344,6 +356,9 @@ impl Record {
                 }
                 if is_kept_aside(self, &incoming) {
                     return Folded::Duplicate { counts: false };
+                }
+                if self.is_full() {
+                    return Folded::OverLimit;
                 }
                 let loser = if incoming.identity_order(&self.events[position]) == Ordering::Less {
                     std::mem::replace(&mut self.events[position], incoming)
@@ -362,6 +377,11 @@ impl Record {
                 }))
             }
         }
+    }
+
+    /// Whether the record holds [`MAX_EVENTS_PER_RECORD`] events.
+    pub fn is_full(&self) -> bool {
+        self.events.len() + self.kept_aside.len() >= MAX_EVENTS_PER_RECORD
     }
 
     /// The events that count, earliest first (ties by event id).
@@ -524,6 +544,43 @@ mod tests {
         assert_eq!(record.fold(2, &b), Folded::Duplicate { counts: true });
         assert_eq!(record.events.len(), 1);
         assert_eq!(record.events[0].sequence, 1);
+    }
+
+    #[test]
+    fn a_full_record_keeps_new_events_out_but_still_knows_its_own() {
+        let rated = r#"case.rated {"level":"satisfied"}"#;
+        let id = |n: usize| format!("00000000-0000-4000-8000-{n:012}");
+        let mut record = Record::default();
+        for n in 0..MAX_EVENTS_PER_RECORD {
+            let at = "2025-03-01T08:00:00+07:00";
+            assert_eq!(
+                record.fold(n as u64 + 1, &event(&id(n), rated, at)),
+                Folded::Applied
+            );
+        }
+        assert!(record.is_full());
+        let next = MAX_EVENTS_PER_RECORD as u64 + 1;
+        let new = event(
+            &id(MAX_EVENTS_PER_RECORD),
+            rated,
+            "2025-03-01T08:00:00+07:00",
+        );
+        assert_eq!(record.fold(next, &new), Folded::OverLimit);
+        // An event it holds is still a duplicate, not one over the limit.
+        let again = event(&id(7), rated, "2025-03-01T08:00:00+07:00");
+        assert_eq!(
+            record.fold(next + 1, &again),
+            Folded::Duplicate { counts: true }
+        );
+        // Another content under an id it holds would grow what it keeps aside.
+        let other = event(
+            &id(7),
+            r#"case.rated {"level":"unsatisfied"}"#,
+            "2025-03-01T07:00:00+07:00",
+        );
+        assert_eq!(record.fold(next + 2, &other), Folded::OverLimit);
+        assert_eq!(record.events.len(), MAX_EVENTS_PER_RECORD);
+        assert!(record.kept_aside.is_empty());
     }
 
     #[test]

@@ -44,7 +44,7 @@ const FORMAT_VERSION: &[u8] = b"3";
 /// The counting rules this build folds with: bumped whenever what an event
 /// contributes changes, so that views folded by other rules are refused
 /// instead of mixed.
-pub const RULES_VERSION: &str = "3";
+pub const RULES_VERSION: &str = "4";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -88,6 +88,21 @@ pub enum StoreError {
         "the views in {dir} are in use by another process (a running projector?); stop it first"
     )]
     Locked { dir: String },
+}
+
+impl StoreError {
+    /// The disk holding the views is full: nothing was committed, and the
+    /// views resume from their checkpoint once there is space again.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Sled(sled::Error::Io(err)) => {
+                err.kind() == std::io::ErrorKind::StorageFull
+                    || err.raw_os_error() == Some(28)
+                    || err.to_string().contains("No space left on device")
+            }
+            _ => false,
+        }
+    }
 }
 
 fn corrupt(key: &[u8], detail: impl ToString) -> StoreError {
@@ -173,6 +188,31 @@ pub struct ParkedEvent {
 }
 
 impl ParkedEvent {
+    /// A message kept aside as it came.
+    fn of_message(message: &Incoming<'_>, field: Option<String>, reason: String) -> ParkedEvent {
+        ParkedEvent {
+            sequence: message.sequence,
+            subject: message.subject.to_owned(),
+            payload: message.payload.to_vec(),
+            field,
+            reason,
+            published_unix: message.published.map(|at| at.timestamp()),
+        }
+    }
+
+    /// A new event for a case that holds the most events one may.
+    fn over_limit(message: &Incoming<'_>, case_id: &str) -> ParkedEvent {
+        ParkedEvent::of_message(
+            message,
+            Some("case_id".to_owned()),
+            format!(
+                "case {case_id} already holds {} distinct events, the most one case may: this one is kept aside \
+                 and counts nowhere (a sender flooding one case code? `kpictl case` shows its events)",
+                kpi_domain::MAX_EVENTS_PER_RECORD
+            ),
+        )
+    }
+
     /// The loser of an identity conflict, shown in the form the record
     /// keeps (the same whichever of the two arrived first).
     fn conflict(case_id: &str, loser: &RecordedEvent, winner: &RecordedEvent) -> ParkedEvent {
@@ -240,7 +280,8 @@ pub struct FoldTotals {
     pub folded: u64,
     /// Valid events whose event id was already folded into their record.
     pub duplicates: u64,
-    /// Invalid events parked.
+    /// Events parked: invalid ones, and new events for a case that holds
+    /// the most one may ([`kpi_domain::MAX_EVENTS_PER_RECORD`]).
     pub parked: u64,
     /// Parked events retired because a redriven copy was folded.
     pub redriven: u64,
@@ -647,6 +688,11 @@ impl Store {
                             ));
                             conflict.loser.sequence != message.sequence
                         }
+                        Folded::OverLimit => {
+                            totals.parked += 1;
+                            parked.push(ParkedEvent::over_limit(message, &event.case_id));
+                            false
+                        }
                     };
                     // A redriven event that counts retires its parked copy.
                     if let (true, Some(parked_sequence)) = (counts, message.redrive_of) {
@@ -663,14 +709,11 @@ impl Store {
                 }
                 Err(error) => {
                     totals.parked += 1;
-                    parked.push(ParkedEvent {
-                        sequence: message.sequence,
-                        subject: message.subject.to_owned(),
-                        payload: message.payload.to_vec(),
-                        field: error.field().map(str::to_owned),
-                        reason: error.to_string(),
-                        published_unix: message.published.map(|at| at.timestamp()),
-                    });
+                    parked.push(ParkedEvent::of_message(
+                        message,
+                        error.field().map(str::to_owned),
+                        error.to_string(),
+                    ));
                 }
             }
         }

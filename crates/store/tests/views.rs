@@ -310,3 +310,76 @@ fn views_refuse_a_recreated_or_truncated_stream() {
         .to_string();
     assert!(err.contains("removed before they were folded"), "{err}");
 }
+
+/// One case code flooded with distinct events: the record stops growing at
+/// the limit, and every event beyond it is kept aside with the reason.
+#[test]
+fn a_flooded_case_keeps_the_events_beyond_the_limit_aside() {
+    const OVER: usize = 25;
+    let dir = tempfile::tempdir().unwrap();
+    let units = UnitRegistry::from_json(kpi_testkit::UNITS_JSON).unwrap();
+    let store = open(dir.path());
+    store.adopt_units(&units, today()).unwrap();
+    let line = |n: usize, kind: &str, data: &str| {
+        format!(
+            r#"{{"event_id":"00000000-0000-4000-8000-{n:012}","kind":"{kind}","case_id":"FLOOD-1","unit_id":"C31_2","occurred_at":"2025-03-03T08:00:00+07:00","data":{data}}}"#
+        )
+    };
+    let mut payloads = vec![(
+        "cases.C31_2.case.received".to_owned(),
+        line(
+            0,
+            "case.received",
+            r#"{"procedure_code":"1.001193","field":"ho_tich","channel":"online","due_at":"2025-03-05T17:00:00+07:00"}"#,
+        ),
+    )];
+    for n in 1..kpi_domain::MAX_EVENTS_PER_RECORD + OVER {
+        payloads.push((
+            "cases.C31_2.case.rated".to_owned(),
+            line(n, "case.rated", r#"{"level":"satisfied"}"#),
+        ));
+    }
+    for (chunk_index, chunk) in payloads.chunks(300).enumerate() {
+        let incoming: Vec<Incoming<'_>> = chunk
+            .iter()
+            .enumerate()
+            .map(|(index, (subject, payload))| {
+                let sequence = (chunk_index * 300 + index + 1) as u64;
+                Incoming::validate(sequence, subject, payload.as_bytes(), None, &units)
+            })
+            .collect();
+        store.ingest(&units, &incoming).expect("ingest");
+    }
+
+    let totals = store.totals().unwrap();
+    assert_eq!(totals.folded, kpi_domain::MAX_EVENTS_PER_RECORD as u64);
+    assert_eq!(totals.parked, OVER as u64);
+    let parked = store.parked(0, 1000).unwrap();
+    assert_eq!(parked.len(), OVER);
+    let first_over = kpi_domain::MAX_EVENTS_PER_RECORD as u64 + 1;
+    assert_eq!(
+        parked[0].sequence, first_over,
+        "the first event beyond the limit"
+    );
+    for event in &parked {
+        assert_eq!(event.field.as_deref(), Some("case_id"));
+        assert!(
+            event
+                .reason
+                .contains("case FLOOD-1 already holds 1000 distinct events"),
+            "{}",
+            event.reason
+        );
+    }
+    // Re-sending an event the case holds is still a plain duplicate.
+    let again = &payloads[3];
+    let incoming = [Incoming::validate(
+        payloads.len() as u64 + 1,
+        &again.0,
+        again.1.as_bytes(),
+        None,
+        &units,
+    )];
+    let report = store.ingest(&units, &incoming).unwrap();
+    assert_eq!((report.totals.duplicates, report.totals.parked), (1, 0));
+}

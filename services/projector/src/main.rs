@@ -113,6 +113,16 @@ fn needs_operator(err: &anyhow::Error) -> bool {
     })
 }
 
+/// Whether the disk holding the views filled up: a restart fixes it once
+/// there is space again, so the status stays 1 (systemd retries).
+fn disk_full(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<kpi_store::StoreError>()
+            .is_some_and(kpi_store::StoreError::is_disk_full)
+    })
+}
+
 fn main() -> ExitCode {
     match start() {
         Ok(()) => ExitCode::SUCCESS,
@@ -123,6 +133,15 @@ fn main() -> ExitCode {
                 1
             };
             tracing::error!(exit_status = status, "{err:#}");
+            if disk_full(&err) {
+                tracing::error!(
+                    exit_status = status,
+                    "the disk holding --data-dir is full: nothing of the last batch was committed. \
+                     Free space there (or move the data directory to a larger disk) and start the \
+                     projector again: it resumes from its last commit, nothing lost or counted twice \
+                     (under systemd it is restarted every 2 s until it can write)"
+                );
+            }
             ExitCode::from(status)
         }
     }
