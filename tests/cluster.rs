@@ -10,26 +10,12 @@ use std::time::{Duration, Instant};
 use kpi_api::pb::GetRatesRequest;
 use kpi_bus::NatsArgs;
 use kpi_domain::{Day, UnitRegistry};
-use kpi_e2e::{free_port, simulated_messages, IngestService, Projector};
+use kpi_e2e::{simulated_messages, IngestService, Projector};
 use kpi_simulator::synthetic_registry;
 use local_nats::LocalNats;
 
-const EVENTS: usize = 20_000;
+const EVENTS: usize = 100_000;
 const LINES_PER_POST: usize = 500;
-
-/// Node `index`'s part of the cluster: its name, its route port and
-/// routes to all three.
-fn cluster_config(index: usize, route_ports: &[u16; 3]) -> String {
-    let routes: Vec<String> = route_ports
-        .iter()
-        .map(|port| format!("nats-route://127.0.0.1:{port}"))
-        .collect();
-    format!(
-        "server_name: n{index}\ncluster {{\n  name: kpi-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
-        route_ports[index],
-        routes.join(", ")
-    )
-}
 
 /// The name of the node leading `CASES`, once the stream has one.
 async fn stream_leader(args: &NatsArgs) -> String {
@@ -58,13 +44,7 @@ async fn stream_leader(args: &NatsArgs) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_stream_leader_loses_no_acked_event_and_counts_none_twice() {
-    let routes = [free_port(), free_port(), free_port()];
-    let mut nodes: Vec<LocalNats> = (0..3)
-        .map(|index| {
-            LocalNats::start_with_config(&cluster_config(index, &routes))
-                .unwrap_or_else(|err| panic!("node {index}: {err}"))
-        })
-        .collect();
+    let mut nodes = LocalNats::start_cluster(3).unwrap_or_else(|err| panic!("{err}"));
     let urls = nodes
         .iter()
         .map(LocalNats::url)
@@ -84,7 +64,7 @@ async fn losing_the_stream_leader_loses_no_acked_event_and_counts_none_twice() {
         .unit(units.children(None, Day::from_date("2025-06-01".parse().unwrap()))[0])
         .id
         .clone();
-    let received: Vec<Vec<u8>> = simulated_messages(&units, 7, (300, 20.0), EVENTS * 5)
+    let received: Vec<Vec<u8>> = simulated_messages(&units, 7, (365, 40.0), EVENTS * 5)
         .into_iter()
         .filter(|(subject, _, _)| subject.ends_with(".case.received"))
         .map(|(_, _, payload)| payload)

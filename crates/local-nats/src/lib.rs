@@ -112,6 +112,29 @@ impl LocalNats {
         Err(last_error.unwrap_or(LocalNatsError::NotInstalled))
     }
 
+    /// `size` servers on loopback forming one JetStream cluster (as
+    /// `deploy/nats/cluster/` configures one on three machines), named
+    /// `n0`, `n1`, …; their client URLs joined by commas are what
+    /// `--nats-url` takes.
+    pub fn start_cluster(size: usize) -> Result<Vec<LocalNats>, LocalNatsError> {
+        let routes = (0..size)
+            .map(|_| free_port().map_err(LocalNatsError::TempDir))
+            .collect::<Result<Vec<u16>, _>>()?;
+        let route_urls: Vec<String> = routes
+            .iter()
+            .map(|port| format!("nats-route://127.0.0.1:{port}"))
+            .collect();
+        (0..size)
+            .map(|index| {
+                LocalNats::start_with_config(&format!(
+                    "server_name: n{index}\ncluster {{\n  name: kpi-local\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                    routes[index],
+                    route_urls.join(", ")
+                ))
+            })
+            .collect()
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

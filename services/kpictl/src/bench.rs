@@ -88,6 +88,11 @@ pub struct BenchArgs {
     /// measured.
     #[arg(long, default_value_t = 5000)]
     pub freshness_rate: usize,
+    /// Events (of the same simulated year) also published to a three-node
+    /// JetStream cluster on loopback with three copies, whose fold rate is
+    /// compared with the single server's; 0 skips it.
+    #[arg(long, default_value_t = 500_000)]
+    pub cluster_events: u64,
     /// Run the whole benchmark this many times, printing each run and
     /// then the worst and median of each goal's figure.
     #[arg(long, default_value_t = 1)]
@@ -122,7 +127,7 @@ fn memory_of(pid: u32) -> Memory {
 
 /// Writes every dirty page to disk (`sync`), so that the next
 /// measurement does not pay for the previous one's writes.
-fn settle_disk() {
+pub(crate) fn settle_disk() {
     let started = Instant::now();
     match Command::new("sync").status() {
         Ok(status) if status.success() => {
@@ -132,7 +137,7 @@ fn settle_disk() {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -219,6 +224,16 @@ fn print_summary(runs: &[serde_json::Value]) {
         "goal ≥ 60% with watchers connected",
     );
     ratio(
+        &["tls_vs_plain_get_rates"],
+        "GetRates with TLS and a token / plain",
+        "goal ≥ 75%",
+    );
+    ratio(
+        &["r3_vs_r1_fold"],
+        "fold from 3 copies / from 1",
+        "goal ≥ 70%",
+    );
+    ratio(
         &["ingest", "service_vs_raw_publish"],
         "intake service / raw publish",
         "goal ≥ 40%",
@@ -301,39 +316,9 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     // 1. A simulated calendar year 2025, published with acks.
     let bus = Bus::connect(&nats.url(), "kpictl-bench").await?;
     bus.ensure_stream().await?;
-    let per_commune_day = args.cases as f64 / f64::from(working_days_of_2025()) / communes as f64;
-    let year_start = vietnam_day(
-        Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0)
-            .single()
-            .context("date")?,
-        0,
-    );
-    let mut simulator = Simulator::new(&units, args.seed);
-    let mut publisher = Publisher::new(bus.clone(), DEFAULT_DEADLINE);
     let started = Instant::now();
-    let mut published = 0u64;
-    let mut failures = 0usize;
-    let mut payload_bytes = 0u64;
-    let traffic = simulator
-        .history(year_start, 365, per_commune_day)
-        .filter(|event| !event.subject.contains(PROBE_UNIT));
-    for event in traffic {
-        payload_bytes += event.payload.len() as u64;
-        let acks = publisher.send((), crate::simulate::outgoing(event)).await;
-        failures += acks.iter().filter(|(_, ack)| ack.is_err()).count();
-        published += 1;
-        if published.is_multiple_of(500_000) {
-            eprintln!("published {published} events…");
-        }
-    }
-    failures += publisher
-        .finish()
-        .await
-        .iter()
-        .filter(|(_, ack)| ack.is_err())
-        .count();
+    let (published, payload_bytes) = publish_year(args, &units, &bus, u64::MAX).await?;
     let publish_seconds = started.elapsed().as_secs_f64();
-    anyhow::ensure!(failures == 0, "{failures} events were not stored");
     let last = bus.last_sequence().await?;
     eprintln!("published {last} events in {publish_seconds:.1} s");
 
@@ -381,6 +366,26 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     print_warnings(&log_path);
     let measured = outcome?;
     let disk_mib = directory_size(&data_dir) as f64 / 1024.0 / 1024.0;
+
+    // 4b. The same views served with TLS and tokens, against plain.
+    settle_disk();
+    let (plain_per_second, tls_per_second) = crate::bench_production::tls_cost(
+        &crate::bench_production::Served {
+            projector_bin: &projector_bin,
+            nats_url: &nats.url(),
+            units: &units_path,
+            data_dir: &data_dir,
+            cache_mb: args.cache_mb,
+            work: work.path(),
+        },
+        &province_rates_request(),
+        args.clients,
+        Duration::from_secs_f64(args.seconds as f64 / 2.0),
+    )
+    .await?;
+    eprintln!(
+        "GetRates calls/s plain {plain_per_second:.0}, with TLS and a token {tls_per_second:.0}"
+    );
 
     settle_disk();
 
@@ -442,6 +447,29 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         None
     };
 
+    // 8. The fold of a stream of three copies on a loopback cluster,
+    //    against one copy on one server.
+    let cluster_events = args.cluster_events.min(last);
+    let simulated_units = &units;
+    let replicated = if cluster_events > 0 {
+        Some(
+            crate::bench_production::replicated_fold(
+                &nats.url(),
+                &units,
+                cluster_events,
+                args.cache_mb,
+                work.path(),
+                |cluster| async move {
+                    publish_year(args, simulated_units, &cluster, cluster_events).await?;
+                    Ok(cluster.last_sequence().await?)
+                },
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+
     let raw_rate = last as f64 / raw_seconds;
     let fold_rate = last as f64 / measured.fold_seconds;
     let figures = json!({
@@ -483,6 +511,13 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         "peak_rss_mib_at_end": measured.memory_end.peak_mib,
         "sled_cache_mib": args.cache_mb,
         "views_on_disk_mib": disk_mib,
+        "plain_get_rates_calls_per_second": plain_per_second,
+        "tls_get_rates_calls_per_second": tls_per_second,
+        "tls_vs_plain_get_rates": tls_per_second / plain_per_second,
+        "cluster_events": cluster_events,
+        "r1_fold_events_per_second": replicated.map(|(r1, _)| r1),
+        "r3_fold_events_per_second": replicated.map(|(_, r3)| r3),
+        "r3_vs_r1_fold": replicated.map(|(r1, r3)| r3 / r1),
         "ingest": ingest.as_ref().map(|ingest| json!({
             "events": ingest.events,
             "lines_per_post": LINES_PER_POST,
@@ -495,6 +530,52 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         })),
     });
     Ok(figures)
+}
+
+/// Publishes the simulated year (at most `limit` events) with acks; the
+/// events published and their payload bytes.
+async fn publish_year(
+    args: &BenchArgs,
+    units: &UnitRegistry,
+    bus: &Bus,
+    limit: u64,
+) -> anyhow::Result<(u64, u64)> {
+    let communes = args.districts * args.communes;
+    let per_commune_day = args.cases as f64 / f64::from(working_days_of_2025()) / communes as f64;
+    let year_start = vietnam_day(
+        Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0)
+            .single()
+            .context("date")?,
+        0,
+    );
+    let mut simulator = Simulator::new(units, args.seed);
+    let mut publisher = Publisher::new(bus.clone(), DEFAULT_DEADLINE);
+    let mut published = 0u64;
+    let mut failures = 0usize;
+    let mut payload_bytes = 0u64;
+    let traffic = simulator
+        .history(year_start, 365, per_commune_day)
+        .filter(|event| !event.subject.contains(PROBE_UNIT));
+    for event in traffic {
+        if published >= limit {
+            break;
+        }
+        payload_bytes += event.payload.len() as u64;
+        let acks = publisher.send((), crate::simulate::outgoing(event)).await;
+        failures += acks.iter().filter(|(_, ack)| ack.is_err()).count();
+        published += 1;
+        if published.is_multiple_of(500_000) {
+            eprintln!("published {published} events…");
+        }
+    }
+    failures += publisher
+        .finish()
+        .await
+        .iter()
+        .filter(|(_, ack)| ack.is_err())
+        .count();
+    anyhow::ensure!(failures == 0, "{failures} events were not stored");
+    Ok((published, payload_bytes))
 }
 
 /// One run's figures, for people.
@@ -606,6 +687,22 @@ fn print_run(figures: &serde_json::Value, index: usize, repeat: usize) {
         "  views on disk                        {:.0} MiB",
         number(&["views_on_disk_mib"])
     );
+    println!(
+        "  GetRates, {} clients, TLS and a token {:>9.0} calls/s = {:.0}% of the same served plain, {:.0}/s (goal: costs ≤ 25%, so ≥ 75%)",
+        number(&["clients"]),
+        number(&["tls_get_rates_calls_per_second"]),
+        100.0 * number(&["tls_vs_plain_get_rates"]),
+        number(&["plain_get_rates_calls_per_second"])
+    );
+    if figures["r3_vs_r1_fold"].is_number() {
+        println!(
+            "  fold of {} events, 3 copies (cluster) {:>9.0} events/s = {:.0}% of 1 copy, {:.0}/s (goal ≥ 70%)",
+            number(&["cluster_events"]),
+            number(&["r3_fold_events_per_second"]),
+            100.0 * number(&["r3_vs_r1_fold"]),
+            number(&["r1_fold_events_per_second"])
+        );
+    }
     if figures["ingest"].is_object() {
         println!(
             "  raw publish, {} intake events, 1024 in flight {:>9.0} events/s",
@@ -623,6 +720,16 @@ fn print_run(figures: &serde_json::Value, index: usize, repeat: usize) {
             number(&["ingest", "post_p50_ms"]),
             number(&["ingest", "post_p99_ms"])
         );
+    }
+}
+
+/// The call the GetRates goals are measured with: the province over the
+/// reporting year (whose tree changed mid-year).
+fn province_rates_request() -> GetRatesRequest {
+    GetRatesRequest {
+        unit_id: "P00".into(),
+        period: "R2025".into(),
+        min_stream_sequence: None,
     }
 }
 
@@ -991,11 +1098,7 @@ async fn fold_and_query(
 
     // One client, sequential calls: latency percentiles. R2025 crosses
     // the reform of the simulated province (unless --no-reform).
-    let request = GetRatesRequest {
-        unit_id: "P00".into(),
-        period: "R2025".into(),
-        min_stream_sequence: None,
-    };
+    let request = province_rates_request();
     for _ in 0..200 {
         client.get_rates(request.clone()).await?;
     }

@@ -29,6 +29,8 @@ pub struct RawCall<Q> {
     path: &'static str,
     request: Q,
     decode: Option<fn(Bytes) -> bool>,
+    /// `authorization: Bearer …`, for a projector with `--tokens`.
+    bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl<Q: prost::Message + Clone + Send + Sync + 'static> RawCall<Q> {
@@ -37,7 +39,16 @@ impl<Q: prost::Message + Clone + Send + Sync + 'static> RawCall<Q> {
             path,
             request,
             decode: None,
+            bearer: None,
         }
+    }
+
+    /// The same call with a bearer token.
+    pub fn with_token(self, token: &str) -> anyhow::Result<Self> {
+        Ok(RawCall {
+            bearer: Some(format!("Bearer {token}").parse()?),
+            ..self
+        })
     }
 
     /// The same call, each reply decoded as an `M` as a real client would.
@@ -54,9 +65,15 @@ impl<Q: prost::Message + Clone + Send + Sync + 'static> RawCall<Q> {
         grpc.ready()
             .await
             .map_err(|err| Status::unavailable(err.to_string()))?;
+        let mut request = tonic::Request::new(self.request.clone());
+        if let Some(bearer) = &self.bearer {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
+        }
         let reply = grpc
             .unary(
-                tonic::Request::new(self.request.clone()),
+                request,
                 tonic::codegen::http::uri::PathAndQuery::from_static(self.path),
                 RawReplyCodec::<Q>(PhantomData),
             )

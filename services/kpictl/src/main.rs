@@ -9,6 +9,7 @@
 mod audit;
 mod bench;
 mod bench_calls;
+mod bench_production;
 mod bench_watch;
 mod import;
 mod query;

@@ -1,0 +1,270 @@
+//! The production settings' costs, for `kpictl bench` (issue 9):
+//!
+//! - **TLS and tokens**: GetRates calls/s from the same clients against the
+//!   same views served plain and then with `--tls-cert/--tls-key/--tokens`,
+//!   in the order plain, TLS, TLS, plain (one restart between each kind);
+//! - **three copies of the log**: the fold rate (`kpictl replay`'s
+//!   pipeline) of the same events from a `CASES` stream of one copy on one
+//!   server and of three copies on a three-node cluster on loopback, in the
+//!   order R1, R3, R3, R1.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use kpi_api::pb::GetRatesRequest;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::bench_calls::{self, RawCall};
+
+/// The files a TLS projector with tokens is started with, and what a
+/// client needs.
+struct TlsSetup {
+    ca_pem: String,
+    cert: PathBuf,
+    key: PathBuf,
+    tokens: PathBuf,
+    token: String,
+}
+
+/// A CA, a certificate for localhost signed by it, and a tokens file with
+/// one reader token for `scope`.
+fn tls_setup(dir: &Path, scope: &str) -> anyhow::Result<TlsSetup> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "kpictl bench CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
+    let server_key = rcgen::KeyPair::generate()?;
+    let server = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?
+        .signed_by(&server_key, &ca)?;
+    let cert = dir.join("bench-cert.pem");
+    let key = dir.join("bench-key.pem");
+    std::fs::write(&cert, server.pem())?;
+    std::fs::write(&key, server_key.serialize_pem())?;
+    let token = format!("kpi_bench_{}", uuid::Uuid::new_v4().simple());
+    let tokens = dir.join("bench-tokens.json");
+    std::fs::write(
+        &tokens,
+        serde_json::to_vec(&serde_json::json!({"tokens": [{
+            "name": "kpictl bench",
+            "sha256": kpi_api::access::token_sha256(&token),
+            "scope": scope,
+            "role": "reader",
+        }]}))?,
+    )?;
+    Ok(TlsSetup {
+        ca_pem: ca.pem(),
+        cert,
+        key,
+        tokens,
+        token,
+    })
+}
+
+/// What a measured projector is started with.
+pub struct Served<'a> {
+    pub projector_bin: &'a Path,
+    pub nats_url: &'a str,
+    pub units: &'a Path,
+    /// Views already folded (the benchmark's own).
+    pub data_dir: &'a Path,
+    pub cache_mb: u64,
+    pub work: &'a Path,
+}
+
+/// A projector process, stopped with SIGTERM on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(
+    served: &Served<'_>,
+    port: u16,
+    tls: Option<&TlsSetup>,
+    log: &Path,
+) -> anyhow::Result<Running> {
+    let mut command = Command::new(served.projector_bin);
+    command
+        .arg("--nats-url")
+        .arg(served.nats_url)
+        .arg("--units")
+        .arg(served.units)
+        .arg("--data-dir")
+        .arg(served.data_dir)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--cache-mb")
+        .arg(served.cache_mb.to_string());
+    if let Some(tls) = tls {
+        command
+            .arg("--tls-cert")
+            .arg(&tls.cert)
+            .arg("--tls-key")
+            .arg(&tls.key)
+            .arg("--tokens")
+            .arg(&tls.tokens);
+    }
+    let child = command
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()
+        .with_context(|| format!("starting {}", served.projector_bin.display()))?;
+    Ok(Running(child))
+}
+
+/// A channel to the projector on `port`, once it answers.
+async fn channel(port: u16, tls: Option<&TlsSetup>, log: &Path) -> anyhow::Result<Channel> {
+    let started = Instant::now();
+    loop {
+        let endpoint = match tls {
+            None => Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?,
+            Some(tls) => Endpoint::from_shared(format!("https://localhost:{port}"))?.tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+                    .domain_name("localhost"),
+            )?,
+        };
+        match endpoint.connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(_) if started.elapsed() < Duration::from_secs(20) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(err) => anyhow::bail!(
+                "the projector did not answer on port {port}: {err}; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// GetRates calls/s served plain and with TLS and tokens: `(plain, tls)`.
+pub async fn tls_cost(
+    served: &Served<'_>,
+    request: &GetRatesRequest,
+    clients: usize,
+    window: Duration,
+) -> anyhow::Result<(f64, f64)> {
+    let setup = tls_setup(served.work, &request.unit_id)?;
+    let plain_call = RawCall::new("/kpi.v1.KpiService/GetRates", request.clone());
+    let tls_call = plain_call.clone().with_token(&setup.token)?;
+    let mut totals = [(0u64, 0f64); 2];
+    // plain, TLS (two windows), plain: one restart between kinds.
+    for (kind, windows) in [(0usize, 1), (1, 2), (0, 1)] {
+        let tls = (kind == 1).then_some(&setup);
+        let port = crate::bench::free_port()?;
+        let log = served.work.join(format!("projector-tls-{kind}.log"));
+        let _running = start(served, port, tls, &log)?;
+        let mut channels = Vec::with_capacity(clients);
+        for _ in 0..clients {
+            channels.push(channel(port, tls, &log).await?);
+        }
+        let call = if kind == 1 { &tls_call } else { &plain_call };
+        for _ in 0..windows {
+            let (calls, seconds) =
+                bench_calls::calls_per_window(&channels, call.clone(), window).await?;
+            totals[kind].0 += calls;
+            totals[kind].1 += seconds;
+        }
+    }
+    let rate = |(calls, seconds): (u64, f64)| calls as f64 / seconds;
+    Ok((rate(totals[0]), rate(totals[1])))
+}
+
+/// Fold rates (events/s) of the first `events` events from a stream of one
+/// copy (`r1_url`) and of three copies on a three-node loopback cluster
+/// that `publish` fills with the same events: `(r1, r3)`.
+pub async fn replicated_fold<F, Fut>(
+    r1_url: &str,
+    units: &kpi_domain::UnitRegistry,
+    events: u64,
+    cache_mb: u64,
+    work: &Path,
+    publish: F,
+) -> anyhow::Result<(f64, f64)>
+where
+    F: FnOnce(kpi_bus::Bus) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<u64>>,
+{
+    let nodes = local_nats::LocalNats::start_cluster(3)?;
+    let urls = nodes
+        .iter()
+        .map(local_nats::LocalNats::url)
+        .collect::<Vec<_>>()
+        .join(",");
+    let r3 = kpi_bus::NatsArgs {
+        replicas: 3,
+        ..kpi_bus::NatsArgs::plain(urls)
+    };
+    let bus = wait_for_cluster(&r3).await?;
+    let started = Instant::now();
+    let published = publish(bus).await?;
+    anyhow::ensure!(
+        published >= events,
+        "the cluster's stream holds {published} events, not {events}"
+    );
+    eprintln!(
+        "published {events} events to three copies in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let r1 = kpi_bus::NatsArgs::plain(r1_url.to_owned());
+    let units = std::sync::Arc::new(units.clone());
+    let mut seconds = [0f64; 2];
+    for (round, copies) in [1usize, 3, 3, 1].into_iter().enumerate() {
+        crate::bench::settle_disk();
+        let nats = if copies == 1 { &r1 } else { &r3 };
+        let dir = work.join(format!("replicated-fold-{round}"));
+        let (_, fold_seconds) = crate::audit::replay_into(
+            &dir,
+            units.clone(),
+            nats,
+            kpi_projection::Until::Sequence(events),
+            kpi_domain::Moment::from(chrono::Utc::now().fixed_offset()).local_day(),
+            cache_mb,
+        )
+        .await?;
+        let _ = std::fs::remove_dir_all(&dir);
+        seconds[usize::from(copies == 3)] += fold_seconds;
+    }
+    let rate = |seconds: f64| 2.0 * events as f64 / seconds;
+    Ok((rate(seconds[0]), rate(seconds[1])))
+}
+
+/// The cluster's bus once `CASES` has three copies and a leader.
+async fn wait_for_cluster(args: &kpi_bus::NatsArgs) -> anyhow::Result<kpi_bus::Bus> {
+    let started = Instant::now();
+    loop {
+        let attempt = async {
+            let bus = args.connect("kpictl-bench-cluster").await?;
+            let mut stream = bus.ensure_stream().await?;
+            let info = stream.info().await?;
+            anyhow::ensure!(
+                info.cluster
+                    .as_ref()
+                    .and_then(|c| c.leader.as_ref())
+                    .is_some(),
+                "no leader yet"
+            );
+            Ok(bus)
+        };
+        match attempt.await {
+            Ok(bus) => return Ok(bus),
+            Err(_) if started.elapsed() < Duration::from_secs(60) => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            Err(err) => anyhow::bail!("the loopback cluster has no CASES leader after 60 s: {err}"),
+        }
+    }
+}
