@@ -1,8 +1,9 @@
 //! The production settings' costs, for `kpictl bench` (issue 9):
 //!
-//! - **TLS and tokens**: GetRates calls/s from the same clients against the
-//!   same views served plain and then with `--tls-cert/--tls-key/--tokens`,
-//!   in the order plain, TLS, TLS, plain (one restart between each kind);
+//! - **TLS and tokens**: GetRates calls/s from the same clients against
+//!   copies of the same views served at once by two projectors, one plain,
+//!   one with `--tls-cert/--tls-key/--tokens`, in windows plain, TLS, TLS,
+//!   plain;
 //! - **three copies of the log**: the fold rate (`kpictl replay`'s
 //!   pipeline) of the same events from a `CASES` stream of one copy on one
 //!   server and of three copies on a three-node cluster on loopback, in the
@@ -70,7 +71,8 @@ pub struct Served<'a> {
     pub projector_bin: &'a Path,
     pub nats_url: &'a str,
     pub units: &'a Path,
-    /// Views already folded (the benchmark's own).
+    /// Views already folded (the benchmark's own; copied for the TLS
+    /// projector).
     pub data_dir: &'a Path,
     pub cache_mb: u64,
     pub work: &'a Path,
@@ -90,6 +92,7 @@ impl Drop for Running {
 
 fn start(
     served: &Served<'_>,
+    data_dir: &Path,
     port: u16,
     tls: Option<&TlsSetup>,
     log: &Path,
@@ -101,7 +104,7 @@ fn start(
         .arg("--units")
         .arg(served.units)
         .arg("--data-dir")
-        .arg(served.data_dir)
+        .arg(data_dir)
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--cache-mb")
@@ -151,6 +154,10 @@ async fn channel(port: u16, tls: Option<&TlsSetup>, log: &Path) -> anyhow::Resul
 }
 
 /// GetRates calls/s served plain and with TLS and tokens: `(plain, tls)`.
+/// Two projectors serve copies of the same views at once, one plain, one
+/// with TLS and tokens; the clients call them in windows plain, TLS, TLS,
+/// plain, so that neither a restart nor a drift of the machine falls on
+/// one side only.
 pub async fn tls_cost(
     served: &Served<'_>,
     request: &GetRatesRequest,
@@ -158,28 +165,46 @@ pub async fn tls_cost(
     window: Duration,
 ) -> anyhow::Result<(f64, f64)> {
     let setup = tls_setup(served.work, &request.unit_id)?;
-    let plain_call = RawCall::new("/kpi.v1.KpiService/GetRates", request.clone());
-    let tls_call = plain_call.clone().with_token(&setup.token)?;
-    let mut totals = [(0u64, 0f64); 2];
-    // plain, TLS (two windows), plain: one restart between kinds.
-    for (kind, windows) in [(0usize, 1), (1, 2), (0, 1)] {
-        let tls = (kind == 1).then_some(&setup);
+    let copy = served.work.join("views-tls");
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(served.data_dir)
+        .arg(&copy)
+        .status()
+        .context("copying the views for the TLS projector")?;
+    anyhow::ensure!(
+        copied.success(),
+        "cp -a {} failed",
+        served.data_dir.display()
+    );
+    let calls = [
+        RawCall::new("/kpi.v1.KpiService/GetRates", request.clone()),
+        RawCall::new("/kpi.v1.KpiService/GetRates", request.clone()).with_token(&setup.token)?,
+    ];
+    let mut running = Vec::new();
+    let mut channels: [Vec<Channel>; 2] = [Vec::new(), Vec::new()];
+    for (kind, (data_dir, tls)) in [(served.data_dir, None), (copy.as_path(), Some(&setup))]
+        .into_iter()
+        .enumerate()
+    {
         let port = crate::bench::free_port()?;
         let log = served.work.join(format!("projector-tls-{kind}.log"));
-        let _running = start(served, port, tls, &log)?;
-        let mut channels = Vec::with_capacity(clients);
+        running.push(start(served, data_dir, port, tls, &log)?);
         for _ in 0..clients {
-            channels.push(channel(port, tls, &log).await?);
-        }
-        let call = if kind == 1 { &tls_call } else { &plain_call };
-        for _ in 0..windows {
-            let (calls, seconds) =
-                bench_calls::calls_per_window(&channels, call.clone(), window).await?;
-            totals[kind].0 += calls;
-            totals[kind].1 += seconds;
+            channels[kind].push(channel(port, tls, &log).await?);
         }
     }
-    let rate = |(calls, seconds): (u64, f64)| calls as f64 / seconds;
+    let mut totals = [(0u64, 0f64); 2];
+    for kind in [0usize, 1, 1, 0] {
+        let (count, seconds) =
+            bench_calls::calls_per_window(&channels[kind], calls[kind].clone(), window).await?;
+        totals[kind].0 += count;
+        totals[kind].1 += seconds;
+    }
+    drop(channels);
+    drop(running);
+    let _ = std::fs::remove_dir_all(&copy);
+    let rate = |(count, seconds): (u64, f64)| count as f64 / seconds;
     Ok((rate(totals[0]), rate(totals[1])))
 }
 
