@@ -10,8 +10,8 @@ use kpi_api::pb::{
     GetRatesRequest, GetScoresRequest, ListAtRiskRequest, RankUnitsRequest, RatesReply,
 };
 use kpi_bus::Bus;
-use kpi_e2e::{kpictl, message_id_of, publish_all, simulated_messages, Projector};
-use kpi_testkit::{event_lines, example_path, subject_of};
+use kpi_e2e::{example_messages, kpictl, publish_all, simulated_messages, Projector};
+use kpi_testkit::example_path;
 use local_nats::LocalNats;
 use serde_json::{json, Value};
 
@@ -29,14 +29,7 @@ async fn example_stack() -> (LocalNats, Projector, Bus, tempfile::TempDir) {
     );
     let bus = Bus::connect(&nats.url(), "live-test").await.unwrap();
     bus.ensure_stream().await.unwrap();
-    let messages = event_lines().into_iter().map(|(number, line)| {
-        (
-            subject_of(line),
-            message_id_of(line, &format!("line-{number}")),
-            line.to_vec(),
-        )
-    });
-    publish_all(&bus, messages).await;
+    publish_all(&bus, example_messages()).await;
     let last = bus.last_sequence().await.unwrap();
     projector.wait_for("P46", last, FOLD_TIMEOUT).await;
     (nats, projector, bus, dir)

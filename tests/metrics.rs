@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use kpi_api::pb::GetRatesRequest;
 use kpi_bus::Bus;
-use kpi_e2e::{free_port, message_id_of, publish_all, IngestService, Projector};
-use kpi_testkit::{event_lines, example_path, subject_of, INVALID_LINES};
+use kpi_e2e::{example_messages, free_port, publish_all, IngestService, Projector};
+use kpi_testkit::{example_path, INVALID_LINES};
 use local_nats::LocalNats;
 use serde_json::json;
 
@@ -70,14 +70,7 @@ async fn the_projector_counts_every_message_once_and_each_call_by_method_and_cod
     let mut projector = start();
     let bus = Bus::connect(&nats.url(), "metrics-test").await.unwrap();
     bus.ensure_stream().await.unwrap();
-    let messages = event_lines().into_iter().map(|(number, line)| {
-        (
-            subject_of(line),
-            message_id_of(line, &format!("line-{number}")),
-            line.to_vec(),
-        )
-    });
-    publish_all(&bus, messages).await;
+    publish_all(&bus, example_messages()).await;
     let last = bus.last_sequence().await.unwrap();
     projector.wait_for("P46", last, FOLD_TIMEOUT).await;
 

@@ -463,6 +463,22 @@ pub async fn publish_all(bus: &Bus, messages: impl IntoIterator<Item = (String, 
     }
 }
 
+/// Every line of the example scenario as a message for [`publish_all`],
+/// as a provincial system would publish it: on its subject, with its event
+/// id (or `line-N`) as message id.
+pub fn example_messages() -> Vec<(String, String, Vec<u8>)> {
+    kpi_testkit::event_lines()
+        .into_iter()
+        .map(|(number, line)| {
+            (
+                kpi_testkit::subject_of(line),
+                message_id_of(line, &format!("line-{number}")),
+                line.to_vec(),
+            )
+        })
+        .collect()
+}
+
 /// The message id a publisher would give a raw line: its event id, or
 /// something unique for lines without one.
 pub fn message_id_of(line: &[u8], fallback: &str) -> String {

@@ -936,18 +936,29 @@ struct Measured {
 }
 
 async fn connect(addr: &str, log: &Path) -> anyhow::Result<Channel> {
+    connect_endpoint(
+        &tonic::transport::Endpoint::from_shared(addr.to_owned())?,
+        log,
+    )
+    .await
+}
+
+/// A channel through `endpoint` once the projector answers (within 20 s);
+/// otherwise an error with the projector's log.
+pub(crate) async fn connect_endpoint(
+    endpoint: &tonic::transport::Endpoint,
+    log: &Path,
+) -> anyhow::Result<Channel> {
     let started = Instant::now();
     loop {
-        match tonic::transport::Endpoint::from_shared(addr.to_owned())?
-            .connect()
-            .await
-        {
+        match endpoint.connect().await {
             Ok(channel) => return Ok(channel),
             Err(_) if started.elapsed() < Duration::from_secs(20) => {
                 tokio::time::sleep(Duration::from_millis(20)).await
             }
             Err(err) => anyhow::bail!(
-                "the projector did not answer on {addr}: {err}; log:\n{}",
+                "the projector did not answer on {}: {err}; log:\n{}",
+                endpoint.uri(),
                 std::fs::read_to_string(log).unwrap_or_default()
             ),
         }

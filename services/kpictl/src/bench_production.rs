@@ -130,27 +130,15 @@ fn start(
 
 /// A channel to the projector on `port`, once it answers.
 async fn channel(port: u16, tls: Option<&TlsSetup>, log: &Path) -> anyhow::Result<Channel> {
-    let started = Instant::now();
-    loop {
-        let endpoint = match tls {
-            None => Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?,
-            Some(tls) => Endpoint::from_shared(format!("https://localhost:{port}"))?.tls_config(
-                ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(&tls.ca_pem))
-                    .domain_name("localhost"),
-            )?,
-        };
-        match endpoint.connect().await {
-            Ok(channel) => return Ok(channel),
-            Err(_) if started.elapsed() < Duration::from_secs(20) => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
-            Err(err) => anyhow::bail!(
-                "the projector did not answer on port {port}: {err}; log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            ),
-        }
-    }
+    let endpoint = match tls {
+        None => Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?,
+        Some(tls) => Endpoint::from_shared(format!("https://localhost:{port}"))?.tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+                .domain_name("localhost"),
+        )?,
+    };
+    crate::bench::connect_endpoint(&endpoint, log).await
 }
 
 /// GetRates calls/s served plain and with TLS and tokens: `(plain, tls)`.
