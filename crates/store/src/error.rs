@@ -1,0 +1,70 @@
+//! Why a store operation failed: the one error type of the crate, with
+//! the words an operator needs to act on each case.
+
+use crate::RULES_VERSION;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored entry {key:?} cannot be read: {detail}")]
+    Corrupt { key: String, detail: String },
+    #[error("the data directory holds views of format {found}, this build reads format 3; rebuild the views: move the directory aside and start the projector again (it re-reads the stream from the start)")]
+    Format { found: String },
+    #[error(transparent)]
+    UnknownUnit(#[from] kpi_domain::UnknownUnit),
+    #[error(
+        "the views were folded with counting rules {found}; this build counts with rules {RULES_VERSION}: \
+         rebuild them with the rules of this build: stop the projector, move its data directory aside and \
+         start it again (it folds the whole log anew; README, Rebuilding the views)"
+    )]
+    Rules { found: String },
+    #[error(
+        "counter {counter} of unit {unit} on {day} would go below zero: the views disagree with the log. \
+         Nothing of this batch was written. Rebuild the views: stop the projector, move its data directory \
+         aside and start it again (it folds the whole log anew; README, Rebuilding the views)"
+    )]
+    Underflow {
+        unit: String,
+        day: String,
+        counter: &'static str,
+    },
+    #[error(
+        "the stream was created at {now} but the views were folded from a stream created at {folded_from}: \
+         it was recreated, and its sequences are not the ones the checkpoint counts; rebuild the views: \
+         stop the projector, move its data directory aside and start it again"
+    )]
+    StreamChanged { folded_from: String, now: String },
+    #[error(
+        "the stream starts at sequence {first} but the views reflect only up to {checkpoint}: the events \
+         after {checkpoint} and before {first} were removed before they were folded; restore the stream \
+         or rebuild the views from what is left (move the data directory aside)"
+    )]
+    StreamGap { first: u64, checkpoint: u64 },
+    #[error(
+        "the views in {dir} are in use by another process (a running projector?); stop it first"
+    )]
+    Locked { dir: String },
+}
+
+impl StoreError {
+    /// The disk holding the views is full: nothing was committed, and the
+    /// views resume from their checkpoint once there is space again.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Sled(sled::Error::Io(err)) => {
+                err.kind() == std::io::ErrorKind::StorageFull
+                    || err.raw_os_error() == Some(28)
+                    || err.to_string().contains("No space left on device")
+            }
+            _ => false,
+        }
+    }
+}
+
+pub(crate) fn corrupt(key: &[u8], detail: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        detail: detail.to_string(),
+    }
+}

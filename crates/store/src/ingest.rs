@@ -1,0 +1,339 @@
+//! The one write path: a batch of validated messages folded, parked or
+//! retired, and written with its rollups and the new checkpoint in one
+//! atomic sled batch.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Datelike, Utc};
+use kpi_domain::fold::{BatchChanges, BatchFold};
+use kpi_domain::{CounterDelta, Day, Folded, Moment, OpenDelta, UnitIdx, UnitRegistry};
+
+use crate::error::{corrupt, StoreError};
+use crate::{keys, month, BatchReport, Committed, FoldTotals, Incoming, ParkedEvent, Store};
+
+/// The last message of a batch, as the commit records it.
+struct LastFolded {
+    sequence: u64,
+    published: Option<DateTime<Utc>>,
+    behind: u64,
+}
+impl Store {
+    /// Folds and parks a batch of validated messages in stream order, then
+    /// writes the changes and the new checkpoint atomically. Messages at or
+    /// below the checkpoint are skipped (already folded).
+    pub fn ingest(
+        &self,
+        units: &UnitRegistry,
+        batch: &[Incoming<'_>],
+    ) -> Result<BatchReport, StoreError> {
+        let _writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let checkpoint = self.checkpoint()?;
+        let mut totals = FoldTotals::default();
+        let mut parked = Vec::new();
+        let mut retired = Vec::new();
+        let mut last = checkpoint;
+        let live_day = self
+            .live_day()?
+            .unwrap_or_else(|| Moment::from(Utc::now().fixed_offset()).local_day());
+        let mut fold = BatchFold::with_capacity(units, self, live_day, batch.len());
+        for message in batch.iter().filter(|m| m.sequence > checkpoint) {
+            last = last.max(message.sequence);
+            match &message.event {
+                Ok(event) => {
+                    let counts = match fold.fold(message.sequence, event)? {
+                        Folded::Applied => {
+                            totals.folded += 1;
+                            true
+                        }
+                        Folded::Duplicate { counts } => {
+                            totals.duplicates += 1;
+                            counts
+                        }
+                        Folded::Conflict(conflict) => {
+                            totals.conflicts += 1;
+                            parked.push(ParkedEvent::conflict(
+                                &event.case_id,
+                                &conflict.loser,
+                                &conflict.winner,
+                            ));
+                            conflict.loser.sequence != message.sequence
+                        }
+                        Folded::OverLimit => {
+                            totals.parked += 1;
+                            parked.push(ParkedEvent::over_limit(message, &event.case_id));
+                            false
+                        }
+                    };
+                    // A redriven event that counts retires its parked copy.
+                    if let (true, Some(parked_sequence)) = (counts, message.redrive_of) {
+                        let key = keys::parked(parked_sequence);
+                        let pending = parked
+                            .iter()
+                            .any(|p: &ParkedEvent| p.sequence == parked_sequence);
+                        if (pending || self.views.contains_key(key)?)
+                            && !retired.contains(&parked_sequence)
+                        {
+                            retired.push(parked_sequence);
+                        }
+                    }
+                }
+                Err(error) => {
+                    totals.parked += 1;
+                    parked.push(ParkedEvent::of_message(
+                        message,
+                        error.field().map(str::to_owned),
+                        error.to_string(),
+                    ));
+                }
+            }
+        }
+        if last == checkpoint {
+            return Ok(BatchReport {
+                checkpoint,
+                ..BatchReport::default()
+            });
+        }
+        let changes = fold.finish()?;
+        totals.redriven = retired.len() as u64;
+        let mut all_totals = self.totals()?;
+        all_totals.add(&totals);
+        let parked_reasons = parked
+            .iter()
+            .map(|p| (p.sequence, p.reason.clone()))
+            .collect();
+        let last_message = batch.iter().find(|message| message.sequence == last);
+        self.commit(
+            units,
+            changes,
+            parked,
+            &retired,
+            LastFolded {
+                sequence: last,
+                published: last_message.and_then(|message| message.published),
+                behind: last_message.map_or(0, |message| message.behind),
+            },
+            &all_totals,
+        )?;
+        Ok(BatchReport {
+            totals,
+            checkpoint: last,
+            parked: parked_reasons,
+        })
+    }
+
+    fn commit(
+        &self,
+        units: &UnitRegistry,
+        changes: BatchChanges,
+        parked: Vec<ParkedEvent>,
+        retired: &[u64],
+        last: LastFolded,
+        totals: &FoldTotals,
+    ) -> Result<(), StoreError> {
+        let LastFolded {
+            sequence: checkpoint,
+            published,
+            behind,
+        } = last;
+        let mut batch = sled::Batch::default();
+        for (key, record) in &changes.records {
+            let bytes =
+                postcard::to_stdvec(record).map_err(|err| corrupt(&keys::record(key), err))?;
+            batch.insert(keys::record(key), bytes);
+        }
+        for (key, held) in &changes.held {
+            match held {
+                Some(entry) => {
+                    let bytes =
+                        postcard::to_stdvec(entry).map_err(|err| corrupt(&keys::held(key), err))?;
+                    batch.insert(keys::held(key), bytes);
+                }
+                None => batch.remove(keys::held(key)),
+            }
+        }
+        self.write_rollups(&mut batch, units, &changes, Base::Stored)?;
+        for event in &parked {
+            let bytes = postcard::to_stdvec(event)
+                .map_err(|err| corrupt(&keys::parked(event.sequence), err))?;
+            batch.insert(&keys::parked(event.sequence)[..], bytes);
+        }
+        for sequence in retired {
+            batch.remove(&keys::parked(*sequence)[..]);
+        }
+        let totals_bytes = postcard::to_stdvec(totals).map_err(|err| corrupt(keys::STATS, err))?;
+        batch.insert(keys::STATS, totals_bytes);
+        batch.insert(keys::CHECKPOINT, &checkpoint.to_be_bytes()[..]);
+        let mut marker = checkpoint.to_be_bytes().to_vec();
+        let nanos = published
+            .and_then(|at| at.timestamp_nanos_opt())
+            .unwrap_or(0);
+        marker.extend_from_slice(&nanos.to_be_bytes());
+        batch.insert(keys::LAST_MESSAGE, marker);
+
+        let mut touched: Vec<UnitIdx> = changes
+            .counters
+            .keys()
+            .map(|(unit, _)| *unit)
+            .chain(changes.open_by_due_day.keys().map(|(unit, _)| *unit))
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        {
+            let _exclusive = self
+                .commit
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            self.views.apply_batch(batch)?;
+        }
+        self.tell(&Committed {
+            sequence: checkpoint,
+            units: touched,
+            all: false,
+            behind,
+        });
+        Ok(())
+    }
+
+    /// Adds the rollup changes (day counters by month, open cases) to
+    /// `batch`, on top of the stored values or of nothing.
+    pub(crate) fn write_rollups(
+        &self,
+        batch: &mut sled::Batch,
+        units: &UnitRegistry,
+        changes: &BatchChanges,
+        base: Base,
+    ) -> Result<(), StoreError> {
+        // Day changes grouped by (unit, month): one stored value each.
+        let mut months: BTreeMap<(UnitIdx, keys::Month), Vec<(Day, &CounterDelta)>> =
+            BTreeMap::new();
+        for ((unit, day), delta) in &changes.counters {
+            if !delta.is_zero() {
+                months
+                    .entry((*unit, keys::Month::of(*day)))
+                    .or_default()
+                    .push((*day, delta));
+            }
+        }
+        for ((unit, month), days) in &months {
+            let key = keys::unit_month(&units.unit(*unit).id, *month);
+            let stored = match base {
+                Base::Stored => self.views.get(&key)?,
+                Base::Empty => None,
+            };
+            let mut counters = month::MonthCounters::decode(stored.as_deref())
+                .map_err(|detail| corrupt(&key, detail))?;
+            for (day, delta) in days {
+                if let Err(counter) = counters.apply(day.to_date().day() as usize, delta) {
+                    return Err(StoreError::Underflow {
+                        unit: units.unit(*unit).id.clone(),
+                        day: day.to_date().to_string(),
+                        counter: counter.name(),
+                    });
+                }
+            }
+            if counters.is_zero() {
+                batch.remove(key);
+            } else {
+                batch.insert(key, counters.encode());
+            }
+        }
+        let mut open_totals: BTreeMap<UnitIdx, OpenDelta> = BTreeMap::new();
+        for ((unit, day), delta) in &changes.open_by_due_day {
+            let total = open_totals.entry(*unit).or_default();
+            total.open += delta.open;
+            total.without_apology += delta.without_apology;
+            let key = keys::unit_day(keys::OPEN_BY_DUE_DAY, &units.unit(*unit).id, *day);
+            self.add_open(batch, key, delta, base)?;
+        }
+        for (unit, delta) in &open_totals {
+            self.add_open(
+                batch,
+                keys::unit_prefix(keys::OPEN_TOTAL, &units.unit(*unit).id),
+                delta,
+                base,
+            )?;
+        }
+        for key in &changes.open_removed {
+            batch.remove(keys::open_index(
+                &units.unit(key.unit).id,
+                key.due_at,
+                &key.case_id,
+            ));
+        }
+        for (key, has_apology) in &changes.open_added {
+            let index_key = keys::open_index(&units.unit(key.unit).id, key.due_at, &key.case_id);
+            batch.insert(index_key, &[u8::from(*has_apology)][..]);
+        }
+        Ok(())
+    }
+
+    /// Adds a change in open cases to the pair stored at `key`.
+    fn add_open(
+        &self,
+        batch: &mut sled::Batch,
+        key: Vec<u8>,
+        delta: &OpenDelta,
+        base: Base,
+    ) -> Result<(), StoreError> {
+        if delta.is_zero() {
+            return Ok(());
+        }
+        let stored = match base {
+            Base::Stored => self.views.get(&key)?,
+            Base::Empty => None,
+        };
+        let (open, without_apology) = match stored {
+            None => (0, 0),
+            Some(bytes) => decode_pair(&bytes).map_err(|detail| corrupt(&key, detail))?,
+        };
+        let open = i64::from(open) + delta.open;
+        let without_apology = i64::from(without_apology) + delta.without_apology;
+        if open < 0 || without_apology < 0 {
+            return Err(StoreError::Underflow {
+                unit: String::from_utf8_lossy(&key[1..key.len() - 1]).into_owned(),
+                day: "(open cases)".to_owned(),
+                counter: if open < 0 {
+                    "open"
+                } else {
+                    "open_without_apology"
+                },
+            });
+        }
+        let (open, without_apology) = (open as u32, without_apology as u32);
+        if open == 0 && without_apology == 0 {
+            batch.remove(key);
+        } else {
+            let mut bytes = open.to_le_bytes().to_vec();
+            bytes.extend_from_slice(&without_apology.to_le_bytes());
+            batch.insert(key, bytes);
+        }
+        Ok(())
+    }
+}
+
+/// What rollup changes are added to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Base {
+    /// The values stored now (a batch of events).
+    Stored,
+    /// Nothing (a recomputation: every old value is removed).
+    Empty,
+}
+/// An (open, open without apology) pair; anything but 8 bytes is damage.
+pub(crate) fn decode_pair(bytes: &[u8]) -> Result<(u32, u32), String> {
+    let array: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| format!("{} bytes where 8 were written", bytes.len()))?;
+    let word = |offset: usize| {
+        u32::from_le_bytes([
+            array[offset],
+            array[offset + 1],
+            array[offset + 2],
+            array[offset + 3],
+        ])
+    };
+    Ok((word(0), word(4)))
+}

@@ -1,0 +1,325 @@
+//! The read side: consistent answers (sums over periods, live counts,
+//! pages of open, held and parked cases, whole-store exports), each taken
+//! under the shared commit lock where it must not mix two batches.
+
+use chrono::Datelike;
+use kpi_domain::fold::RecordSource;
+use kpi_domain::{Counters, Day, LiveCounts, Moment, Record, RecordKey};
+
+use crate::error::{corrupt, StoreError};
+use crate::ingest::decode_pair;
+use crate::{
+    keys, month, HeldPage, OpenPage, ParkedEvent, ScoreSnapshot, Snapshot, Store, ViewsExport,
+    VIEW_PREFIXES,
+};
+
+impl Store {
+    /// The counters of `unit_id` summed over `first..=last` and its live
+    /// counts at `now`, as of one checkpoint.
+    pub fn snapshot(
+        &self,
+        unit_id: &str,
+        first: Day,
+        last: Day,
+        now: Moment,
+    ) -> Result<Snapshot, StoreError> {
+        let _shared = self
+            .commit
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let sequence = self.checkpoint()?;
+        let counters = self.sum_counters(unit_id, first, last)?;
+        let live = self.live_counts(unit_id, now)?;
+        Ok(Snapshot {
+            sequence,
+            counters,
+            live,
+        })
+    }
+
+    /// One range scan over the unit's months: whole months read their
+    /// total row, the first and last months the rows of their days.
+    fn sum_counters(&self, unit_id: &str, first: Day, last: Day) -> Result<Counters, StoreError> {
+        let mut sum = Counters::default();
+        if last < first {
+            return Ok(sum);
+        }
+        let (first_month, last_month) = (keys::Month::of(first), keys::Month::of(last));
+        let start = keys::unit_month(unit_id, first_month);
+        let end = keys::unit_month(unit_id, last_month);
+        for entry in self.views.range(start..=end) {
+            let (key, value) = entry?;
+            let month = keys::month_of(&key).ok_or_else(|| corrupt(&key, "no month in key"))?;
+            let (month_first, month_last) = month.days();
+            if first <= month_first && month_last <= last {
+                sum.add(&month::row(&value, 0).map_err(|detail| corrupt(&key, detail))?);
+            } else {
+                let from = first.max(month_first).to_date().day() as usize;
+                let to = last.min(month_last).to_date().day() as usize;
+                sum.add(&month::days(&value, from, to).map_err(|detail| corrupt(&key, detail))?);
+            }
+        }
+        Ok(sum)
+    }
+
+    /// Live counts from the open cases' due days. Every open case is in the
+    /// unit's total; those not yet overdue are the ones due on later days
+    /// (a short scan: cases fall due within weeks) and those due later
+    /// today, counted exactly from the open index.
+    fn live_counts(&self, unit_id: &str, now: Moment) -> Result<LiveCounts, StoreError> {
+        let total_key = keys::unit_prefix(keys::OPEN_TOTAL, unit_id);
+        let (open, open_without_apology) = match self.views.get(&total_key)? {
+            None => (0, 0),
+            Some(bytes) => decode_pair(&bytes).map_err(|detail| corrupt(&total_key, detail))?,
+        };
+        let (open, open_without_apology) = (u64::from(open), u64::from(open_without_apology));
+        let today = now.local_day();
+        let tomorrow = Day::from_date(today.to_date().succ_opt().unwrap_or(chrono::NaiveDate::MAX));
+        let (mut not_due, mut not_due_without_apology) = (0u64, 0u64);
+        let later_days = keys::unit_day(keys::OPEN_BY_DUE_DAY, unit_id, tomorrow);
+        let unit_end = keys::prefix_end(&keys::unit_prefix(keys::OPEN_BY_DUE_DAY, unit_id));
+        for entry in self.views.range(later_days..unit_end) {
+            let (key, value) = entry?;
+            let (open, without_apology) =
+                decode_pair(&value).map_err(|detail| corrupt(&key, detail))?;
+            not_due += u64::from(open);
+            not_due_without_apology += u64::from(without_apology);
+        }
+        let from_now = keys::open_index_at(unit_id, now);
+        let until_tomorrow = keys::open_index_at(unit_id, Moment::start_of(tomorrow));
+        for entry in self.views.range(from_now..until_tomorrow) {
+            let (_, has_apology) = entry?;
+            not_due += 1;
+            if has_apology.first() != Some(&1) {
+                not_due_without_apology += 1;
+            }
+        }
+        Ok(LiveCounts {
+            open,
+            overdue_open: open.saturating_sub(not_due),
+            overdue_without_apology: open_without_apology.saturating_sub(not_due_without_apology),
+        })
+    }
+
+    /// A record and the stream sequence the views reflect, read together.
+    pub fn record_at_checkpoint(
+        &self,
+        key: &RecordKey,
+    ) -> Result<(Option<Record>, u64), StoreError> {
+        let _shared = self
+            .commit
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok((self.load_record(key)?, self.checkpoint()?))
+    }
+
+    /// How many records have events held (their `case.received` has not
+    /// come): a key scan, for the metrics every few seconds.
+    pub fn held_count(&self) -> Result<u64, StoreError> {
+        let mut count = 0;
+        for key in self.views.scan_prefix([keys::HELD]).keys() {
+            key?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Records whose events are held, in key order, after `after` (a
+    /// previous page's last [`HeldPage::next`]), at most `limit`.
+    pub fn held(&self, after: Option<&str>, limit: usize) -> Result<HeldPage, StoreError> {
+        let start = match after {
+            Some(after) => {
+                let mut key = vec![keys::HELD];
+                key.extend_from_slice(after.as_bytes());
+                key.push(0);
+                key
+            }
+            None => vec![keys::HELD],
+        };
+        let end = keys::prefix_end(&[keys::HELD]);
+        let mut records = Vec::new();
+        let mut next = None;
+        for entry in self.views.range(start..end) {
+            let (key, value) = entry?;
+            if records.len() == limit {
+                break;
+            }
+            let entry: kpi_domain::HeldEntry =
+                postcard::from_bytes(&value).map_err(|err| corrupt(&key, err))?;
+            let code = String::from_utf8_lossy(&key[2..]).into_owned();
+            let record_key = match key.get(1) {
+                Some(&keys::FEEDBACK) => RecordKey::Feedback(code),
+                _ => RecordKey::Case(code),
+            };
+            next = Some(String::from_utf8_lossy(&key[1..]).into_owned());
+            records.push((record_key, entry));
+        }
+        if records.len() < limit {
+            next = None;
+        }
+        Ok(HeldPage { records, next })
+    }
+
+    /// Every day counter of every unit and the open-case totals, as of one
+    /// checkpoint: what `kpictl verify` compares with a rebuild.
+    pub fn export(&self) -> Result<ViewsExport, StoreError> {
+        let _shared = self
+            .commit
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut export = ViewsExport {
+            checkpoint: self.checkpoint()?,
+            live_day: self.live_day()?,
+            ..ViewsExport::default()
+        };
+        for entry in self.views.scan_prefix([keys::MONTH_COUNTERS]) {
+            let (key, value) = entry?;
+            let unit = keys::unit_of(&key).ok_or_else(|| corrupt(&key, "no unit in key"))?;
+            let month = keys::month_of(&key).ok_or_else(|| corrupt(&key, "no month in key"))?;
+            let (first, last) = month.days();
+            for day_of_month in 1..=(last.to_date().day() as usize) {
+                let counters =
+                    month::row(&value, day_of_month).map_err(|detail| corrupt(&key, detail))?;
+                if !counters.is_zero() {
+                    let day = Day::from_date(
+                        first.to_date() + chrono::Days::new(day_of_month as u64 - 1),
+                    );
+                    export.days.push((unit.clone(), day, counters));
+                }
+            }
+        }
+        for entry in self.views.scan_prefix([keys::OPEN_TOTAL]) {
+            let (key, value) = entry?;
+            let unit = keys::unit_of(&key).ok_or_else(|| corrupt(&key, "no unit in key"))?;
+            let (open, without_apology) =
+                decode_pair(&value).map_err(|detail| corrupt(&key, detail))?;
+            export.open.push((unit, open, without_apology));
+        }
+        Ok(export)
+    }
+
+    /// Every record, in key order (audits of the whole store).
+    pub fn records(&self) -> impl Iterator<Item = Result<(RecordKey, Record), StoreError>> + '_ {
+        [keys::CASE, keys::FEEDBACK]
+            .into_iter()
+            .flat_map(move |prefix| {
+                self.views.scan_prefix([prefix]).map(move |entry| {
+                    let (key, value) = entry?;
+                    let record: Record =
+                        postcard::from_bytes(&value).map_err(|err| corrupt(&key, err))?;
+                    let code = String::from_utf8_lossy(&key[1..]).into_owned();
+                    let record_key = if prefix == keys::CASE {
+                        RecordKey::Case(code)
+                    } else {
+                        RecordKey::Feedback(code)
+                    };
+                    Ok((record_key, record))
+                })
+            })
+    }
+
+    /// Open cases of `unit_id` due before `until` (every overdue one
+    /// included), by due time then case code, after the position `after`
+    /// (a previous page's [`OpenPage::next`]), at most `limit`.
+    pub fn open_cases(
+        &self,
+        unit_id: &str,
+        until: Moment,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<OpenPage, StoreError> {
+        let _shared = self
+            .commit
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let prefix = keys::unit_prefix(keys::OPEN_INDEX, unit_id);
+        let start = match after {
+            Some(position) => {
+                let mut key = prefix.clone();
+                key.extend_from_slice(position);
+                key.push(0);
+                key
+            }
+            None => prefix.clone(),
+        };
+        let end = keys::open_index_at(unit_id, until);
+        let mut page = OpenPage {
+            sequence: self.checkpoint()?,
+            ..OpenPage::default()
+        };
+        for entry in self.views.range(start..end) {
+            let (key, value) = entry?;
+            if page.cases.len() == limit {
+                page.next = page.cases.last().map(|(due, case, _)| {
+                    let mut position = keys::moment(*due).to_vec();
+                    position.extend_from_slice(case.as_bytes());
+                    position
+                });
+                break;
+            }
+            let rest = &key[prefix.len()..];
+            let due = keys::moment_from(rest).ok_or_else(|| corrupt(&key, "no due time"))?;
+            let case = String::from_utf8_lossy(&rest[12..]).into_owned();
+            page.cases.push((due, case, value.first() == Some(&1)));
+        }
+        Ok(page)
+    }
+
+    /// The counters a QĐ 766 score needs, at one checkpoint: over the
+    /// period, over every day up to its last, over every day before its
+    /// first; and the live counts at `now`.
+    pub fn score_inputs(
+        &self,
+        unit_id: &str,
+        first: Day,
+        last: Day,
+        now: Moment,
+    ) -> Result<ScoreSnapshot, StoreError> {
+        let _shared = self
+            .commit
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let beginning =
+            Day::from_date(chrono::NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or_default());
+        let day_before = Day::from_date(first.to_date().pred_opt().unwrap_or(first.to_date()));
+        Ok(ScoreSnapshot {
+            sequence: self.checkpoint()?,
+            period: self.sum_counters(unit_id, first, last)?,
+            through_end: self.sum_counters(unit_id, beginning, last)?,
+            before_start: self.sum_counters(unit_id, beginning, day_before)?,
+            live: self.live_counts(unit_id, now)?,
+        })
+    }
+
+    /// Parked events after `after_sequence`, oldest first, at most `limit`.
+    pub fn parked(
+        &self,
+        after_sequence: u64,
+        limit: usize,
+    ) -> Result<Vec<ParkedEvent>, StoreError> {
+        let start = keys::parked(after_sequence.saturating_add(1));
+        let end = keys::prefix_end(&[keys::PARKED]);
+        self.views
+            .range(&start[..]..&end[..])
+            .take(limit)
+            .map(|entry| {
+                let (key, value) = entry?;
+                postcard::from_bytes(&value).map_err(|err| corrupt(&key, err))
+            })
+            .collect()
+    }
+
+    /// Every entry of the views proper (records, event ids, counters, open
+    /// cases), in key order: what two folds of the same log must share.
+    pub fn view_entries(
+        &self,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
+        VIEW_PREFIXES.iter().flat_map(move |prefix| {
+            self.views.scan_prefix([*prefix]).map(|entry| {
+                entry
+                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(StoreError::from)
+            })
+        })
+    }
+}

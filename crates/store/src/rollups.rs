@@ -1,0 +1,166 @@
+//! The rollups (day counters by ancestor, open cases by the live day's
+//! tree) depend on the unit registry, not on the log: this is where the
+//! store notices that the registry or today's tree changed and recomputes
+//! them from the stored case records.
+
+use kpi_domain::fold::BatchChanges;
+use kpi_domain::units::Fingerprint;
+use kpi_domain::{Day, Record, RecordKey, UnitRegistry};
+
+use crate::error::{corrupt, StoreError};
+use crate::ingest::Base;
+use crate::{keys, Committed, Store};
+
+impl Store {
+    /// Takes `units` as the registry the views are rolled up with, and
+    /// `today` as their live day. New views simply record them. For
+    /// existing views, when the registry changes units already counted
+    /// (a move, a merge, new dates) or today falls in another epoch of the
+    /// tree than the stored live day, every rollup is recomputed from the
+    /// case records (no replay of the log); the reason is returned.
+    pub fn adopt_units(
+        &self,
+        units: &UnitRegistry,
+        today: Day,
+    ) -> Result<Option<String>, StoreError> {
+        let _writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let stored = match self.views.get(keys::ROLLUP_UNITS)? {
+            None => None,
+            Some(bytes) => Some(
+                serde_json::from_slice::<Fingerprint>(&bytes)
+                    .map_err(|err| corrupt(keys::ROLLUP_UNITS, err))?,
+            ),
+        };
+        let live_day = self.live_day()?;
+        let reason = match (&stored, live_day) {
+            (None, _) | (_, None) if self.checkpoint()? == 0 => None,
+            (None, _) | (_, None) => Some("the views record no unit registry".to_owned()),
+            (Some(stored), Some(live_day)) => {
+                let changes = units.changes_from(stored);
+                if !changes.is_empty() {
+                    Some(format!("the units file changed: {}", changes.join("; ")))
+                } else if !units.same_tree(live_day, today) {
+                    Some(format!(
+                        "the tree of today ({}) differs from that of the live counts ({})",
+                        today.to_date(),
+                        live_day.to_date()
+                    ))
+                } else {
+                    None
+                }
+            }
+        };
+        if reason.is_some() {
+            self.rebuild_rollups(units, today)?;
+        } else {
+            let mut batch = sled::Batch::default();
+            Self::record_rollup_basis(&mut batch, units, live_day.unwrap_or(today))?;
+            self.views.apply_batch(batch)?;
+        }
+        Ok(reason)
+    }
+
+    /// Recomputes the live counts when today has entered another epoch of
+    /// the tree than the one they follow (a change dated in the units file
+    /// takes effect); `true` when it did.
+    pub fn follow_today(&self, units: &UnitRegistry, today: Day) -> Result<bool, StoreError> {
+        match self.live_day()? {
+            Some(live_day) if !units.same_tree(live_day, today) => {
+                let _writer = self
+                    .writer
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                self.rebuild_rollups(units, today)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// The day whose tree the open cases are counted by.
+    pub(crate) fn live_day(&self) -> Result<Option<Day>, StoreError> {
+        match self.views.get(keys::LIVE_DAY)? {
+            None => Ok(None),
+            Some(bytes) => {
+                let array: [u8; 4] = bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt(keys::LIVE_DAY, "not 4 bytes"))?;
+                Ok(Some(Day::from_key(array)))
+            }
+        }
+    }
+
+    fn record_rollup_basis(
+        batch: &mut sled::Batch,
+        units: &UnitRegistry,
+        live_day: Day,
+    ) -> Result<(), StoreError> {
+        let fingerprint = serde_json::to_vec(&units.fingerprint())
+            .map_err(|err| corrupt(keys::ROLLUP_UNITS, err))?;
+        batch.insert(keys::ROLLUP_UNITS, fingerprint);
+        batch.insert(keys::LIVE_DAY, &live_day.to_key()[..]);
+        Ok(())
+    }
+
+    /// Every rollup (day counters, open cases) recomputed from the stored
+    /// records with `units`, written at once with the registry it reflects.
+    /// The caller holds the writer lock.
+    fn rebuild_rollups(&self, units: &UnitRegistry, live_day: Day) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let mut changes = BatchChanges::default();
+        let mut records = 0u64;
+        for prefix in [keys::CASE, keys::FEEDBACK] {
+            for entry in self.views.scan_prefix([prefix]) {
+                let (key, value) = entry?;
+                let record: Record =
+                    postcard::from_bytes(&value).map_err(|err| corrupt(&key, err))?;
+                if let Some(contribution) = record.contribution() {
+                    let code = String::from_utf8_lossy(&key[1..]).into_owned();
+                    let record_key = match prefix {
+                        keys::CASE => RecordKey::Case(code),
+                        _ => RecordKey::Feedback(code),
+                    };
+                    changes.add(units, live_day, &record_key, &contribution, 1)?;
+                }
+                records += 1;
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for prefix in [
+            keys::MONTH_COUNTERS,
+            keys::OPEN_BY_DUE_DAY,
+            keys::OPEN_TOTAL,
+            keys::OPEN_INDEX,
+        ] {
+            for key in self.views.scan_prefix([prefix]).keys() {
+                batch.remove(key?);
+            }
+        }
+        self.write_rollups(&mut batch, units, &changes, Base::Empty)?;
+        Self::record_rollup_basis(&mut batch, units, live_day)?;
+        {
+            let _exclusive = self
+                .commit
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            self.views.apply_batch(batch)?;
+        }
+        self.tell(&Committed {
+            sequence: self.checkpoint()?,
+            units: Vec::new(),
+            all: true,
+            behind: 0,
+        });
+        tracing::info!(
+            records,
+            live_day = %live_day.to_date(),
+            seconds = started.elapsed().as_secs_f64(),
+            "rollups recomputed from the case records"
+        );
+        Ok(())
+    }
+}
