@@ -203,13 +203,17 @@ impl Record {
             });
         }
 
-        for payment in &state.payments {
-            if let Fact::Paid { online, .. } = payment.fact {
-                let day = payment.at.local_day();
-                counts.push((day, Counter::Payments));
-                if online {
-                    counts.push((day, Counter::PaymentsOnline));
-                }
+        // A case paid counts once (QĐ 766 counts dossiers), on the day of
+        // its earliest payment; online when any of its payments was.
+        if let Some(first) = state.payments.iter().min_by_key(|payment| payment.stamp()) {
+            let day = first.at.local_day();
+            counts.push((day, Counter::Payments));
+            let online = state
+                .payments
+                .iter()
+                .any(|payment| matches!(payment.fact, Fact::Paid { online: true, .. }));
+            if online {
+                counts.push((day, Counter::PaymentsOnline));
             }
         }
 

@@ -7,7 +7,10 @@
 //! - [`fold`]: a batch of events turned into changes to write at once;
 //! - [`kpi`] and [`targets`]: the 13 rates of §3 and their targets;
 //! - [`scores`]: the QĐ 766 components that follow from case events;
-//! - [`reference`]: the same views in memory, the oracle of the tests.
+//! - [`reference`]: the same views in memory, folded by the same fold but
+//!   queried the plain way; [`naive`]: the contract's rules replayed per
+//!   case with no code shared with the fold, the oracle of the property
+//!   tests.
 //!
 //! NATS, sled and tonic stay outside: see the `kpi-bus`, `kpi-store` and
 //! `kpi-api` crates.
@@ -16,6 +19,7 @@ pub mod contribution;
 pub mod counters;
 pub mod fold;
 pub mod kpi;
+pub mod naive;
 pub mod period;
 pub mod record;
 pub mod reference;

@@ -3,10 +3,11 @@
 //!
 //! A record keeps each event that counts (one per event id) and, apart,
 //! the events that lost an identity conflict (CONTRACT §1.2): two events
-//! under one (case, event id) whose kind, time or data differ. The one with
-//! the earliest `occurred_at` counts, ties broken by the smaller canonical
-//! JSON of its data; the other is kept aside with the reason `event_id
-//! reused with different content`. Keeping every event makes that choice,
+//! under one (case, event id) whose kind, unit, time or data differ. The one
+//! with the earliest `occurred_at` counts, ties broken by the smaller kind,
+//! then the smaller unit id, then the smaller canonical JSON of its data;
+//! the other is kept aside with the reason `event_id reused with different
+//! content`. Keeping every event makes that choice,
 //! and everything derived from the record, independent of arrival order:
 //! a later event that wins a conflict simply replaces the loser, whose
 //! effect disappears with it.
@@ -252,18 +253,20 @@ impl RecordedEvent {
         self.fact.kind()
     }
 
-    /// The same event: kind, time and data equal (CONTRACT §1.2).
+    /// The same event: kind, unit, time and data equal (CONTRACT §1.2).
     pub fn same_content(&self, other: &RecordedEvent) -> bool {
-        self.at == other.at && self.fact == other.fact
+        self.at == other.at && self.unit_id == other.unit_id && self.fact == other.fact
     }
 
-    /// Between two events under one id: the one that counts first (the
-    /// earliest, then the smaller canonical data, then the kind's name).
+    /// Between two events under one id: the one that counts first (CONTRACT
+    /// §1.2: the earliest, then the smaller kind, then the smaller unit,
+    /// then the smaller canonical data, each compared byte by byte).
     fn identity_order(&self, other: &RecordedEvent) -> Ordering {
         self.at
             .cmp(&other.at)
-            .then_with(|| self.fact.canonical_data().cmp(&other.fact.canonical_data()))
             .then_with(|| self.kind().as_str().cmp(other.kind().as_str()))
+            .then_with(|| self.unit_id.as_bytes().cmp(other.unit_id.as_bytes()))
+            .then_with(|| self.fact.canonical_data().cmp(&other.fact.canonical_data()))
     }
 
     /// When it happened and which it was: the order that picks the earliest
@@ -479,7 +482,7 @@ pub struct CaseState<'r> {
     pub resolution: Option<&'r RecordedEvent>,
     /// The earliest `case.withdrawn`.
     pub withdrawal: Option<&'r RecordedEvent>,
-    /// Every payment, by event id.
+    /// Every payment, by event id: the case counts once, at the earliest.
     pub payments: Vec<&'r RecordedEvent>,
     /// The latest rating.
     pub rating: Option<&'r RecordedEvent>,
@@ -516,12 +519,55 @@ mod tests {
     use kpi_events::{parse_event, Validation};
 
     fn event(id: &str, kind_and_data: &str, at: &str) -> Event {
-        let units: std::collections::HashSet<String> = ["C1".to_owned()].into_iter().collect();
+        event_of_unit("C1", id, kind_and_data, at)
+    }
+
+    fn event_of_unit(unit: &str, id: &str, kind_and_data: &str, at: &str) -> Event {
+        let units: std::collections::HashSet<String> =
+            ["C1".to_owned(), "C2".to_owned()].into_iter().collect();
         let (kind, data) = kind_and_data.split_once(' ').unwrap();
         let line = format!(
-            r#"{{"event_id":"{id}","kind":"{kind}","case_id":"X-1","unit_id":"C1","occurred_at":"{at}","data":{data}}}"#
+            r#"{{"event_id":"{id}","kind":"{kind}","case_id":"X-1","unit_id":"{unit}","occurred_at":"{at}","data":{data}}}"#
         );
         parse_event(line.as_bytes(), &Validation::now(&units)).unwrap()
+    }
+
+    #[test]
+    fn the_same_event_under_two_units_is_a_conflict_won_by_the_smaller_unit() {
+        let at = "2025-03-01T08:00:00+07:00";
+        let rated = r#"case.rated {"level":"satisfied"}"#;
+        let under_c1 = event_of_unit("C1", ID, rated, at);
+        let under_c2 = event_of_unit("C2", ID, rated, at);
+        for order in [[&under_c1, &under_c2], [&under_c2, &under_c1]] {
+            let mut record = Record::default();
+            assert_eq!(record.fold(1, order[0]), Folded::Applied);
+            assert!(matches!(record.fold(2, order[1]), Folded::Conflict(_)));
+            assert_eq!(record.events[0].unit_id, "C1");
+            assert_eq!(record.kept_aside[0].unit_id, "C2");
+            // Either again is a duplicate, of what counts or of what was kept aside.
+            assert_eq!(
+                record.fold(3, &under_c1),
+                Folded::Duplicate { counts: true }
+            );
+            assert_eq!(
+                record.fold(4, &under_c2),
+                Folded::Duplicate { counts: false }
+            );
+        }
+    }
+
+    #[test]
+    fn a_tie_in_time_goes_to_the_smaller_kind_before_the_unit_or_data() {
+        let at = "2025-03-01T08:00:00+07:00";
+        // case.paid < case.rated, though C2 > C1.
+        let paid = event_of_unit("C2", ID, r#"case.paid {"amount_vnd":1,"online":true}"#, at);
+        let rated = event_of_unit("C1", ID, r#"case.rated {"level":"satisfied"}"#, at);
+        for order in [[&paid, &rated], [&rated, &paid]] {
+            let mut record = Record::default();
+            record.fold(1, order[0]);
+            record.fold(2, order[1]);
+            assert_eq!(record.events[0].kind(), Kind::CasePaid);
+        }
     }
 
     const ID: &str = "8f1d2a4e-6b0c-4f3e-9a57-0c2b1d3e4f51";

@@ -15,6 +15,10 @@ use crate::record::{Folded, Record, RecordKey};
 use crate::time::{Day, Moment};
 use crate::units::{UnitIdx, UnitRegistry};
 
+/// An event kept aside by an identity conflict: (record, event id, kind,
+/// unit, time, canonical data).
+pub type KeptAsideEvent = (RecordKey, uuid::Uuid, &'static str, String, Moment, String);
+
 /// Every view, in memory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemoryViews {
@@ -123,11 +127,9 @@ impl MemoryViews {
     }
 
     /// Every event kept aside by an identity conflict, as (record, event
-    /// id, time, canonical data): for comparing two folds (stream
-    /// sequences differ with the arrival order).
-    pub fn kept_aside(
-        &self,
-    ) -> std::collections::BTreeSet<(RecordKey, uuid::Uuid, Moment, String)> {
+    /// id, kind, unit, time, canonical data): for comparing two folds
+    /// (stream sequences differ with the arrival order).
+    pub fn kept_aside(&self) -> std::collections::BTreeSet<KeptAsideEvent> {
         self.records
             .iter()
             .flat_map(|(key, record)| {
@@ -135,6 +137,8 @@ impl MemoryViews {
                     (
                         key.clone(),
                         event.event_id,
+                        event.kind().as_str(),
+                        event.unit_id.clone(),
                         event.at,
                         event.fact.canonical_data(),
                     )

@@ -51,7 +51,7 @@ const FORMAT_VERSION: &[u8] = b"3";
 /// The counting rules this build folds with: bumped whenever what an event
 /// contributes changes, so that views folded by other rules are refused
 /// instead of mixed.
-pub const RULES_VERSION: &str = "4";
+pub const RULES_VERSION: &str = "5";
 
 /// The sled-backed views. One writer ([`Store::ingest`]), many readers.
 pub struct Store {
