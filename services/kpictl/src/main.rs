@@ -8,9 +8,6 @@
 
 mod audit;
 mod bench;
-mod bench_calls;
-mod bench_production;
-mod bench_watch;
 mod import;
 mod query;
 mod redrive;

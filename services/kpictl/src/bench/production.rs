@@ -17,7 +17,8 @@ use anyhow::Context;
 use kpi_api::pb::GetRatesRequest;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::bench_calls::{self, RawCall};
+use super::calls::{calls_per_window, RawCall};
+use super::common::{connect_endpoint, free_port, settle_disk};
 
 /// The files a TLS projector with tokens is started with, and what a
 /// client needs.
@@ -138,7 +139,7 @@ async fn channel(port: u16, tls: Option<&TlsSetup>, log: &Path) -> anyhow::Resul
                 .domain_name("localhost"),
         )?,
     };
-    crate::bench::connect_endpoint(&endpoint, log).await
+    connect_endpoint(&endpoint, log).await
 }
 
 /// GetRates calls/s served plain and with TLS and tokens: `(plain, tls)`.
@@ -175,7 +176,7 @@ pub async fn tls_cost(
         .into_iter()
         .enumerate()
     {
-        let port = crate::bench::free_port()?;
+        let port = free_port()?;
         let log = served.work.join(format!("projector-tls-{kind}.log"));
         running.push(start(served, data_dir, port, tls, &log)?);
         for _ in 0..clients {
@@ -185,7 +186,7 @@ pub async fn tls_cost(
     let mut totals = [(0u64, 0f64); 2];
     for kind in [0usize, 1, 1, 0] {
         let (count, seconds) =
-            bench_calls::calls_per_window(&channels[kind], calls[kind].clone(), window).await?;
+            calls_per_window(&channels[kind], calls[kind].clone(), window).await?;
         totals[kind].0 += count;
         totals[kind].1 += seconds;
     }
@@ -236,7 +237,7 @@ where
     let units = std::sync::Arc::new(units.clone());
     let mut seconds = [0f64; 2];
     for (round, copies) in [1usize, 3, 3, 1].into_iter().enumerate() {
-        crate::bench::settle_disk();
+        settle_disk();
         let nats = if copies == 1 { &r1 } else { &r3 };
         let dir = work.join(format!("replicated-fold-{round}"));
         let (_, fold_seconds) = crate::audit::replay_into(
