@@ -66,8 +66,8 @@ async fn losing_the_stream_leader_loses_no_acked_event_and_counts_none_twice() {
         .clone();
     let received: Vec<Vec<u8>> = simulated_messages(&units, 7, (365, 40.0), EVENTS * 5)
         .into_iter()
-        .filter(|(subject, _, _)| subject.ends_with(".case.received"))
-        .map(|(_, _, payload)| payload)
+        .filter(|(subject, _)| subject.ends_with(".case.received"))
+        .map(|(_, payload)| payload)
         .take(EVENTS)
         .collect();
     assert_eq!(received.len(), EVENTS);

@@ -34,7 +34,7 @@ async fn kill_9_while_folding_then_restart_equals_an_uninterrupted_run() {
     assert_eq!(events.len(), EVENTS, "the simulated year has enough events");
     let cases = events
         .iter()
-        .map(|(_, _, payload)| {
+        .map(|(_, payload)| {
             let event: serde_json::Value = serde_json::from_slice(payload).unwrap();
             let kind = event["kind"].as_str().unwrap().to_owned();
             (

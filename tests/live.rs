@@ -226,7 +226,6 @@ async fn watch_rates_answers_at_once_follows_a_late_rating_and_never_piles_up() 
         &bus,
         [(
             "cases.C46-1-1.case.rated".to_owned(),
-            "late-rating".to_owned(),
             rating.to_string().into_bytes(),
         )],
     )
@@ -487,12 +486,7 @@ async fn scores_match_the_components_worked_out_by_hand() {
         &bus,
         events.iter().rev().map(|event| {
             let kind = event["kind"].as_str().unwrap();
-            let id = event["event_id"].as_str().unwrap().to_owned();
-            (
-                format!("cases.C.{kind}"),
-                id,
-                event.to_string().into_bytes(),
-            )
+            (format!("cases.C.{kind}"), event.to_string().into_bytes())
         }),
     )
     .await;

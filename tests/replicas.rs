@@ -143,7 +143,6 @@ async fn two_projectors_on_one_stream_answer_alike_at_the_same_sequence() {
     let ack = bus
         .publish_event(
             "cases.P00-D00-C02.case.received".into(),
-            "replica-read-your-writes",
             Bytes::from(event.to_string()),
         )
         .await

@@ -422,13 +422,13 @@ pub fn kpictl(args: &[&str]) -> Output {
 
 /// The first `count` events of a simulated history from 2 January 2025
 /// (`days` days, `cases_per_commune_day` cases a commune a day), as
-/// messages for [`publish_all`] with their event ids as message ids.
+/// messages for [`publish_all`].
 pub fn simulated_messages(
     units: &kpi_domain::UnitRegistry,
     seed: u64,
     (days, cases_per_commune_day): (u32, f64),
     count: usize,
-) -> Vec<(String, String, Vec<u8>)> {
+) -> Vec<(String, Vec<u8>)> {
     use chrono::TimeZone;
     let first_day = kpi_simulator::vietnam_day(
         chrono::Utc
@@ -440,17 +440,17 @@ pub fn simulated_messages(
     kpi_simulator::Simulator::new(units, seed)
         .history(first_day, days, cases_per_commune_day)
         .take(count)
-        .map(|event| (event.subject, event.event_id.to_string(), event.payload))
+        .map(|event| (event.subject, event.payload))
         .collect()
 }
 
-/// Publishes `(subject, message id, payload)` straight onto the bus and
-/// waits for every ack.
-pub async fn publish_all(bus: &Bus, messages: impl IntoIterator<Item = (String, String, Vec<u8>)>) {
+/// Publishes `(subject, payload)` straight onto the bus, as any publisher
+/// may (`Nats-Msg-Id` the hash of the body), and waits for every ack.
+pub async fn publish_all(bus: &Bus, messages: impl IntoIterator<Item = (String, Vec<u8>)>) {
     let mut acks = FuturesUnordered::new();
-    for (subject, message_id, payload) in messages {
+    for (subject, payload) in messages {
         let ack = bus
-            .publish_event(subject, &message_id, Bytes::from(payload))
+            .publish_event(subject, Bytes::from(payload))
             .await
             .expect("publish");
         acks.push(ack.into_future());
@@ -464,33 +464,24 @@ pub async fn publish_all(bus: &Bus, messages: impl IntoIterator<Item = (String, 
 }
 
 /// Every line of the example scenario as a message for [`publish_all`],
-/// as a provincial system would publish it: on its subject, with its event
-/// id (or `line-N`) as message id.
-pub fn example_messages() -> Vec<(String, String, Vec<u8>)> {
+/// as a provincial system would publish it: on its subject, byte for byte.
+pub fn example_messages() -> Vec<(String, Vec<u8>)> {
     kpi_testkit::event_lines()
         .into_iter()
-        .map(|(number, line)| {
-            (
-                kpi_testkit::subject_of(line),
-                message_id_of(line, &format!("line-{number}")),
-                line.to_vec(),
-            )
-        })
+        .map(|(_, line)| (kpi_testkit::subject_of(line), line.to_vec()))
         .collect()
 }
 
-/// The message id a publisher would give a raw line: its event id, or
-/// something unique for lines without one.
-pub fn message_id_of(line: &[u8], fallback: &str) -> String {
-    serde_json::from_slice::<serde_json::Value>(line)
-        .ok()
-        .and_then(|value| {
-            value
-                .get("event_id")
-                .and_then(|id| id.as_str())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| fallback.to_owned())
+/// The same message in another layout (a space after its first byte):
+/// the same event to the projector, another body to JetStream, which
+/// stores it as it stores a byte-identical re-send after its duplicate
+/// window.
+pub fn relaid(payload: &[u8]) -> Vec<u8> {
+    let mut copy = Vec::with_capacity(payload.len() + 1);
+    copy.extend_from_slice(payload.get(..1).unwrap_or_default());
+    copy.push(b' ');
+    copy.extend_from_slice(payload.get(1..).unwrap_or_default());
+    copy
 }
 
 /// A gRPC answer in the comparable form.

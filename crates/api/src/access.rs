@@ -8,7 +8,9 @@
 //! (so a district that ended on 2025-06-30 reads its communes' first half
 //! of 2025, not the second, when they answered to the province). An
 //! operator may also call the audit calls (ListRejected, GetCase,
-//! ListHeld, ExportViews, Rebuild), which are not filtered by unit.
+//! ListHeld, ExportViews), which show only the cases and events of units
+//! in its scope; Rebuild needs scope `*`. When the file is read again, an
+//! open WatchRates of a token no longer in it ends.
 //!
 //! Without a tokens file every call is answered, which the projector
 //! allows only on a loopback address.
@@ -58,6 +60,8 @@ pub struct Caller {
     pub name: String,
     pub scope: Scope,
     pub role: Role,
+    /// The SHA-256 of the token: whether it is still in the file.
+    sha256: [u8; 32],
 }
 
 struct Entry {
@@ -153,6 +157,7 @@ impl Tokens {
                     name: entry.name,
                     scope,
                     role,
+                    sha256,
                 },
                 sha256,
             });
@@ -205,6 +210,8 @@ struct TokensFile {
     path: PathBuf,
     units: Arc<UnitRegistry>,
     tokens: RwLock<Arc<Tokens>>,
+    /// Bumped each time the file is read again.
+    reloaded: tokio::sync::watch::Sender<u64>,
 }
 
 impl Access {
@@ -221,6 +228,7 @@ impl Access {
                 path: path.to_path_buf(),
                 units,
                 tokens: RwLock::new(Arc::new(tokens)),
+                reloaded: tokio::sync::watch::channel(0).0,
             })),
         })
     }
@@ -242,7 +250,31 @@ impl Access {
             .tokens
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(tokens);
+        file.reloaded.send_modify(|generation| *generation += 1);
         Ok(count)
+    }
+
+    /// News of the tokens file being read again (never, without one).
+    pub fn reloads(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.file.as_ref().map(|file| file.reloaded.subscribe())
+    }
+
+    /// Whether `caller`'s token is still in force with the same scope and
+    /// role (an open stream of a revoked token ends).
+    pub fn still_holds(&self, caller: &Caller) -> bool {
+        let Some(file) = &self.file else {
+            return true;
+        };
+        let tokens = file
+            .tokens
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        tokens.entries.iter().any(|entry| {
+            bool::from(entry.sha256.ct_eq(&caller.sha256))
+                && entry.caller.scope == caller.scope
+                && entry.caller.role == caller.role
+        })
     }
 
     /// The caller of a request: `None` when the server needs no token,
@@ -337,8 +369,12 @@ impl KpiApi {
     }
 }
 
-/// Refuses a reader the audit calls.
-pub(crate) fn operators_only(caller: Option<&Caller>, call: &str) -> Result<(), Status> {
+/// Refuses a reader the audit calls; for an operator, the unit its scope
+/// is limited to (`None`: every unit, or a server without tokens).
+pub(crate) fn operator_scope(
+    caller: Option<&Caller>,
+    call: &str,
+) -> Result<Option<UnitIdx>, Status> {
     match caller {
         Some(Caller {
             role: Role::Reader,
@@ -347,7 +383,50 @@ pub(crate) fn operators_only(caller: Option<&Caller>, call: &str) -> Result<(), 
         }) => Err(Status::permission_denied(format!(
             "{call} is for operators; token `{name}` is a reader's"
         ))),
-        _ => Ok(()),
+        Some(Caller {
+            scope: Scope::Unit(unit),
+            ..
+        }) => Ok(Some(*unit)),
+        _ => Ok(None),
+    }
+}
+
+impl KpiApi {
+    /// Whether an operator limited to `scope` sees what unit `unit_id`
+    /// holds on `day`; a unit the registry does not know only scope `*`.
+    pub(crate) fn in_scope(&self, scope: Option<UnitIdx>, unit_id: &str, day: Day) -> bool {
+        let Some(scope) = scope else {
+            return true;
+        };
+        self.units
+            .find(unit_id)
+            .is_some_and(|unit| within(&self.units, unit, scope, day))
+    }
+
+    /// Whether an operator limited to `scope` sees a case: its unit on the
+    /// day it was received, or the unit holding it today (its successor).
+    pub(crate) fn record_in_scope(
+        &self,
+        scope: Option<UnitIdx>,
+        record: &kpi_domain::Record,
+    ) -> bool {
+        let Some(scope_unit) = scope else {
+            return true;
+        };
+        let Some((unit_id, at)) = record.home() else {
+            return false;
+        };
+        let Some(unit) = self.units.find(unit_id) else {
+            return false;
+        };
+        let today = kpi_domain::Moment::from((self.clock)()).local_day();
+        within(&self.units, unit, scope_unit, at.local_day())
+            || within(
+                &self.units,
+                self.units.holder_on(unit, today),
+                scope_unit,
+                today,
+            )
     }
 }
 

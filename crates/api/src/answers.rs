@@ -5,22 +5,29 @@
 //! and served again while no later commit changed that unit (and for at
 //! most a second, since live counts move with the clock). So 64 clients
 //! asking for the province, or a thousand watchers of one district, cost
-//! one computation per change, not one per call; and `WatchRates` wakes a
-//! watcher only for its own unit's changes.
+//! one computation per change, not one per call.
+//!
+//! The answers kept are bounded in bytes (a dashboard asking for rolling
+//! free ranges would otherwise keep every one): the least useful go first.
+//! Each unit has its own news channel, so a `WatchRates` watcher wakes
+//! only for commits that touch its unit.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
 use kpi_domain::UnitIdx;
 use kpi_store::Committed;
+use prost::Message;
 use tokio::sync::watch;
 
 use crate::pb;
 
 /// How long an answer's live counts may be reused.
 const LIVE_FOR: Duration = Duration::from_secs(1);
+
+/// The default bound on the answers kept, in bytes.
+pub const DEFAULT_ANSWER_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Views this many messages behind the stream are catching up (a
 /// rebuild, or a restart after a pause), not following it live: at a
@@ -32,13 +39,14 @@ pub struct Hub {
     /// The latest committed stream sequence.
     sequence: watch::Sender<u64>,
     /// Per unit: the last sequence at which its figures changed.
-    changed: Vec<AtomicU64>,
-    /// Answers by (unit, period).
-    answers: DashMap<(UnitIdx, String), Cached>,
+    changed: Vec<watch::Sender<u64>>,
+    /// Answers by (unit, period), bounded in bytes.
+    answers: moka::sync::Cache<(UnitIdx, String), Cached>,
     /// Messages the stream held beyond the last commit.
     behind: AtomicU64,
 }
 
+#[derive(Clone)]
 struct Cached {
     sequence: u64,
     at: Instant,
@@ -46,26 +54,42 @@ struct Cached {
 }
 
 impl Hub {
-    pub fn new(units: usize, sequence: u64) -> Arc<Hub> {
+    /// A hub for `units` units at `sequence`, keeping at most about
+    /// `cache_bytes` of answers.
+    pub fn new(units: usize, sequence: u64, cache_bytes: u64) -> Arc<Hub> {
+        let answers = moka::sync::Cache::builder()
+            .max_capacity(cache_bytes)
+            .weigher(|key: &(UnitIdx, String), cached: &Cached| {
+                let bytes = cached.reply.encoded_len() + key.1.len() + 128;
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            })
+            .build();
         Arc::new(Hub {
             sequence: watch::channel(sequence).0,
-            changed: (0..units).map(|_| AtomicU64::new(sequence)).collect(),
-            answers: DashMap::new(),
+            changed: (0..units).map(|_| watch::channel(sequence).0).collect(),
+            answers,
             behind: AtomicU64::new(0),
         })
     }
 
     /// Records a commit: its units changed at its sequence.
     pub fn committed(&self, committed: &Committed) {
+        let mark = |slot: &watch::Sender<u64>| {
+            slot.send_if_modified(|seen| {
+                let newer = committed.sequence > *seen;
+                if newer {
+                    *seen = committed.sequence;
+                }
+                newer
+            });
+        };
         if committed.all {
-            for slot in &self.changed {
-                slot.fetch_max(committed.sequence, Ordering::AcqRel);
-            }
-            self.answers.clear();
+            self.changed.iter().for_each(mark);
+            self.answers.invalidate_all();
         } else {
             for unit in &committed.units {
-                if let Some(slot) = self.changed.get(index_of(*unit)) {
-                    slot.fetch_max(committed.sequence, Ordering::AcqRel);
+                if let Some(slot) = self.changed.get(unit.index()) {
+                    mark(slot);
                 }
             }
         }
@@ -92,13 +116,18 @@ impl Hub {
     /// The last sequence at which `unit`'s figures changed.
     pub fn changed_at(&self, unit: UnitIdx) -> u64 {
         self.changed
-            .get(index_of(unit))
-            .map_or(u64::MAX, |slot| slot.load(Ordering::Acquire))
+            .get(unit.index())
+            .map_or(u64::MAX, |slot| *slot.borrow())
     }
 
     /// News of commits: the latest sequence.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.sequence.subscribe()
+    }
+
+    /// News of `unit`'s changes: the last sequence that changed it.
+    pub fn subscribe_unit(&self, unit: UnitIdx) -> Option<watch::Receiver<u64>> {
+        self.changed.get(unit.index()).map(watch::Sender::subscribe)
     }
 
     /// A kept answer still good, reflecting at least `min_sequence`.
@@ -112,7 +141,7 @@ impl Hub {
         let fresh = entry.sequence >= self.changed_at(unit)
             && entry.sequence >= min_sequence
             && entry.at.elapsed() < LIVE_FOR;
-        fresh.then(|| entry.reply.clone())
+        fresh.then_some(entry.reply)
     }
 
     /// A kept answer newer than `after_sequence` and computed within
@@ -129,7 +158,7 @@ impl Hub {
     ) -> Option<Arc<pb::RatesReply>> {
         let entry = self.answers.get(&(unit, period.to_owned()))?;
         let usable = entry.sequence > after_sequence && entry.at.elapsed() < max_age;
-        usable.then(|| entry.reply.clone())
+        usable.then_some(entry.reply)
     }
 
     /// Keeps an answer computed at its own stream sequence.
@@ -143,9 +172,56 @@ impl Hub {
             },
         );
     }
+
+    /// About how many bytes of answers are kept now.
+    pub fn kept_bytes(&self) -> u64 {
+        self.answers.run_pending_tasks();
+        self.answers.weighted_size()
+    }
 }
 
-/// A unit's position, for the per-unit table.
-fn index_of(unit: UnitIdx) -> usize {
-    unit.index()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(period: &str) -> Arc<pb::RatesReply> {
+        Arc::new(pb::RatesReply {
+            period: period.to_owned(),
+            unit_name: "x".repeat(2000),
+            ..pb::RatesReply::default()
+        })
+    }
+
+    #[test]
+    fn answers_kept_stay_within_their_bound() {
+        let hub = Hub::new(1, 0, 256 * 1024);
+        for day in 0..5_000 {
+            let period = format!("2020-01-01..2020-{day}");
+            hub.keep(UnitIdx::from_index(0), &period, reply(&period));
+        }
+        assert!(hub.kept_bytes() <= 256 * 1024, "{}", hub.kept_bytes());
+        // Recent answers are still found.
+        let last = "2020-01-01..2020-4999";
+        hub.keep(UnitIdx::from_index(0), last, reply(last));
+        assert!(hub.cached(UnitIdx::from_index(0), last, 0).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_unit_hears_only_of_commits_that_touch_it() {
+        let hub = Hub::new(2, 0, 1024 * 1024);
+        let first = hub.subscribe_unit(UnitIdx::from_index(0)).unwrap();
+        let mut second = hub.subscribe_unit(UnitIdx::from_index(1)).unwrap();
+        hub.committed(&Committed {
+            sequence: 5,
+            units: vec![UnitIdx::from_index(1)],
+            all: false,
+            behind: 0,
+        });
+        assert!(!first.has_changed().unwrap());
+        assert!(second.has_changed().unwrap());
+        assert_eq!(*second.borrow_and_update(), 5);
+        hub.everything_changed(6);
+        assert!(first.has_changed().unwrap());
+        assert_eq!(hub.changed_at(UnitIdx::from_index(0)), 6);
+    }
 }

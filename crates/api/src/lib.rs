@@ -20,9 +20,9 @@ mod rates;
 mod risk;
 mod scores;
 
-use access::{caller_of, operators_only};
+use access::{caller_of, operator_scope};
 pub use access::{Access, Bearer, Caller, TokensError};
-pub use answers::Hub;
+pub use answers::{Hub, DEFAULT_ANSWER_CACHE_BYTES};
 pub use scores::{FactsError, ScoreFacts};
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
@@ -58,7 +58,8 @@ const MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;
 
 /// Limits that keep one client from taking the server: every call has a
 /// deadline, connections are capped in concurrent calls and checked for
-/// life.
+/// life. Health and reflection are outside the limits on calls in flight,
+/// so that a load balancer's checks are answered however busy the API is.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// A unary call (or a stream's first answer) taking longer ends with
@@ -66,8 +67,13 @@ pub struct Limits {
     pub call_deadline: std::time::Duration,
     /// Calls at once on one connection (HTTP/2 streams).
     pub calls_per_connection: u32,
-    /// Calls being answered at once over all connections; more wait.
+    /// `KpiService` calls being answered at once over all connections;
+    /// more wait their turn.
     pub calls_in_flight: usize,
+    /// Reads waiting for a `min_stream_sequence` at once, counted apart
+    /// from the calls being answered (a wait holds no call's place); more
+    /// wait their turn.
+    pub sequence_waits: usize,
 }
 
 impl Default for Limits {
@@ -76,7 +82,45 @@ impl Default for Limits {
             call_deadline: std::time::Duration::from_secs(30),
             calls_per_connection: 256,
             calls_in_flight: 1024,
+            sequence_waits: 1024,
         }
+    }
+}
+
+/// The places of [`Limits::calls_in_flight`] and
+/// [`Limits::sequence_waits`].
+#[derive(Clone)]
+pub(crate) struct Permits {
+    calls: Arc<tokio::sync::Semaphore>,
+    waits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Permits {
+    fn new(limits: &Limits) -> Permits {
+        Permits {
+            calls: Arc::new(tokio::sync::Semaphore::new(limits.calls_in_flight.max(1))),
+            waits: Arc::new(tokio::sync::Semaphore::new(limits.sequence_waits.max(1))),
+        }
+    }
+
+    async fn acquire(
+        semaphore: &Arc<tokio::sync::Semaphore>,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        semaphore
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("the server is shutting down"))
+    }
+
+    /// A place among the calls being answered (waits for one).
+    pub(crate) async fn call(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        Self::acquire(&self.calls).await
+    }
+
+    /// A place among the reads waiting for a stream sequence.
+    pub(crate) async fn wait(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        Self::acquire(&self.waits).await
     }
 }
 
@@ -90,8 +134,10 @@ pub struct Views {
 }
 
 impl Views {
-    pub fn new(store: Arc<Store>, units: usize) -> Views {
-        let hub = Hub::new(units, store.checkpoint().unwrap_or(0));
+    /// Views of `store` for a registry of `units` units, keeping about
+    /// `cache_bytes` of answers.
+    pub fn new(store: Arc<Store>, units: usize, cache_bytes: u64) -> Views {
+        let hub = Hub::new(units, store.checkpoint().unwrap_or(0), cache_bytes);
         Self::listen(&store, &hub);
         Views {
             store: Arc::new(std::sync::RwLock::new(store)),
@@ -149,19 +195,31 @@ pub struct KpiApi {
     log: Option<case::Log>,
     operations: Option<Arc<dyn Operations>>,
     facts: Arc<ScoreFacts>,
+    /// Who may call (to end the watches of revoked tokens).
+    access: Access,
+    permits: Permits,
 }
 
 impl KpiApi {
     pub fn new(store: Arc<Store>, units: Arc<UnitRegistry>, targets: Arc<Targets>) -> Self {
         KpiApi {
-            views: Views::new(store, units.len()),
+            views: Views::new(store, units.len(), answers::DEFAULT_ANSWER_CACHE_BYTES),
             units,
             targets,
             clock: Arc::new(Utc::now),
             log: None,
             operations: None,
             facts: Arc::new(ScoreFacts::default()),
+            access: Access::open(),
+            permits: Permits::new(&Limits::default()),
         }
+    }
+
+    /// Keeps at most about `bytes` of answers for callers to share
+    /// (default [`DEFAULT_ANSWER_CACHE_BYTES`]).
+    pub fn with_answer_cache_bytes(mut self, bytes: u64) -> Self {
+        self.views = Views::new(self.views.current(), self.units.len(), bytes);
+        self
     }
 
     /// Takes the points of the QĐ 766 components the events cannot give
@@ -229,6 +287,11 @@ impl KpiService for KpiApi {
             ("unit_id", &request.unit_id),
             &request.period,
         )?;
+        // A read of its own writes waits apart from the calls answered.
+        if let Some(sequence) = request.min_stream_sequence {
+            self.wait_for_sequence(sequence, deadline).await?;
+        }
+        let _permit = self.permits.call().await?;
         let reply = self
             .rates_reply(
                 &request.unit_id,
@@ -257,6 +320,7 @@ impl KpiService for KpiApi {
         request: Request<pb::RankUnitsRequest>,
     ) -> Result<Response<pb::RankUnitsReply>, Status> {
         let caller = caller_of(&request);
+        let _permit = self.permits.call().await?;
         Ok(Response::new(
             rates::rank(self, caller.as_ref(), request.into_inner()).await?,
         ))
@@ -267,6 +331,7 @@ impl KpiService for KpiApi {
         request: Request<pb::ListAtRiskRequest>,
     ) -> Result<Response<pb::ListAtRiskReply>, Status> {
         let caller = caller_of(&request);
+        let _permit = self.permits.call().await?;
         Ok(Response::new(risk::list(
             self,
             caller.as_ref(),
@@ -279,6 +344,7 @@ impl KpiService for KpiApi {
         request: Request<pb::GetScoresRequest>,
     ) -> Result<Response<pb::ScoresReply>, Status> {
         let caller = caller_of(&request);
+        let _permit = self.permits.call().await?;
         Ok(Response::new(scores::reply(
             self,
             caller.as_ref(),
@@ -291,6 +357,7 @@ impl KpiService for KpiApi {
         request: Request<pb::ListUnitsRequest>,
     ) -> Result<Response<pb::ListUnitsReply>, Status> {
         let caller = caller_of(&request);
+        let _permit = self.permits.call().await?;
         let request = request.into_inner();
         let as_of = if request.as_of.is_empty() {
             Moment::from((self.clock)()).local_day()
@@ -357,17 +424,47 @@ impl KpiService for KpiApi {
         &self,
         request: Request<pb::ListRejectedRequest>,
     ) -> Result<Response<pb::ListRejectedReply>, Status> {
-        operators_only(caller_of(&request).as_ref(), "ListRejected")?;
+        let scope = operator_scope(caller_of(&request).as_ref(), "ListRejected")?;
+        let _permit = self.permits.call().await?;
         let request = request.into_inner();
         let limit = match request.limit as usize {
             0 => 100,
             limit => limit.min(MAX_REJECTED_PAGE),
         };
         let store = self.views.current();
-        let parked = store
-            .parked(request.after_sequence, limit)
-            .map_err(internal)?;
-        let total_rejected = store.totals().map_err(internal)?.kept_aside();
+        let today = Moment::from((self.clock)()).local_day();
+        // An operator of a unit sees the events of its units only; one
+        // whose unit is unknown, only scope `*`.
+        let visible = |event: &kpi_store::ParkedEvent| {
+            let day = event
+                .published_unix
+                .and_then(|seconds| DateTime::from_timestamp(seconds, 0))
+                .map_or(today, |at| Moment::from(at).local_day());
+            self.in_scope(scope, event.unit_id(), day)
+        };
+        let (parked, total_rejected) = match scope {
+            None => (
+                store
+                    .parked(request.after_sequence, limit)
+                    .map_err(internal)?,
+                store.totals().map_err(internal)?.kept_aside(),
+            ),
+            Some(_) => {
+                let mut total = 0;
+                let mut page = Vec::new();
+                for event in store.parked_iter(0) {
+                    let event = event.map_err(internal)?;
+                    if !visible(&event) {
+                        continue;
+                    }
+                    total += 1;
+                    if event.sequence > request.after_sequence && page.len() < limit {
+                        page.push(event);
+                    }
+                }
+                (page, total)
+            }
+        };
         // Pages are bounded in bytes too: the next page starts after the
         // last event of this one.
         let mut page_bytes = 0;
@@ -389,6 +486,7 @@ impl KpiService for KpiApi {
                     .and_then(|seconds| DateTime::from_timestamp(seconds, 0))
                     .map(|at| at.to_rfc3339())
                     .unwrap_or_default(),
+                cause: event.cause.as_str().to_owned(),
             })
             .collect();
         Ok(Response::new(pb::ListRejectedReply {
@@ -401,7 +499,8 @@ impl KpiService for KpiApi {
         &self,
         request: Request<pb::GetCaseRequest>,
     ) -> Result<Response<pb::CaseReply>, Status> {
-        operators_only(caller_of(&request).as_ref(), "GetCase")?;
+        let scope = operator_scope(caller_of(&request).as_ref(), "GetCase")?;
+        let _permit = self.permits.call().await?;
         let case_id = request.into_inner().case_id;
         if case_id.is_empty() {
             return Err(Status::invalid_argument(
@@ -416,6 +515,11 @@ impl KpiService for KpiApi {
         ] {
             let (record, sequence) = store.record_at_checkpoint(&key).map_err(internal)?;
             if let Some(record) = record {
+                if !self.record_in_scope(scope, &record) {
+                    return Err(Status::permission_denied(format!(
+                        "case `{case_id}` is not of a unit in the token's scope"
+                    )));
+                }
                 let reply = case::reply(&key, &record, sequence, now, self.log.as_ref()).await;
                 return Ok(Response::new(reply));
             }
@@ -431,7 +535,8 @@ impl KpiService for KpiApi {
         &self,
         request: Request<pb::ListHeldRequest>,
     ) -> Result<Response<pb::ListHeldReply>, Status> {
-        operators_only(caller_of(&request).as_ref(), "ListHeld")?;
+        let scope = operator_scope(caller_of(&request).as_ref(), "ListHeld")?;
+        let _permit = self.permits.call().await?;
         let request = request.into_inner();
         let limit = match request.limit as usize {
             0 => 100,
@@ -442,6 +547,7 @@ impl KpiService for KpiApi {
         let records = page
             .records
             .into_iter()
+            .filter(|(_, held)| self.in_scope(scope, &held.unit_id, held.first_at.local_day()))
             .map(|(key, held)| pb::HeldRecord {
                 case_id: key.code().to_owned(),
                 feedback: matches!(key, RecordKey::Feedback(_)),
@@ -462,8 +568,20 @@ impl KpiService for KpiApi {
         &self,
         request: Request<pb::ExportViewsRequest>,
     ) -> Result<Response<Self::ExportViewsStream>, Status> {
-        operators_only(caller_of(&request).as_ref(), "ExportViews")?;
-        let export = self.views.current().export().map_err(internal)?;
+        let scope = operator_scope(caller_of(&request).as_ref(), "ExportViews")?;
+        let _permit = self.permits.call().await?;
+        let mut export = self.views.current().export().map_err(internal)?;
+        if scope.is_some() {
+            let live_day = export
+                .live_day
+                .unwrap_or_else(|| Moment::from((self.clock)()).local_day());
+            export
+                .days
+                .retain(|(unit, day, _)| self.in_scope(scope, unit, *day));
+            export
+                .open
+                .retain(|(unit, ..)| self.in_scope(scope, unit, live_day));
+        }
         Ok(Response::new(export::chunks(export)))
     }
 
@@ -471,7 +589,12 @@ impl KpiService for KpiApi {
         &self,
         request: Request<pb::RebuildRequest>,
     ) -> Result<Response<pb::RebuildReply>, Status> {
-        operators_only(caller_of(&request).as_ref(), "Rebuild")?;
+        let caller = caller_of(&request);
+        if operator_scope(caller.as_ref(), "Rebuild")?.is_some() {
+            return Err(Status::permission_denied(
+                "Rebuild rebuilds every unit's views: it needs an operator token of scope `*`",
+            ));
+        }
         let Some(operations) = &self.operations else {
             return Err(Status::unimplemented(
                 "this server cannot rebuild its views (only the projector can)",
@@ -520,6 +643,11 @@ pub async fn serve(
     });
     let access = serving.access;
     let limits = serving.limits;
+    let api = KpiApi {
+        access: access.clone(),
+        permits: Permits::new(&limits),
+        ..api
+    };
     let kpi = tonic::service::interceptor::InterceptedService::new(
         KpiServiceServer::new(api)
             .max_encoding_message_size(MAX_REPLY_BYTES)
@@ -532,9 +660,6 @@ pub async fn serve(
         .max_concurrent_streams(Some(limits.calls_per_connection))
         .layer(tower::util::option_layer(
             serving.requests.as_ref().map(kpi_metrics::Requests::layer),
-        ))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            limits.calls_in_flight,
         ))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))

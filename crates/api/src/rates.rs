@@ -34,22 +34,28 @@ const WATCH_REFRESH: Duration = Duration::from_secs(15);
 
 /// When the call must be answered: a little before its `grpc-timeout`, if
 /// the client gave one, so that the client hears why (a tenth of it, at
-/// most 200 ms, is left for the answer to travel).
+/// most 200 ms, is left for the answer to travel). A timeout is at most 8
+/// digits (the gRPC wire format) and never longer than [`LONGEST_WAIT`],
+/// under the server's own deadline; anything else is no deadline.
 pub fn deadline_of(metadata: &MetadataMap) -> Option<Instant> {
     let text = metadata.get("grpc-timeout")?.to_str().ok()?;
     let (value, unit) = text.split_at(text.len().checked_sub(1)?);
+    if value.is_empty() || value.len() > 8 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let value: u64 = value.parse().ok()?;
     let timeout = match unit {
-        "H" => Duration::from_secs(value * 3600),
-        "M" => Duration::from_secs(value * 60),
+        "H" => Duration::from_secs(value.checked_mul(3600)?),
+        "M" => Duration::from_secs(value.checked_mul(60)?),
         "S" => Duration::from_secs(value),
         "m" => Duration::from_millis(value),
         "u" => Duration::from_micros(value),
         "n" => Duration::from_nanos(value),
         _ => return None,
-    };
+    }
+    .min(LONGEST_WAIT);
     let margin = (timeout / 10).min(Duration::from_millis(200));
-    Some(Instant::now() + timeout - margin)
+    Instant::now().checked_add(timeout - margin)
 }
 
 impl KpiApi {
@@ -67,13 +73,25 @@ impl KpiApi {
         Ok((unit, period))
     }
 
-    /// Waits until the views reflect `sequence`, or the deadline passes.
-    async fn wait_for_sequence(
+    /// Waits until the views reflect `sequence`, or the deadline passes,
+    /// in a place of its own ([`crate::Limits::sequence_waits`]): waiting
+    /// reads do not hold the places of the calls being answered.
+    pub(crate) async fn wait_for_sequence(
         &self,
         sequence: u64,
         deadline: Option<Instant>,
     ) -> Result<(), Status> {
         let deadline = deadline.unwrap_or_else(|| Instant::now() + LONGEST_WAIT);
+        if self.views.current().checkpoint().map_err(internal)? >= sequence {
+            return Ok(());
+        }
+        let _place = tokio::time::timeout_at(deadline, self.permits.wait())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "too many reads are waiting for a stream sequence; not yet {sequence}: try again"
+                ))
+            })??;
         let mut news = self.views.hub().subscribe();
         loop {
             let reached = self.views.current().checkpoint().map_err(internal)?;
@@ -208,35 +226,72 @@ pub async fn watch(
         ("unit_id", &request.unit_id),
         &request.period,
     )?;
-    let first = api
-        .rates_reply(
+    if let Some(sequence) = request.min_stream_sequence {
+        api.wait_for_sequence(sequence, deadline).await?;
+    }
+    let first = {
+        let _permit = api.permits.call().await?;
+        api.rates_reply(
             &request.unit_id,
             &request.period,
             request.min_stream_sequence,
             deadline,
         )
-        .await?;
+        .await?
+    };
     struct Watch {
         api: KpiApi,
+        caller: Option<Caller>,
         request: pb::GetRatesRequest,
         unit: UnitIdx,
         period_label: String,
+        /// News of the unit's changes.
         news: tokio::sync::watch::Receiver<u64>,
+        /// News of the tokens file being read again.
+        reloads: Option<tokio::sync::watch::Receiver<u64>>,
         last: Option<Arc<pb::RatesReply>>,
         sent_at: Instant,
         pending_first: Option<Arc<pb::RatesReply>>,
     }
-    let news = api.views.hub().subscribe();
+    let news = api
+        .views
+        .hub()
+        .subscribe_unit(unit)
+        .ok_or_else(|| Status::internal("the unit has no news channel"))?;
+    let reloads = caller.as_ref().and_then(|_| api.access.reloads());
     let state = Watch {
         api,
+        caller,
         request,
         unit,
         period_label: period.label,
         news,
+        reloads,
         last: None,
         sent_at: Instant::now(),
         pending_first: Some(first),
     };
+    /// The token left the file: the stream ends.
+    fn revoked(state: &Watch) -> Option<Status> {
+        let caller = state.caller.as_ref()?;
+        (!state.api.access.still_holds(caller)).then(|| {
+            Status::unauthenticated(format!(
+                "the token `{}` is no longer in this server's tokens file: the watch ends",
+                caller.name
+            ))
+        })
+    }
+    /// Waits for news of the tokens file (for ever without one).
+    async fn reloaded(reloads: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+        match reloads {
+            Some(reloads) => {
+                if reloads.changed().await.is_err() {
+                    std::future::pending::<()>().await
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
     let stream = futures::stream::unfold(state, |mut state| async move {
         if let Some(first) = state.pending_first.take() {
             state.last = Some(first.clone());
@@ -253,16 +308,29 @@ pub async fn watch(
             } else {
                 WATCH_INTERVAL
             };
-            tokio::time::sleep_until(state.sent_at + interval).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(state.sent_at + interval) => {}
+                _ = reloaded(&mut state.reloads) => {}
+            }
+            if let Some(status) = revoked(&state) {
+                return Some((Err(status), state));
+            }
             let last_seen = state.last.as_ref().map_or(0, |last| last.stream_sequence);
             // Wait for a commit that touches the unit, or refresh the live
-            // counts now and then.
+            // counts now and then; a watcher hears only of its own unit.
             let refresh = state.sent_at + WATCH_REFRESH;
-            while state.api.views.hub().changed_at(state.unit) <= last_seen {
-                match tokio::time::timeout_at(refresh, state.news.changed()).await {
-                    Ok(Err(_)) => return None,
-                    Ok(Ok(())) => {}
-                    Err(_) => break,
+            while *state.news.borrow_and_update() <= last_seen {
+                tokio::select! {
+                    changed = tokio::time::timeout_at(refresh, state.news.changed()) => match changed {
+                        Ok(Err(_)) => return None,
+                        Ok(Ok(())) => {}
+                        Err(_) => break,
+                    },
+                    _ = reloaded(&mut state.reloads) => {
+                        if let Some(status) = revoked(&state) {
+                            return Some((Err(status), state));
+                        }
+                    }
                 }
             }
             let shared =

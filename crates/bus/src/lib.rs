@@ -1,6 +1,8 @@
 //! The NATS JetStream edge: the `CASES` stream, publishing case events with
-//! `Nats-Msg-Id` = `event_id`, and reading the stream in order from a
-//! sequence.
+//! `Nats-Msg-Id` = the hex SHA-256 of the body (CONTRACT §2, so JetStream
+//! drops only byte-identical re-sends and every other message reaches the
+//! log, to be judged by the projector), and reading the stream in order
+//! from a sequence.
 //!
 //! The projector's checkpoint lives in its own store, not in a durable
 //! consumer: it reads with an ordered consumer from checkpoint + 1, so a
@@ -22,8 +24,9 @@ pub const STREAM_NAME: &str = "CASES";
 /// The longest wait for a JetStream API reply or a publish ack.
 pub const API_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long JetStream remembers a `Nats-Msg-Id` to drop a re-publish. The
-/// projector deduplicates by event id for ever; this only saves work.
+/// How long JetStream remembers a `Nats-Msg-Id` to drop a byte-identical
+/// re-publish. The projector deduplicates by event id for ever; this only
+/// saves work.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// The header a redriven event carries: the stream sequence of the parked
@@ -53,6 +56,23 @@ pub enum BusError {
     Publish { subject: String, detail: String },
     #[error("reading stream {STREAM_NAME}: {0}")]
     Read(String),
+}
+
+/// The `Nats-Msg-Id` of a message: the lowercase hex SHA-256 of its body,
+/// for every publisher (CONTRACT §2).
+pub fn message_id(payload: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(payload))
+}
+
+/// The `Nats-Msg-Id` of a redrive: the hex SHA-256 of its
+/// `Kpi-Redrive-Of` header line and its body.
+pub fn redrive_message_id(parked_sequence: u64, payload: &[u8]) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(format!("{REDRIVE_OF_HEADER}: {parked_sequence}\n").as_bytes());
+    hash.update(payload);
+    hex::encode(hash.finalize())
 }
 
 /// The `CASES` stream configuration: file storage, kept for ever (the log
@@ -349,21 +369,28 @@ impl Bus {
         })
     }
 
-    /// Publishes one event on its subject with `Nats-Msg-Id`. The returned
-    /// future resolves to JetStream's ack: only then is the event stored.
+    /// Publishes one event on its subject with `Nats-Msg-Id` = the hash of
+    /// its body ([`message_id`]). The returned future resolves to
+    /// JetStream's ack: only then is the event stored.
     pub async fn publish_event(
         &self,
         subject: String,
-        message_id: &str,
         payload: Bytes,
     ) -> Result<PublishAckFuture, BusError> {
         let mut headers = HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id);
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            message_id(&payload).as_str(),
+        );
         self.publish_with_headers(subject, headers, payload).await
     }
 
     /// Publishes a parked event again after a fix, marked with the parked
-    /// copy's sequence so that the projector retires that copy.
+    /// copy's sequence so that the projector retires that copy. Its body is
+    /// the parked one, byte for byte; its `Nats-Msg-Id` is the hash of what
+    /// it carries, the redrive header and the body ([`redrive_message_id`]):
+    /// JetStream drops a redrive sent twice, not the redrive of a message
+    /// it still remembers.
     pub async fn publish_redrive(
         &self,
         subject: String,
@@ -371,8 +398,10 @@ impl Bus {
         payload: Bytes,
     ) -> Result<PublishAckFuture, BusError> {
         let mut headers = HeaderMap::new();
-        let message_id = format!("redrive/{parked_sequence}");
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id.as_str());
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            redrive_message_id(parked_sequence, &payload).as_str(),
+        );
         headers.insert(REDRIVE_OF_HEADER, parked_sequence.to_string().as_str());
         self.publish_with_headers(subject, headers, payload).await
     }
@@ -558,22 +587,23 @@ mod tests {
     use local_nats::LocalNats;
 
     #[tokio::test]
-    async fn publish_deduplicates_by_message_id_and_reads_back_in_order() {
+    async fn publish_deduplicates_byte_identical_bodies_and_reads_back_in_order() {
         let server = LocalNats::start().unwrap_or_else(|err| panic!("{err}"));
         let bus = Bus::connect(&server.url(), "bus-test")
             .await
             .expect("connect");
         bus.ensure_stream().await.expect("stream");
-        for (id, body) in [("a", "1"), ("b", "2"), ("a", "1 again")] {
+        // Only a byte-identical body is a duplicate to JetStream.
+        for (body, duplicate) in [("1", false), ("2", false), ("1", true), ("1 ", false)] {
             let ack = bus
-                .publish_event("cases.C1.case.paid".into(), id, Bytes::from(body))
+                .publish_event("cases.C1.case.paid".into(), Bytes::from(body))
                 .await
                 .expect("publish")
                 .await
                 .expect("ack");
-            assert_eq!(ack.duplicate, id == "a" && body != "1");
+            assert_eq!(ack.duplicate, duplicate, "{body:?}");
         }
-        assert_eq!(bus.last_sequence().await.unwrap(), 2);
+        assert_eq!(bus.last_sequence().await.unwrap(), 3);
         let read: Vec<_> = bus
             .read_from(2)
             .await
@@ -618,7 +648,7 @@ mod tests {
             .await
             .expect("connect");
         bus.ensure_stream().await.expect("stream");
-        bus.publish_event("cases.C1.case.paid".into(), "a", Bytes::from("1"))
+        bus.publish_event("cases.C1.case.paid".into(), Bytes::from("1"))
             .await
             .expect("publish")
             .await

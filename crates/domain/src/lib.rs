@@ -34,7 +34,8 @@ pub use fold::{BatchChanges, BatchFold, HeldEntry, OpenDelta, OpenKey, RecordSou
 pub use kpi::{rates, Kpi, Rate};
 pub use period::{Period, PeriodError, PERIOD_FORMS};
 pub use record::{
-    Fact, Folded, Record, RecordKey, RecordedEvent, CONFLICT_REASON, MAX_EVENTS_PER_RECORD,
+    Fact, Folded, Record, RecordKey, RecordLimit, RecordedEvent, CONFLICT_REASON,
+    MAX_EVENTS_PER_RECORD, MAX_RECORD_BYTES,
 };
 pub use targets::Targets;
 pub use time::{vietnam, Day, Moment};

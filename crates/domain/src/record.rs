@@ -253,6 +253,24 @@ impl RecordedEvent {
         self.fact.kind()
     }
 
+    /// About the bytes the event takes in a stored record.
+    pub fn size(&self) -> usize {
+        let text = match &self.fact {
+            Fact::Received {
+                procedure_code,
+                field,
+                ..
+            } => procedure_code.len() + field.len(),
+            Fact::SupplementRequested { reason, .. } | Fact::Withdrawn { reason } => reason.len(),
+            Fact::ApologyIssued {
+                letter_ref, reason, ..
+            } => letter_ref.len() + reason.len(),
+            Fact::Synced { portal } => portal.len(),
+            _ => 0,
+        };
+        48 + self.unit_id.len() + text
+    }
+
     /// The same event: kind, unit, time and data equal (CONTRACT §1.2).
     pub fn same_content(&self, other: &RecordedEvent) -> bool {
         self.at == other.at && self.unit_id == other.unit_id && self.fact == other.fact
@@ -300,9 +318,10 @@ pub enum Folded {
     Duplicate { counts: bool },
     /// An event under an id the record has with other content.
     Conflict(Box<Conflict>),
-    /// A new event for a record that already holds
-    /// [`MAX_EVENTS_PER_RECORD`]: not recorded, it is kept aside.
-    OverLimit,
+    /// A new event for a record that already holds as much as one may
+    /// ([`MAX_EVENTS_PER_RECORD`], [`MAX_RECORD_BYTES`]): not recorded, it
+    /// is kept aside.
+    OverLimit(RecordLimit),
 }
 
 /// The most distinct events (counting and kept aside) one case or feedback
@@ -310,6 +329,35 @@ pub enum Folded {
 /// one flooded case code are kept aside instead of making every further
 /// event of that case cost more (the record is read and written whole).
 pub const MAX_EVENTS_PER_RECORD: usize = 1000;
+
+/// About the most bytes one record holds, beside the count of events: a
+/// real case's events take a few kilobytes; events of up to 64 KiB each
+/// under one case code would otherwise make a record of megabytes that
+/// every batch touching it reads, decodes and rewrites.
+pub const MAX_RECORD_BYTES: usize = 256 * 1024;
+
+/// Which bound of a record a new event would pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordLimit {
+    /// [`MAX_EVENTS_PER_RECORD`].
+    Events,
+    /// [`MAX_RECORD_BYTES`].
+    Bytes,
+}
+
+impl RecordLimit {
+    /// Why an event of `case_id` was kept aside.
+    pub fn reason(self, case_id: &str) -> String {
+        let holds = match self {
+            RecordLimit::Events => format!("{MAX_EVENTS_PER_RECORD} distinct events"),
+            RecordLimit::Bytes => format!("{} KiB of events", MAX_RECORD_BYTES / 1024),
+        };
+        format!(
+            "case {case_id} already holds {holds}, the most one case may: this one is kept aside \
+             and counts nowhere (a sender flooding one case code? `kpictl case` shows its events)"
+        )
+    }
+}
 
 /// Two events under one id: `loser` is kept aside (the incoming event, or
 /// the one it displaced), `winner` counts.
@@ -347,8 +395,8 @@ impl Record {
                 if is_kept_aside(self, &incoming) {
                     return Folded::Duplicate { counts: false };
                 }
-                if self.is_full() {
-                    return Folded::OverLimit;
+                if let Some(limit) = self.limit_passed_by(&incoming) {
+                    return Folded::OverLimit(limit);
                 }
                 self.events.insert(position, incoming);
                 Folded::Applied
@@ -360,8 +408,8 @@ impl Record {
                 if is_kept_aside(self, &incoming) {
                     return Folded::Duplicate { counts: false };
                 }
-                if self.is_full() {
-                    return Folded::OverLimit;
+                if let Some(limit) = self.limit_passed_by(&incoming) {
+                    return Folded::OverLimit(limit);
                 }
                 let loser = if incoming.identity_order(&self.events[position]) == Ordering::Less {
                     std::mem::replace(&mut self.events[position], incoming)
@@ -387,6 +435,20 @@ impl Record {
         self.events.len() + self.kept_aside.len() >= MAX_EVENTS_PER_RECORD
     }
 
+    /// The bound the record would pass by also keeping `incoming`.
+    fn limit_passed_by(&self, incoming: &RecordedEvent) -> Option<RecordLimit> {
+        if self.is_full() {
+            return Some(RecordLimit::Events);
+        }
+        let bytes: usize = self
+            .events
+            .iter()
+            .chain(&self.kept_aside)
+            .map(RecordedEvent::size)
+            .sum();
+        (bytes + incoming.size() > MAX_RECORD_BYTES).then_some(RecordLimit::Bytes)
+    }
+
     /// The events that count, earliest first (ties by event id).
     pub fn in_time_order(&self) -> Vec<&RecordedEvent> {
         let mut events: Vec<&RecordedEvent> = self.events.iter().collect();
@@ -407,6 +469,21 @@ impl Record {
         }
         let first = self.events.iter().min_by_key(|event| event.stamp())?;
         Some((&first.unit_id, first.at, self.events.len()))
+    }
+
+    /// The unit the record counts at and when: its received event's (the
+    /// case's `case.received`, a feedback's `feedback.received`), or while
+    /// its events are held the earliest one's.
+    pub fn home(&self) -> Option<(&str, Moment)> {
+        let received = if self.is_feedback() {
+            self.feedback_state().received
+        } else {
+            self.case_state().received
+        };
+        match received {
+            Some(event) => Some((&event.unit_id, event.at)),
+            None => self.held().map(|(unit, at, _)| (unit, at)),
+        }
     }
 
     /// Whether the record is a feedback's (complaint, recommendation).
@@ -611,7 +688,10 @@ mod tests {
             rated,
             "2025-03-01T08:00:00+07:00",
         );
-        assert_eq!(record.fold(next, &new), Folded::OverLimit);
+        assert_eq!(
+            record.fold(next, &new),
+            Folded::OverLimit(RecordLimit::Events)
+        );
         // An event it holds is still a duplicate, not one over the limit.
         let again = event(&id(7), rated, "2025-03-01T08:00:00+07:00");
         assert_eq!(
@@ -624,9 +704,36 @@ mod tests {
             r#"case.rated {"level":"unsatisfied"}"#,
             "2025-03-01T07:00:00+07:00",
         );
-        assert_eq!(record.fold(next + 2, &other), Folded::OverLimit);
+        assert_eq!(
+            record.fold(next + 2, &other),
+            Folded::OverLimit(RecordLimit::Events)
+        );
         assert_eq!(record.events.len(), MAX_EVENTS_PER_RECORD);
         assert!(record.kept_aside.is_empty());
+    }
+
+    #[test]
+    fn a_record_holds_a_bounded_number_of_bytes() {
+        let reason = "x".repeat(60 * 1024);
+        let mut record = Record::default();
+        let mut applied = 0;
+        for n in 0..10 {
+            let id = format!("00000000-0000-4000-8000-{n:012}");
+            let supplement = event(
+                &id,
+                &format!(
+                    r#"case.supplement_requested {{"reason":"{reason}","due_at":"2025-03-09T08:00:00+07:00"}}"#
+                ),
+                "2025-03-01T08:00:00+07:00",
+            );
+            match record.fold(n + 1, &supplement) {
+                Folded::Applied => applied += 1,
+                Folded::OverLimit(limit) => assert_eq!(limit, RecordLimit::Bytes),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(applied, MAX_RECORD_BYTES / (60 * 1024));
+        assert!(RecordLimit::Bytes.reason("X-1").contains("256 KiB"));
     }
 
     #[test]

@@ -41,6 +41,11 @@ impl UnitIdx {
     pub fn index(self) -> usize {
         self.0 as usize
     }
+
+    /// The unit at `index` of a registry (tests, tables indexed by unit).
+    pub fn from_index(index: usize) -> UnitIdx {
+        UnitIdx(u32::try_from(index).unwrap_or(u32::MAX))
+    }
 }
 
 /// The three levels of local government.
@@ -745,6 +750,29 @@ impl UnitRegistry {
     /// is none). Events of a case after a merge name this unit.
     pub fn holder_on(&self, unit: UnitIdx, day: Day) -> UnitIdx {
         self.holder(unit, day).unwrap_or(unit)
+    }
+
+    /// The units `unit` succeeds (`successor_of`, followed back) that
+    /// existed on `day`, for a day before `unit` was formed: where a case
+    /// received then by "the new ward" really was received. Sorted by id.
+    pub fn predecessors_on(&self, unit: UnitIdx, day: Day) -> Vec<UnitIdx> {
+        let mut found = Vec::new();
+        let mut to_visit = self.unit(unit).successor_of.clone();
+        let mut seen = vec![unit];
+        while let Some(candidate) = to_visit.pop() {
+            if seen.contains(&candidate) {
+                continue;
+            }
+            seen.push(candidate);
+            let predecessor = self.unit(candidate);
+            if predecessor.exists_on(day) {
+                found.push(candidate);
+            } else if predecessor.days.from.is_some_and(|from| day < from) {
+                to_visit.extend(predecessor.successor_of.iter().copied());
+            }
+        }
+        found.sort_by(|a, b| self.unit(*a).id.cmp(&self.unit(*b).id));
+        found
     }
 
     /// The unit itself, then each ancestor up to the root, on `day`.

@@ -7,6 +7,7 @@
 //! (`cases.<unit_id>.<kind>`). There is no I/O here: the ingest tools, the
 //! projector and the tests all call the same pure functions.
 
+mod canonical;
 mod error;
 mod kind;
 mod parse;
@@ -24,6 +25,19 @@ pub use subject::{
 
 use chrono::{DateTime, FixedOffset};
 use uuid::Uuid;
+
+/// The most characters of a reason quoted back or logged (CONTRACT §8.1):
+/// a reason may quote what was sent, and what was sent may be 64 KiB.
+pub const MAX_REASON_CHARS: usize = 200;
+
+/// `reason` cut to [`MAX_REASON_CHARS`] characters (an ellipsis marks the
+/// cut).
+pub fn cut_reason(reason: &str) -> String {
+    match reason.char_indices().nth(MAX_REASON_CHARS) {
+        None => reason.to_owned(),
+        Some((end, _)) => format!("{}…", &reason[..end]),
+    }
+}
 
 /// Events larger than this many bytes are invalid (§2).
 pub const MAX_EVENT_BYTES: usize = 64 * 1024;
@@ -123,5 +137,20 @@ impl EventData {
             EventData::FeedbackReceived { .. } => Kind::FeedbackReceived,
             EventData::FeedbackResolved => Kind::FeedbackResolved,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_is_cut_at_200_characters_not_bytes() {
+        let short = "field `channel`: `x` is not a channel";
+        assert_eq!(cut_reason(short), short);
+        let long = "ồ".repeat(300);
+        let cut = cut_reason(&long);
+        assert_eq!(cut.chars().count(), MAX_REASON_CHARS + 1);
+        assert!(cut.ends_with('…'));
     }
 }

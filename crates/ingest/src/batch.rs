@@ -1,6 +1,7 @@
 //! One path in, however an event comes: lines are validated (CONTRACT §2,
-//! and the service's kinds, §7), the valid ones published with their
-//! `event_id` as `Nats-Msg-Id`, and every line accounted for in a report:
+//! and the service's kinds, §7), the valid ones published in canonical form
+//! with the hash of that body as `Nats-Msg-Id`, and every line accounted
+//! for in a report:
 //! accepted with its stream sequence, rejected with the field and reason,
 //! or not stored in time.
 
@@ -86,7 +87,7 @@ impl LineError {
         Rejected {
             line,
             field: self.field,
-            reason: self.reason,
+            reason: kpi_events::cut_reason(&self.reason),
         }
     }
 }
@@ -161,15 +162,14 @@ impl Ingestor {
         Publisher::new(self.bus.clone(), self.deadline)
     }
 
-    /// Validates one line as of now: the message to publish (the line as
-    /// sent, byte for byte, with `event_id` as its message id), or why not.
+    /// Validates one line as of now: the message to publish (the event in
+    /// canonical form, CONTRACT §2), or why not.
     pub fn prepare(&self, bytes: &[u8]) -> Result<(Event, Outgoing), LineError> {
         let validation = Validation::now(&*self.units);
         let event = validate_line(bytes, self.accepts, &validation)?;
         let message = Outgoing {
             subject: event.subject(),
-            message_id: event.event_id.to_string(),
-            payload: Bytes::copy_from_slice(bytes),
+            payload: Bytes::from(event.to_canonical_json()),
         };
         Ok((event, message))
     }

@@ -273,13 +273,12 @@ pub async fn ingest_dvcqg(
                 line: dossier.index,
                 case_id: dossier.case_id,
                 field: error.field,
-                reason: error.reason,
+                reason: kpi_events::cut_reason(&error.reason),
             }),
             Ok(events) => {
                 for (position, produced) in events.iter().enumerate() {
                     let message = Outgoing {
                         subject: produced.event.subject(),
-                        message_id: produced.event.event_id.to_string(),
                         payload: Bytes::from(produced.payload.clone()),
                     };
                     let tag = (dossier.index, position);

@@ -3,7 +3,7 @@
 //!
 //! - [`batch`]: validation of each line (the `events` crate, plus the
 //!   service's own kinds) and the per-line report;
-//! - [`publish`]: publishing with `Nats-Msg-Id` = `event_id` and a window of
+//! - [`publish`]: publishing with `Nats-Msg-Id` = the hash of the body and a window of
 //!   acks in flight, each retried with backoff until a deadline;
 //! - [`http`]: `POST /v1/events`, `POST /v1/dvcqg`, `GET /healthz` (axum);
 //! - [`dvcqg`]: national-portal dossier snapshots into contract events;

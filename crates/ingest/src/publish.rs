@@ -4,18 +4,15 @@
 //! An event counts as stored only when JetStream has acked it. Acks are
 //! awaited in a window so that throughput does not depend on the round
 //! trip. When NATS is down or slow, each event is published again with
-//! backoff until its deadline; the same `Nats-Msg-Id` makes every attempt
-//! after the first a duplicate JetStream drops (and the projector drops any
-//! copy that gets past the duplicate window), so retrying never counts an
-//! event twice.
+//! backoff until its deadline; its `Nats-Msg-Id` is the hash of its body
+//! (CONTRACT §2), so every attempt after the first that got through is a
+//! duplicate JetStream drops (and the projector drops any copy that gets
+//! past the duplicate window): retrying never counts an event twice.
 //!
-//! JetStream drops a repeated `Nats-Msg-Id` even when the content differs.
-//! An event id reused for other content is an identity conflict the
-//! projector must see and decide (CONTRACT §1.2), whatever the order: so
-//! when JetStream says "duplicate", the stored message is read back, and if
-//! its bytes differ the event is published again under an id of its own
-//! content (`<event_id>/<UUID v5 of the bytes>`), which a re-send of that
-//! same content dedupes to in turn.
+//! Only a byte-identical body is a duplicate to JetStream. An event id
+//! reused for other content has another hash, reaches the log and is judged
+//! by the projector (CONTRACT §1.2), whatever the order: nothing needs
+//! reading back.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -54,48 +51,14 @@ pub struct Stored {
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub subject: String,
-    pub message_id: String,
     pub payload: Bytes,
 }
 
-/// Publishes until JetStream acks or `deadline` passes; the error says
-/// what went wrong last. Another content under an id JetStream already
-/// has is published under an id of its own (module documentation).
+/// Publishes until JetStream acks or `deadline` passes, retrying with
+/// backoff; the error says what went wrong last.
 pub async fn publish_until(
     bus: &Bus,
     message: &Outgoing,
-    deadline: Instant,
-) -> Result<Stored, String> {
-    let stored = publish_as(bus, message, &message.message_id, deadline).await?;
-    if !stored.duplicate {
-        return Ok(stored);
-    }
-    match bus.message_at(stored.sequence).await {
-        Ok(Some(copy)) if copy.payload != message.payload => {
-            let own_id = format!(
-                "{}/{}",
-                message.message_id,
-                uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &message.payload)
-            );
-            publish_as(bus, message, &own_id, deadline).await
-        }
-        Ok(_) => Ok(stored),
-        Err(err) => {
-            tracing::warn!(
-                error = %err,
-                sequence = stored.sequence,
-                "cannot read back the stored copy of a duplicate: reported as a duplicate"
-            );
-            Ok(stored)
-        }
-    }
-}
-
-/// Publishes under `message_id`, retrying with backoff until `deadline`.
-async fn publish_as(
-    bus: &Bus,
-    message: &Outgoing,
-    message_id: &str,
     deadline: Instant,
 ) -> Result<Stored, String> {
     let mut backoff = FIRST_BACKOFF;
@@ -109,7 +72,7 @@ async fn publish_as(
         }
         let attempt = async {
             let ack = bus
-                .publish_event(message.subject.clone(), message_id, message.payload.clone())
+                .publish_event(message.subject.clone(), message.payload.clone())
                 .await
                 .map_err(|err| err.to_string())?;
             ack.await.map_err(|err| err.to_string())

@@ -145,6 +145,7 @@ fn fold_batches(
             .ingest(units, &incoming)
             .context("folding a batch into the views (the projector stops; restart it to resume from its checkpoint)")?;
         for (sequence, reason) in &report.parked {
+            let reason = kpi_events::cut_reason(reason);
             tracing::warn!(sequence, %reason, "parked an invalid event; `kpictl rejected` lists it");
         }
         let busy = batch_started.elapsed();

@@ -42,6 +42,14 @@ pub enum StoreError {
     )]
     StreamGap { first: u64, checkpoint: u64 },
     #[error(
+        "the units file no longer lets units {units} exist on days the views counted events of \
+         theirs: {events} counted events would now be invalid, and a rebuild would keep them aside. \
+         Either give those units their former valid_from/valid_to again, or rebuild the views under \
+         this units file: stop the projector, move its data directory aside and start it again (it \
+         folds the whole log anew; README, Rebuilding the views)"
+    )]
+    UnitsNoLongerHold { units: String, events: u64 },
+    #[error(
         "the views in {dir} are in use by another process (a running projector?); stop it first"
     )]
     Locked { dir: String },

@@ -61,21 +61,29 @@ impl Store {
                             ));
                             conflict.loser.sequence != message.sequence
                         }
-                        Folded::OverLimit => {
+                        Folded::OverLimit(limit) => {
                             totals.parked += 1;
-                            parked.push(ParkedEvent::over_limit(message, &event.case_id));
+                            parked.push(ParkedEvent::over_limit(message, &event.case_id, limit));
                             false
                         }
                     };
-                    // A redriven event that counts retires its parked copy.
+                    // A redriven event that counts retires its parked copy,
+                    // when it is that copy's event (same case and event id):
+                    // any publisher can set the header.
                     if let (true, Some(parked_sequence)) = (counts, message.redrive_of) {
-                        let key = keys::parked(parked_sequence);
-                        let pending = parked
+                        let copy = match parked
                             .iter()
-                            .any(|p: &ParkedEvent| p.sequence == parked_sequence);
-                        if (pending || self.views.contains_key(key)?)
-                            && !retired.contains(&parked_sequence)
+                            .find(|p: &&ParkedEvent| p.sequence == parked_sequence)
                         {
+                            Some(pending) => Some(pending.clone()),
+                            None => self.parked_at(parked_sequence)?,
+                        };
+                        let same_event = copy.and_then(|copy| copy.identity()).is_some_and(
+                            |(case_id, event_id)| {
+                                case_id == event.case_id && event_id == event.event_id.to_string()
+                            },
+                        );
+                        if same_event && !retired.contains(&parked_sequence) {
                             retired.push(parked_sequence);
                         }
                     }

@@ -41,8 +41,8 @@ use error::corrupt;
 pub use error::StoreError;
 pub use keys::VIEW_PREFIXES;
 pub use types::{
-    BatchReport, Committed, FoldTotals, HeldPage, Incoming, OpenPage, ParkedEvent, ScoreSnapshot,
-    Snapshot, StoreOptions, ViewsExport,
+    BatchReport, Committed, FoldTotals, HeldPage, Incoming, OpenPage, ParkCause, ParkedEvent,
+    ScoreSnapshot, Snapshot, StoreOptions, ViewsExport,
 };
 
 /// The stored layout version this build reads and writes.

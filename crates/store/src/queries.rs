@@ -309,6 +309,31 @@ impl Store {
             .collect()
     }
 
+    /// Every parked event after `after_sequence`, oldest first, read as
+    /// the iteration goes (an operator's scoped listing).
+    pub fn parked_iter(
+        &self,
+        after_sequence: u64,
+    ) -> impl Iterator<Item = Result<ParkedEvent, StoreError>> + '_ {
+        let start = keys::parked(after_sequence.saturating_add(1));
+        let end = keys::prefix_end(&[keys::PARKED]);
+        self.views.range(start.to_vec()..end).map(|entry| {
+            let (key, value) = entry?;
+            postcard::from_bytes(&value).map_err(|err| corrupt(&key, err))
+        })
+    }
+
+    /// The parked event at `sequence`, if one is kept there.
+    pub fn parked_at(&self, sequence: u64) -> Result<Option<ParkedEvent>, StoreError> {
+        let key = keys::parked(sequence);
+        match self.views.get(key)? {
+            None => Ok(None),
+            Some(value) => postcard::from_bytes(&value)
+                .map(Some)
+                .map_err(|err| corrupt(&key, err)),
+        }
+    }
+
     /// Every entry of the views proper (records, event ids, counters, open
     /// cases), in key order: what two folds of the same log must share.
     pub fn view_entries(

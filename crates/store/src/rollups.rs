@@ -34,6 +34,9 @@ impl Store {
                     .map_err(|err| corrupt(keys::ROLLUP_UNITS, err))?,
             ),
         };
+        if let Some(stored) = &stored {
+            self.check_counted_units(units, stored)?;
+        }
         let live_day = self.live_day()?;
         let reason = match (&stored, live_day) {
             (None, _) | (_, None) if self.checkpoint()? == 0 => None,
@@ -61,6 +64,55 @@ impl Store {
             self.views.apply_batch(batch)?;
         }
         Ok(reason)
+    }
+
+    /// Refuses a registry under which events already counted would be
+    /// invalid (a unit's `valid_from`/`valid_to` narrowed): the views would
+    /// count what a rebuild keeps aside, and no recomputation of the
+    /// rollups could remove the difference.
+    fn check_counted_units(
+        &self,
+        units: &UnitRegistry,
+        stored: &Fingerprint,
+    ) -> Result<(), StoreError> {
+        let narrowed: Vec<(kpi_domain::UnitIdx, String)> = stored
+            .iter()
+            .filter_map(|(id, before)| {
+                let idx = units.find(id)?;
+                let now = units.unit(idx).days;
+                let still_covers = now
+                    .from
+                    .is_none_or(|from| before.days.from.is_some_and(|b| b >= from))
+                    && now
+                        .to
+                        .is_none_or(|to| before.days.to.is_some_and(|b| b <= to));
+                (!still_covers).then(|| (idx, id.clone()))
+            })
+            .collect();
+        if narrowed.is_empty() {
+            return Ok(());
+        }
+        let mut events = 0u64;
+        let mut named: std::collections::BTreeSet<String> = Default::default();
+        for entry in self.records() {
+            let (_, record) = entry?;
+            for event in record.events.iter().chain(&record.kept_aside) {
+                let Some((idx, id)) = narrowed.iter().find(|(_, id)| *id == event.unit_id) else {
+                    continue;
+                };
+                if !units.unit(*idx).exists_on(event.at.local_day()) {
+                    events += 1;
+                    named.insert(id.clone());
+                }
+            }
+        }
+        if events == 0 {
+            return Ok(());
+        }
+        Err(StoreError::UnitsNoLongerHold {
+            units: named.into_iter().collect::<Vec<_>>().join(", "),
+            events,
+        })
     }
 
     /// Recomputes the live counts when today has entered another epoch of

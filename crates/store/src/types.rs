@@ -4,8 +4,8 @@
 
 use chrono::{DateTime, Utc};
 use kpi_domain::{
-    Counters, Day, LiveCounts, Moment, RecordKey, RecordedEvent, UnitIdx, UnitRegistry,
-    CONFLICT_REASON,
+    Counters, Day, LiveCounts, Moment, RecordKey, RecordLimit, RecordedEvent, UnitIdx,
+    UnitRegistry, CONFLICT_REASON,
 };
 use kpi_events::{Event, EventError, Validation};
 use serde::{Deserialize, Serialize};
@@ -82,9 +82,59 @@ pub struct ParkedEvent {
     pub reason: String,
     /// When the stream stored it (Unix seconds), if known.
     pub published_unix: Option<i64>,
+    /// Why it was kept aside.
+    pub cause: ParkCause,
+}
+
+/// Why an event was kept aside: what sending it again can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ParkCause {
+    /// Invalid (CONTRACT §2): sent again after a fix, it counts.
+    Invalid,
+    /// Its case already held as much as one may: sent again, it would be
+    /// kept aside again.
+    OverLimit,
+    /// It lost an identity conflict (CONTRACT §1.2): it never counts.
+    Conflict,
+}
+
+impl ParkCause {
+    /// The name in API answers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParkCause::Invalid => "invalid",
+            ParkCause::OverLimit => "over_limit",
+            ParkCause::Conflict => "conflict",
+        }
+    }
+
+    /// Whether sending the event again may make it count (`kpictl redrive`).
+    pub fn redrivable(self) -> bool {
+        self == ParkCause::Invalid
+    }
 }
 
 impl ParkedEvent {
+    /// The unit its subject names (`cases.<unit_id>.<kind>`), if any.
+    pub fn unit_id(&self) -> &str {
+        self.subject
+            .strip_prefix(kpi_events::SUBJECT_PREFIX)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|rest| rest.split('.').next())
+            .unwrap_or_default()
+    }
+
+    /// The (case, event id) its payload names, if it is JSON that has them.
+    pub fn identity(&self) -> Option<(String, String)> {
+        #[derive(Deserialize)]
+        struct Identity {
+            case_id: String,
+            event_id: String,
+        }
+        let identity: Identity = serde_json::from_slice(&self.payload).ok()?;
+        Some((identity.case_id, identity.event_id.to_ascii_lowercase()))
+    }
+
     /// A message kept aside as it came.
     pub(crate) fn of_message(
         message: &Incoming<'_>,
@@ -96,22 +146,22 @@ impl ParkedEvent {
             subject: message.subject.to_owned(),
             payload: message.payload.to_vec(),
             field,
-            reason,
+            reason: kpi_events::cut_reason(&reason),
             published_unix: message.published.map(|at| at.timestamp()),
+            cause: ParkCause::Invalid,
         }
     }
 
-    /// A new event for a case that holds the most events one may.
-    pub(crate) fn over_limit(message: &Incoming<'_>, case_id: &str) -> ParkedEvent {
-        ParkedEvent::of_message(
-            message,
-            Some("case_id".to_owned()),
-            format!(
-                "case {case_id} already holds {} distinct events, the most one case may: this one is kept aside \
-                 and counts nowhere (a sender flooding one case code? `kpictl case` shows its events)",
-                kpi_domain::MAX_EVENTS_PER_RECORD
-            ),
-        )
+    /// A new event for a case that holds the most one may.
+    pub(crate) fn over_limit(
+        message: &Incoming<'_>,
+        case_id: &str,
+        limit: RecordLimit,
+    ) -> ParkedEvent {
+        ParkedEvent {
+            cause: ParkCause::OverLimit,
+            ..ParkedEvent::of_message(message, Some("case_id".to_owned()), limit.reason(case_id))
+        }
     }
 
     /// The loser of an identity conflict, shown in the form the record
@@ -135,6 +185,7 @@ impl ParkedEvent {
                 winner.at.to_utc().with_timezone(&kpi_domain::vietnam()).to_rfc3339(),
             ),
             published_unix: None,
+            cause: ParkCause::Conflict,
         }
     }
 }

@@ -81,8 +81,21 @@ fn the_example_scenario_gives_expected_json_and_parks_the_invalid_lines() {
     }
     assert_eq!(differences, Vec::<String>::new());
 
-    let parked = store.parked(0, 100).unwrap();
+    // The invalid lines; the example's conflict loser is kept aside too.
+    let (parked, conflicts): (Vec<_>, Vec<_>) = store
+        .parked(0, 100)
+        .unwrap()
+        .into_iter()
+        .partition(|p| p.cause == kpi_store::ParkCause::Invalid);
     assert_eq!(parked.len(), kpi_testkit::expected().rejected_lines);
+    assert_eq!(
+        conflicts
+            .iter()
+            .map(|p| (p.cause, p.unit_id()))
+            .collect::<Vec<_>>(),
+        [(kpi_store::ParkCause::Conflict, "C46-1-0")],
+        "the same event under C46-0-2 counts: the smaller unit id"
+    );
     let fields: Vec<Option<&str>> = parked.iter().map(|p| p.field.as_deref()).collect();
     assert!(fields.contains(&Some("data.level")), "{fields:?}");
     assert!(fields.contains(&Some("unit_id")), "{fields:?}");
@@ -101,9 +114,9 @@ fn the_example_scenario_gives_expected_json_and_parks_the_invalid_lines() {
     );
 
     let totals = store.totals().unwrap();
-    assert_eq!(totals.parked, 10);
+    assert_eq!((totals.parked, totals.conflicts), (10, 1));
     assert_eq!(
-        totals.folded + totals.duplicates + totals.parked,
+        totals.folded + totals.duplicates + totals.parked + totals.conflicts,
         lines.len() as u64
     );
     assert!(
@@ -221,7 +234,7 @@ fn reopening_resumes_at_the_checkpoint_and_skips_what_was_folded() {
     ingest(&store, &units, &lines, 128);
     let totals = store.totals().unwrap();
     assert_eq!(
-        totals.folded + totals.duplicates + totals.parked,
+        totals.folded + totals.duplicates + totals.parked + totals.conflicts,
         lines.len() as u64
     );
 

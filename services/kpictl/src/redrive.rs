@@ -3,10 +3,16 @@
 //!
 //! Each chosen event is validated again, as of now and against the current
 //! registry; a valid one is published on its own subject with the header
-//! `Kpi-Redrive-Of: <parked sequence>` and the message id
-//! `redrive/<parked sequence>`. The projector then counts it — once, since
+//! `Kpi-Redrive-Of: <parked sequence>` (its `Nats-Msg-Id` the hash of that
+//! header and the body, so a redrive sent twice is stored once). The projector then counts it — once, since
 //! events are deduplicated by case and event id — and retires the parked
 //! copy. What is still invalid is reported with its reason again.
+//!
+//! Only events kept aside as invalid are sent: one kept aside because its
+//! case already held as much as one may, or as the loser of an identity
+//! conflict, would be kept aside again, and the log, which is never
+//! purged, would grow by a copy on every run. So running it twice changes
+//! nothing.
 
 use std::process::ExitCode;
 
@@ -80,6 +86,14 @@ pub async fn run(args: RedriveArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // An older projector names no cause: its entries are sent as invalid.
+    let (chosen, kept): (Vec<RejectedEvent>, Vec<RejectedEvent>) = chosen
+        .into_iter()
+        .partition(|event| matches!(event.cause.as_str(), "" | "invalid"));
+    let not_redrivable: Vec<(u64, String)> = kept
+        .iter()
+        .map(|event| (event.stream_sequence, event.cause.clone()))
+        .collect();
 
     let bus = if args.dry_run {
         None
@@ -91,6 +105,7 @@ pub async fn run(args: RedriveArgs) -> anyhow::Result<ExitCode> {
     let validation = Validation::now(&units);
     let mut sent = Vec::new();
     let mut still_invalid = Vec::new();
+    let mut held_by_stream = Vec::new();
     for parked in chosen {
         let event = match parse_event(&parked.payload, &validation) {
             Ok(event) => event,
@@ -117,6 +132,12 @@ pub async fn run(args: RedriveArgs) -> anyhow::Result<ExitCode> {
                     parked.stream_sequence
                 )
             })?;
+        if ack.duplicate {
+            // An earlier run sent this redrive already and the projector
+            // has not folded it yet: JetStream dropped the copy.
+            held_by_stream.push((parked.stream_sequence, ack.sequence));
+            continue;
+        }
         sent.push((parked.stream_sequence, event.subject(), Some(ack.sequence)));
     }
 
@@ -129,6 +150,12 @@ pub async fn run(args: RedriveArgs) -> anyhow::Result<ExitCode> {
                 "parked_sequence": sequence, "reason": reason,
             })).collect::<Vec<_>>(),
             "not_parked": unknown,
+            "not_sent_kept_aside": not_redrivable.iter().map(|(sequence, cause)| json!({
+                "parked_sequence": sequence, "cause": cause,
+            })).collect::<Vec<_>>(),
+            "already_sent": held_by_stream.iter().map(|(sequence, stored)| json!({
+                "parked_sequence": sequence, "stream_sequence": stored,
+            })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -148,10 +175,26 @@ pub async fn run(args: RedriveArgs) -> anyhow::Result<ExitCode> {
                 "sequence {sequence}: not among the events kept aside (already redriven, or never parked)"
             );
         }
+        for (sequence, cause) in &not_redrivable {
+            let why = match cause.as_str() {
+                "conflict" => "it lost an identity conflict and never counts",
+                _ => "its case already holds as much as one case may",
+            };
+            println!(
+                "sequence {sequence}: not sent: {why}; sent again it would be kept aside again"
+            );
+        }
+        for (sequence, stored) in &held_by_stream {
+            println!(
+                "sequence {sequence}: already sent again (stream sequence {stored}); the projector \
+                 has not folded it yet: look again in a moment"
+            );
+        }
         println!(
-            "{} sent again, {} still invalid{}",
+            "{} sent again, {} still invalid, {} not sent (kept aside for a cap or a conflict){}",
             sent.len(),
             still_invalid.len(),
+            not_redrivable.len(),
             if unknown.is_empty() {
                 String::new()
             } else {

@@ -335,7 +335,6 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
 pub fn outgoing(event: SimEvent) -> Outgoing {
     Outgoing {
         subject: event.subject,
-        message_id: event.event_id.to_string(),
         payload: Bytes::from(event.payload),
     }
 }

@@ -108,6 +108,7 @@ fn needs_operator(err: &anyhow::Error) -> bool {
                         | StoreError::Underflow { .. }
                         | StoreError::StreamChanged { .. }
                         | StoreError::StreamGap { .. }
+                        | StoreError::UnitsNoLongerHold { .. }
                 )
             )
     })

@@ -4,7 +4,6 @@
 //! dossier code and the transition; the field map (`MaLinhVuc` to field
 //! codes); the payloads' dates, read as Vietnam time, and amounts.
 
-use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 
@@ -26,6 +25,11 @@ pub const NAMESPACE: Uuid = uuid::uuid!("c2acc58d-7301-53c5-b5b7-fcb2d7597d06");
 /// The `reason` of every `case.withdrawn` produced here: a fixed text, since
 /// the payloads' free text may hold personal data.
 pub const WITHDRAWN_REASON: &str = "Công dân yêu cầu rút hồ sơ";
+
+/// The `reason` of every `case.supplement_requested` produced here
+/// (CONTRACT §7.1): `NoiDungBoSung` is free text that may name the
+/// applicant's circumstances, and is never read.
+pub const SUPPLEMENT_REASON: &str = "bổ sung hồ sơ (DVCQG)";
 
 /// The `portal` of every `case.synced` produced here.
 pub const PORTAL: &str = "national";
@@ -154,6 +158,7 @@ impl Converter<'_> {
         let Some(received_at) = entry.date("NgayTiepNhan")? else {
             return Ok(Vec::new());
         };
+        let unit = self.receiving_unit(entry, "NgayTiepNhan", received_at)?;
         let procedure_code = entry.required_text("MaTTHC", "the national procedure code")?;
         let ma_linh_vuc = entry.required_text("MaLinhVuc", "the field code (lĩnh vực)")?;
         let field = self.field_map.field_code(&ma_linh_vuc);
@@ -213,6 +218,7 @@ impl Converter<'_> {
         let mut events = Vec::with_capacity(supplements.len() + 5);
         events.push(self.event(
             entry,
+            unit,
             case_id,
             "received".to_owned(),
             Kind::CaseReceived,
@@ -236,11 +242,12 @@ impl Converter<'_> {
             })?;
             events.push(self.event(
                 entry,
+                unit,
                 case_id,
                 format!("supplement/{}", supplement.id),
                 Kind::CaseSupplementRequested,
                 supplement.asked_at,
-                json!({ "reason": supplement.reason, "due_at": rfc3339(due_at) }),
+                json!({ "reason": SUPPLEMENT_REASON, "due_at": rfc3339(due_at) }),
             )?);
         }
 
@@ -259,6 +266,7 @@ impl Converter<'_> {
                 }
                 events.push(self.event(
                     entry,
+                    unit,
                     case_id,
                     "resolved".to_owned(),
                     Kind::CaseResolved,
@@ -273,7 +281,7 @@ impl Converter<'_> {
         }
         if status.as_deref() == Some("7") {
             if let Some(finished_at) = entry.date("NgayKetThucXuLy")? {
-                events.push(self.withdrawn(entry, case_id, finished_at)?);
+                events.push(self.withdrawn(entry, unit, case_id, finished_at)?);
             }
         }
 
@@ -287,6 +295,7 @@ impl Converter<'_> {
             }
             events.push(self.event(
                 entry,
+                unit,
                 case_id,
                 "paid".to_owned(),
                 Kind::CasePaid,
@@ -300,6 +309,7 @@ impl Converter<'_> {
 
         events.push(self.event(
             entry,
+            unit,
             case_id,
             "synced".to_owned(),
             Kind::CaseSynced,
@@ -322,17 +332,70 @@ impl Converter<'_> {
                 "is required: when the applicant withdrew (yyyyMMddHHmmss, Vietnam time)",
             )
         })?;
-        Ok(vec![self.withdrawn(entry, case_id, at)?])
+        let unit = self.receiving_unit(entry, "ThoiDiemXuLy", at)?;
+        Ok(vec![self.withdrawn(entry, unit, case_id, at)?])
+    }
+
+    /// The unit that held the dossier on the day of `at`: the one `madonvi`
+    /// names, or, for a day before that unit was formed (a ward formed on
+    /// 2025-07-01 re-sending a dossier received in June), the one unit it
+    /// succeeds that existed then (CONTRACT §7.1).
+    fn receiving_unit(
+        &self,
+        entry: &Entry<'_>,
+        field: &str,
+        at: DateTime<FixedOffset>,
+    ) -> Result<kpi_domain::UnitIdx, LineError> {
+        let day = kpi_domain::Moment::from(at).local_day();
+        let named = self.units.unit(self.unit);
+        let Some(formed) = named.days.from.filter(|from| day < *from) else {
+            return Ok(self.unit);
+        };
+        let candidates = self.units.predecessors_on(self.unit, day);
+        if let [only] = candidates[..] {
+            return Ok(only);
+        }
+        let names: Vec<String> = candidates
+            .iter()
+            .map(|idx| {
+                let unit = self.units.unit(*idx);
+                format!("{} ({})", unit.id, unit.name)
+            })
+            .collect();
+        let which = if names.is_empty() {
+            "and none of the units it succeeds existed then: check the date or the units file"
+                .to_owned()
+        } else {
+            format!(
+                "and it succeeds {} units that existed then, {}: send the dossier under the \
+                 madonvi of the one that received it",
+                names.len(),
+                names.join(", ")
+            )
+        };
+        Err(entry.error(
+            field,
+            format!(
+                "{} is {} ({}), formed on {}, after this day ({}), {which}",
+                "madonvi",
+                named.id,
+                named.name,
+                formed.to_date(),
+                day.to_date()
+            ),
+        ))
     }
 
     fn withdrawn(
         &self,
         entry: &Entry<'_>,
+        unit: kpi_domain::UnitIdx,
         case_id: &str,
         at: DateTime<FixedOffset>,
     ) -> Result<ProducedEvent, LineError> {
         self.event(
             entry,
+            unit,
             case_id,
             "withdrawn".to_owned(),
             Kind::CaseWithdrawn,
@@ -346,6 +409,7 @@ impl Converter<'_> {
     fn event(
         &self,
         entry: &Entry<'_>,
+        unit: kpi_domain::UnitIdx,
         case_id: &str,
         transition: String,
         kind: Kind,
@@ -356,7 +420,7 @@ impl Converter<'_> {
         // After a merge (CONTRACT §1.1) a dossier of a ceased unit goes on
         // under its successor: each event names the unit of its day.
         let day = kpi_domain::Moment::from(occurred_at).local_day();
-        let unit_id = &self.units.unit(self.units.holder_on(self.unit, day)).id;
+        let unit_id = &self.units.unit(self.units.holder_on(unit, day)).id;
         let value = json!({
             "event_id": event_id(case_id, &transition).to_string(),
             "kind": kind.as_str(),
@@ -376,6 +440,8 @@ impl Converter<'_> {
             }),
             reason: err.to_string(),
         })?;
+        // Published in canonical form, like every event of ours (CONTRACT §2).
+        let payload = event.to_canonical_json();
         Ok(ProducedEvent {
             transition,
             event,
@@ -391,7 +457,6 @@ struct Supplement {
     asked_at: DateTime<FixedOffset>,
     due_before: Option<DateTime<FixedOffset>>,
     due_new: Option<DateTime<FixedOffset>>,
-    reason: String,
 }
 
 /// A dossier's supplement requests, first (earliest `NgayBoSung`, then
@@ -424,10 +489,6 @@ fn supplements(entry: &Entry<'_>) -> Result<Vec<Supplement>, LineError> {
             asked_at,
             due_before: request.date("NgayHenTraTruoc")?,
             due_new: request.date("NgayHenTraMoi")?,
-            reason: request
-                .text("NoiDungBoSung")?
-                .map(Cow::into_owned)
-                .unwrap_or_default(),
             path: request.path,
         });
     }

@@ -33,7 +33,8 @@
 //!   each fee needs a whole, non-negative `Gia`. Anything missing or
 //!   malformed refuses the whole dossier, so that no partial picture of a
 //!   case is published; fixed, it can be sent again.
-//! - A supplement without `NoiDungBoSung` gets an empty `reason`.
+//! - A supplement's `reason` is the fixed text [`SUPPLEMENT_REASON`]:
+//!   `NoiDungBoSung` is free text about the applicant and is never read.
 //! - The table of §7.1 is followed literally (e.g. `TaiLieuNop` entries
 //!   marked `IsDeleted` still count for `reused_data`), so that every
 //!   implementation produces the same content under the same ids.
@@ -52,7 +53,7 @@ use mapping::Converter;
 use personal::{shown, Shown};
 
 pub use envelope::{SERVICE_PROGRESS, SERVICE_SNAPSHOT};
-pub use mapping::{event_id, FieldMap, NAMESPACE, PORTAL, WITHDRAWN_REASON};
+pub use mapping::{event_id, FieldMap, NAMESPACE, PORTAL, SUPPLEMENT_REASON, WITHDRAWN_REASON};
 
 // What the tests below reach through `use super::*`, besides the above.
 #[cfg(test)]
@@ -387,7 +388,7 @@ mod tests {
         assert_eq!(
             supplement.data,
             EventData::CaseSupplementRequested {
-                reason: "Bổ sung xác nhận tình trạng hôn nhân".into(),
+                reason: SUPPLEMENT_REASON.into(),
                 due_at: vn(2025, 3, 26, 17, 0, 0),
             }
         );

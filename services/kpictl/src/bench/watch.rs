@@ -173,7 +173,6 @@ pub async fn freshness(
         let ack = bus
             .publish_event(
                 kpi_events::subject_for(probe_unit, kpi_events::Kind::CaseReceived),
-                &event_id.to_string(),
                 payload.to_string().into(),
             )
             .await?

@@ -1,0 +1,126 @@
+//! The canonical form of a valid event: what the project's own publishers
+//! put on the bus (CONTRACT §2, "On the bus").
+//!
+//! The members of §2 only (no `schema`, whose one version is the
+//! default), every data field of the kind with its default filled in, keys
+//! sorted, no insignificant spaces; strings and times as the sender gave
+//! them (a time keeps its offset). Since `Nats-Msg-Id` is the hash of the
+//! body, a re-send that differs only in layout, key order or members the
+//! contract does not know is then byte-identical, and JetStream drops it.
+
+use chrono::{DateTime, FixedOffset, SecondsFormat};
+use serde_json::{json, Value};
+
+use crate::{Event, EventData};
+
+fn time(at: &DateTime<FixedOffset>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::AutoSi, false)
+}
+
+impl EventData {
+    /// The `data` object with every field of the kind.
+    pub fn to_json(&self) -> Value {
+        match self {
+            EventData::CaseReceived(received) => json!({
+                "procedure_code": received.procedure_code,
+                "field": received.field,
+                "channel": received.channel.as_str(),
+                "due_at": time(&received.due_at),
+                "dossier_digitized": received.dossier_digitized,
+                "reused_data": received.reused_data,
+            }),
+            EventData::CaseSupplementRequested { reason, due_at } => {
+                json!({"reason": reason, "due_at": time(due_at)})
+            }
+            EventData::CaseApologyIssued {
+                letter_ref,
+                reason,
+                new_due_at,
+            } => {
+                json!({"letter_ref": letter_ref, "reason": reason, "new_due_at": time(new_due_at)})
+            }
+            EventData::CaseResolved {
+                result,
+                result_electronic,
+                result_digitized,
+            } => json!({"result": result.as_str(), "result_electronic": result_electronic,
+                        "result_digitized": result_digitized}),
+            EventData::CaseWithdrawn { reason } => json!({ "reason": reason }),
+            EventData::CasePaid { amount_vnd, online } => {
+                json!({"amount_vnd": amount_vnd, "online": online})
+            }
+            EventData::CaseRated { level } => json!({"level": level.as_str()}),
+            EventData::CaseSynced { portal } => json!({ "portal": portal }),
+            EventData::FeedbackReceived { due_at } => json!({"due_at": time(due_at)}),
+            EventData::FeedbackResolved => json!({}),
+        }
+    }
+}
+
+impl Event {
+    /// The event in canonical form (module documentation).
+    pub fn to_canonical_json(&self) -> Vec<u8> {
+        // serde_json's maps keep their keys sorted (no `preserve_order`).
+        json!({
+            "event_id": self.event_id.to_string(),
+            "kind": self.kind().as_str(),
+            "case_id": self.case_id,
+            "unit_id": self.unit_id,
+            "occurred_at": time(&self.occurred_at),
+            "data": self.data.to_json(),
+        })
+        .to_string()
+        .into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{parse_event, Validation};
+    use std::collections::HashSet;
+
+    fn parse(line: &str) -> crate::Event {
+        let units: HashSet<String> = ["C1".to_owned()].into_iter().collect();
+        parse_event(line.as_bytes(), &Validation::now(&units)).expect("valid")
+    }
+
+    #[test]
+    fn layout_key_order_defaults_and_unknown_members_make_no_difference() {
+        let a = parse(
+            r#"{"event_id":"8F1D2A4E-6B0C-4F3E-9A57-0C2B1D3E4F51","kind":"case.received","case_id":"X-1",
+               "unit_id":"C1","occurred_at":"2025-03-01T08:00:00+07:00","schema":1,"note":"ignored",
+               "data":{"procedure_code":"1.0","field":"ho_tich","channel":"online",
+                       "due_at":"2025-03-05T08:00:00+07:00","extra":true}}"#,
+        );
+        let b = parse(
+            r#"{ "data": {"due_at": "2025-03-05T08:00:00+07:00", "channel": "online", "field": "ho_tich",
+                 "procedure_code": "1.0", "dossier_digitized": false, "reused_data": false},
+                 "occurred_at": "2025-03-01T08:00:00+07:00", "unit_id": "C1", "case_id": "X-1",
+                 "kind": "case.received", "event_id": "8f1d2a4e-6b0c-4f3e-9a57-0c2b1d3e4f51" }"#,
+        );
+        assert_eq!(a.to_canonical_json(), b.to_canonical_json());
+        let text = String::from_utf8(a.to_canonical_json()).unwrap();
+        assert_eq!(
+            text,
+            r#"{"case_id":"X-1","data":{"channel":"online","dossier_digitized":false,"due_at":"2025-03-05T08:00:00+07:00","field":"ho_tich","procedure_code":"1.0","reused_data":false},"event_id":"8f1d2a4e-6b0c-4f3e-9a57-0c2b1d3e4f51","kind":"case.received","occurred_at":"2025-03-01T08:00:00+07:00","unit_id":"C1"}"#
+        );
+        // The canonical form reads back as the same event, and is its own
+        // canonical form.
+        let again = parse(&text);
+        assert_eq!(again, a);
+        assert_eq!(again.to_canonical_json(), a.to_canonical_json());
+    }
+
+    #[test]
+    fn a_time_keeps_its_offset_and_fraction() {
+        let event = parse(
+            r#"{"event_id":"8f1d2a4e-6b0c-4f3e-9a57-0c2b1d3e4f51","kind":"case.rated","case_id":"X-1",
+               "unit_id":"C1","occurred_at":"2025-03-01T01:00:00.250Z","data":{"level":"satisfied"}}"#,
+        );
+        let text = String::from_utf8(event.to_canonical_json()).unwrap();
+        assert!(
+            text.contains(r#""occurred_at":"2025-03-01T01:00:00.250+00:00""#),
+            "{text}"
+        );
+    }
+}
