@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use kpi_domain::UnitIdx;
 use kpi_store::Committed;
-use prost::Message;
 use tokio::sync::watch;
 
 use crate::pb;
@@ -33,6 +32,30 @@ pub const DEFAULT_ANSWER_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 /// rebuild, or a restart after a pause), not following it live: at a
 /// steady few thousand events a second a commit leaves a few hundred.
 pub const CATCHING_UP_AFTER: u64 = 20_000;
+
+/// What the cache spends on an entry besides the answer and its key.
+const ENTRY_OVERHEAD: usize = 256;
+
+/// About the bytes an answer takes in memory (not on the wire: its counts
+/// are a map of owned names).
+fn memory_of(reply: &pb::RatesReply) -> usize {
+    use std::mem::size_of;
+    let strings = reply.unit_id.capacity()
+        + reply.unit_name.capacity()
+        + reply.period.capacity()
+        + reply.first_day.capacity()
+        + reply.last_day.capacity();
+    let rates = reply.rates.capacity() * size_of::<pb::Rate>()
+        + reply
+            .rates
+            .iter()
+            .map(|rate| rate.kpi.capacity())
+            .sum::<usize>();
+    // A B-tree: about one node slot and a share of node overhead each.
+    let counts = reply.counts.len() * (size_of::<(String, u64)>() + 16)
+        + reply.counts.keys().map(String::capacity).sum::<usize>();
+    size_of::<pb::RatesReply>() + strings + rates + counts
+}
 
 /// Commits, as the API sees them.
 pub struct Hub {
@@ -60,7 +83,7 @@ impl Hub {
         let answers = moka::sync::Cache::builder()
             .max_capacity(cache_bytes)
             .weigher(|key: &(UnitIdx, String), cached: &Cached| {
-                let bytes = cached.reply.encoded_len() + key.1.len() + 128;
+                let bytes = memory_of(&cached.reply) + key.1.capacity() + ENTRY_OVERHEAD;
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
             .build();
