@@ -286,3 +286,157 @@ fn a_projector_open_to_the_network_without_tokens_refuses_to_start() {
     assert_eq!(status, Some(EXIT_NEEDS_OPERATOR as i32), "{stderr}");
     assert!(stderr.contains("--tokens"), "says what to give: {stderr}");
 }
+
+fn case_event(case: &str, unit: &str, id: u32) -> (String, Vec<u8>) {
+    let event = serde_json::json!({
+        "event_id": format!("00000000-0000-4000-8000-{id:012}"), "kind": "case.received",
+        "case_id": case, "unit_id": unit, "occurred_at": "2025-03-03T08:00:00+07:00",
+        "data": {"procedure_code": "1.001193", "field": "ho_tich", "channel": "online",
+                 "due_at": "2025-03-05T17:00:00+07:00"}});
+    (
+        format!("cases.{unit}.case.received"),
+        event.to_string().into_bytes(),
+    )
+}
+
+fn invalid_event(case: &str, unit: &str, id: u32) -> (String, Vec<u8>) {
+    let event = serde_json::json!({
+        "event_id": format!("00000000-0000-4000-8000-{id:012}"), "kind": "case.rated",
+        "case_id": case, "unit_id": unit, "occurred_at": "2025-03-04T08:00:00+07:00",
+        "data": {"level": "great"}});
+    (
+        format!("cases.{unit}.case.rated"),
+        event.to_string().into_bytes(),
+    )
+}
+
+/// CONTRACT §8: an operator scoped to a district audits its own units
+/// only, and may not rebuild every unit's views; a reader's open watch
+/// ends when its token leaves the file.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_district_operator_audits_its_district_only_and_a_revoked_watch_ends() {
+    const DISTRICT_OPERATOR: &str = "kpi_district-one-operator";
+    let nats = LocalNats::start().unwrap_or_else(|err| panic!("{err}"));
+    let dir = tempfile::tempdir().unwrap();
+    let units = dir.path().join("units.json");
+    std::fs::write(&units, UNITS).unwrap();
+    let tokens = dir.path().join("tokens.json");
+    let all_tokens = [
+        ("Phòng Nội vụ Huyện Một", DISTRICT_TOKEN, "D1", "reader"),
+        ("Vận hành Huyện Một", DISTRICT_OPERATOR, "D1", "operator"),
+        ("Vận hành", OPERATOR_TOKEN, "*", "operator"),
+    ];
+    std::fs::write(&tokens, tokens_file(&all_tokens)).unwrap();
+    let projector = Projector::start(
+        &nats.url(),
+        &units,
+        &dir.path().join("views"),
+        &["--tokens", tokens.to_str().unwrap()],
+    );
+    let bus = kpi_bus::Bus::connect(&nats.url(), "access-test")
+        .await
+        .unwrap();
+    bus.ensure_stream().await.unwrap();
+    kpi_e2e::publish_all(
+        &bus,
+        [
+            case_event("D1-CASE", "C11", 1),
+            case_event("D2-CASE", "C21", 2),
+            invalid_event("D1-CASE", "C11", 3),
+            invalid_event("D2-CASE", "C21", 4),
+            invalid_event("NOWHERE-CASE", "C99", 5),
+        ],
+    )
+    .await;
+    let channel = Endpoint::from_shared(projector.addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut everything = client(&channel, Some(OPERATOR_TOKEN));
+    let started = Instant::now();
+    loop {
+        let reply = everything
+            .get_rates(rates("51"))
+            .await
+            .unwrap()
+            .into_inner();
+        if reply.stream_sequence >= 5 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "not folded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut district = client(&channel, Some(DISTRICT_OPERATOR));
+    let case = |code: &str| kpi_api::pb::GetCaseRequest {
+        case_id: code.into(),
+    };
+    district
+        .get_case(case("D1-CASE"))
+        .await
+        .expect("its own district's case");
+    let status = district.get_case(case("D2-CASE")).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    everything
+        .get_case(case("D2-CASE"))
+        .await
+        .expect("scope * reads every case");
+    let status = district
+        .rebuild(kpi_api::pb::RebuildRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let listed = district
+        .list_rejected(ListRejectedRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let subjects: Vec<&str> = listed.events.iter().map(|e| e.subject.as_str()).collect();
+    assert_eq!(subjects, ["cases.C11.case.rated"]);
+    assert_eq!(listed.total_rejected, 1);
+    let listed = everything
+        .list_rejected(ListRejectedRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed.total_rejected, 3,
+        "scope * also sees the unknown unit's"
+    );
+
+    // A reader's watch, then its token leaves the file.
+    let mut reader = client(&channel, Some(DISTRICT_TOKEN));
+    let mut watch = reader
+        .watch_rates(rates("C11"))
+        .await
+        .expect("the reader watches its commune")
+        .into_inner();
+    watch.message().await.expect("the first answer").unwrap();
+    std::fs::write(
+        &tokens,
+        tokens_file(&[("Vận hành", OPERATOR_TOKEN, "*", "operator")]),
+    )
+    .unwrap();
+    let pid = projector.pid().expect("running").to_string();
+    let revoked_at = Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the watch ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the revoked watch ends within 5 s");
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(revoked_at.elapsed() < Duration::from_secs(5));
+    projector.terminate();
+}

@@ -1153,3 +1153,211 @@ async fn an_event_id_reused_for_other_content_reaches_the_projector_as_a_conflic
         .reason
         .starts_with("event_id reused with different content"));
 }
+
+/// A case paid twice counts once; a DVCQG snapshot's `paid` and a direct
+/// `case.paid` for the same dossier count once (QĐ 766 counts dossiers),
+/// online when either payment was.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_case_paid_twice_or_through_two_paths_counts_once() {
+    let mut stack = dvcqg_stack().await;
+    post_snapshot(&stack, 1).await;
+    let dossier = "000.00.31.H31-250310-0042";
+    let mut direct = event(
+        "case.paid",
+        dossier,
+        "2025-03-12T09:00:00+07:00",
+        json!({"amount_vnd": 20000, "online": false}),
+    );
+    let (status, report) = stack.intake.post_events(ndjson(&[direct.clone()])).await;
+    assert_eq!(status, 200, "{report}");
+    // And the same case paid once more, later, through /v1/events.
+    direct["event_id"] = json!(Uuid::new_v4().to_string());
+    direct["occurred_at"] = json!("2025-03-13T09:00:00+07:00");
+    let (status, report) = stack.intake.post_events(ndjson(&[direct])).await;
+    assert_eq!(status, 200, "{report}");
+    let counts = stack.counts(COMMUNE, "2025-03").await;
+    assert_eq!(
+        (counts.get("payments"), counts.get("payments_online")),
+        (Some(&1), Some(&1)),
+        "{counts:?}"
+    );
+    // On the day of the earliest payment, the snapshot's (10 March).
+    let day = stack.counts(COMMUNE, "2025-03-10").await;
+    assert_eq!(day.get("payments"), Some(&1), "{day:?}");
+}
+
+/// Events of the flooded case beyond its cap are kept aside; `kpictl
+/// redrive` does not send them again (they would be kept aside again, and
+/// the log never forgets), however often it runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn redrive_leaves_events_kept_aside_for_a_cap_where_they_are() {
+    let nats = LocalNats::start().unwrap_or_else(|err| panic!("{err}"));
+    let dir = tempfile::tempdir().unwrap();
+    let units = dir.path().join("units.json");
+    std::fs::write(&units, UNITS).unwrap();
+    let mut projector = Projector::start(&nats.url(), &units, &dir.path().join("views"), &[]);
+    let bus = Bus::connect(&nats.url(), "flood-test").await.unwrap();
+    bus.ensure_stream().await.unwrap();
+    let case = "000.00.31.H31-250303-FLOOD";
+    let mut messages = vec![(
+        format!("cases.{COMMUNE}.case.received"),
+        received(case).to_string().into_bytes(),
+    )];
+    for _ in 0..1004 {
+        messages.push((
+            format!("cases.{COMMUNE}.case.rated"),
+            rated(case, "satisfied").to_string().into_bytes(),
+        ));
+    }
+    kpi_e2e::publish_all(&bus, messages).await;
+    let last = bus.last_sequence().await.unwrap();
+    assert_eq!(last, 1005);
+    projector.wait_for(COMMUNE, last, FOLD_TIMEOUT).await;
+    let kept_aside = |reply: kpi_api::pb::ListRejectedReply| {
+        reply
+            .events
+            .iter()
+            .map(|event| (event.stream_sequence, event.cause.clone()))
+            .collect::<Vec<_>>()
+    };
+    let mut client = projector.client().await;
+    let before = kept_aside(
+        client
+            .list_rejected(ListRejectedRequest::default())
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(
+        before,
+        (1001..=1005)
+            .map(|sequence| (sequence, "over_limit".to_owned()))
+            .collect::<Vec<_>>()
+    );
+    for run in 0..2 {
+        let output = kpi_e2e::kpictl(&[
+            "redrive",
+            "--json",
+            "--units",
+            units.to_str().unwrap(),
+            "--nats-url",
+            &nats.url(),
+            "--addr",
+            &projector.addr,
+        ]);
+        let report: Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|_| panic!("run {run}: {}", String::from_utf8_lossy(&output.stderr)));
+        assert_eq!(report["sent"], json!([]), "run {run}: {report}");
+        assert_eq!(
+            report["not_sent_kept_aside"].as_array().unwrap().len(),
+            5,
+            "{report}"
+        );
+        assert_eq!(output.status.code(), Some(0), "{report}");
+    }
+    assert_eq!(
+        bus.last_sequence().await.unwrap(),
+        last,
+        "the stream grew by no copy"
+    );
+    let after = kept_aside(
+        client
+            .list_rejected(ListRejectedRequest::default())
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(after, before);
+}
+
+/// Published straight onto the bus with `Nats-Msg-Id` the hash of the
+/// body, both events of a conflict reach the log, whichever comes first:
+/// the same event id and content under two units, and one id with two
+/// contents. The views are the same in both orders.
+#[tokio::test(flavor = "multi_thread")]
+async fn conflicts_published_straight_onto_the_bus_are_decided_alike_in_both_orders() {
+    let case = "000.00.31.H31-250303-0777";
+    let mut under_first = received(case);
+    under_first["event_id"] = json!("6f0e8a5c-2b1d-4c3e-9f7a-1d2c3b4a5e6f");
+    let mut under_second = under_first.clone();
+    under_second["unit_id"] = json!("5153107");
+    let mut satisfied = rated(case, "satisfied");
+    satisfied["event_id"] = json!("7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d");
+    let mut unsatisfied = satisfied.clone();
+    unsatisfied["data"]["level"] = json!("unsatisfied");
+    let message = |event: &Value| {
+        let unit = event["unit_id"].as_str().unwrap();
+        let kind = event["kind"].as_str().unwrap();
+        (
+            format!("cases.{unit}.{kind}"),
+            event.to_string().into_bytes(),
+        )
+    };
+    let mut outcomes = Vec::new();
+    for order in [
+        [&under_first, &under_second, &satisfied, &unsatisfied],
+        [&unsatisfied, &satisfied, &under_second, &under_first],
+    ] {
+        let nats = LocalNats::start().unwrap_or_else(|err| panic!("{err}"));
+        let dir = tempfile::tempdir().unwrap();
+        let units = dir.path().join("units.json");
+        std::fs::write(&units, UNITS).unwrap();
+        let mut projector = Projector::start(&nats.url(), &units, &dir.path().join("views"), &[]);
+        let bus = Bus::connect(&nats.url(), "conflict-test").await.unwrap();
+        bus.ensure_stream().await.unwrap();
+        kpi_e2e::publish_all(&bus, order.iter().map(|event| message(event))).await;
+        assert_eq!(
+            bus.last_sequence().await.unwrap(),
+            4,
+            "every body is stored"
+        );
+        projector.wait_for("51", 4, FOLD_TIMEOUT).await;
+        let mut client = projector.client().await;
+        let mut answers = Vec::new();
+        for unit in [COMMUNE, "5153107", "51"] {
+            let mut reply = client
+                .get_rates(GetRatesRequest {
+                    unit_id: unit.into(),
+                    period: "2025".into(),
+                    min_stream_sequence: None,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            reply.stream_sequence = 0;
+            reply.live = None;
+            answers.push(reply);
+        }
+        let rejected = client
+            .list_rejected(ListRejectedRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let mut kept: Vec<(String, String)> = rejected
+            .events
+            .iter()
+            .map(|event| (event.subject.clone(), event.cause.clone()))
+            .collect();
+        kept.sort();
+        outcomes.push((answers, kept));
+        projector.terminate();
+    }
+    assert_eq!(outcomes[0], outcomes[1]);
+    let (answers, kept) = &outcomes[0];
+    assert_eq!(answers[0].counts["received"], 1, "the smaller unit counts");
+    assert_eq!(answers[1].counts["received"], 0);
+    assert_eq!(
+        answers[0].counts["rated_satisfied"], 1,
+        "the smaller data counts"
+    );
+    assert_eq!(
+        kept,
+        &[
+            ("cases.5153105.case.rated".to_owned(), "conflict".to_owned()),
+            (
+                "cases.5153107.case.received".to_owned(),
+                "conflict".to_owned()
+            ),
+        ]
+    );
+}

@@ -396,3 +396,101 @@ fn a_flooded_case_keeps_the_events_beyond_the_limit_aside() {
     let report = store.ingest(&units, &incoming).unwrap();
     assert_eq!((report.totals.duplicates, report.totals.parked), (1, 0));
 }
+
+/// `Kpi-Redrive-Of` is a header any publisher can set: a counted event
+/// that names another event's parked entry does not retire it; the event
+/// parked there does.
+#[test]
+fn a_redrive_header_retires_only_the_entry_of_the_same_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let units = UnitRegistry::from_json(kpi_testkit::UNITS_JSON).unwrap();
+    let store = open(dir.path());
+    store.adopt_units(&units, today()).unwrap();
+    let event = |id: u32, case: &str, unit: &str| {
+        format!(
+            r#"{{"event_id":"00000000-0000-4000-8000-{id:012}","kind":"case.received","case_id":"{case}","unit_id":"{unit}","occurred_at":"2025-03-03T08:00:00+07:00","data":{{"procedure_code":"1.001193","field":"ho_tich","channel":"online","due_at":"2025-03-05T17:00:00+07:00"}}}}"#
+        )
+    };
+    // Parked at 1: an unknown unit. Then at 2 an unrelated valid event
+    // claiming to redrive 1, and at 3 the parked event itself, fixed.
+    let parked = event(1, "R-1", "C99");
+    let unrelated = event(2, "R-2", "C31_2");
+    let fixed = event(1, "R-1", "C31_2");
+    let mut incoming = vec![Incoming::validate(
+        1,
+        "cases.C99.case.received",
+        parked.as_bytes(),
+        None,
+        &units,
+    )];
+    let mut claim = Incoming::validate(
+        2,
+        "cases.C31_2.case.received",
+        unrelated.as_bytes(),
+        None,
+        &units,
+    );
+    claim.redrive_of = Some(1);
+    incoming.push(claim);
+    store.ingest(&units, &incoming).unwrap();
+    let listed: Vec<u64> = store
+        .parked(0, 10)
+        .unwrap()
+        .iter()
+        .map(|p| p.sequence)
+        .collect();
+    assert_eq!(listed, [1], "another event's header retires nothing");
+    assert_eq!(store.totals().unwrap().redriven, 0);
+
+    let mut redriven = Incoming::validate(
+        3,
+        "cases.C31_2.case.received",
+        fixed.as_bytes(),
+        None,
+        &units,
+    );
+    redriven.redrive_of = Some(1);
+    store.ingest(&units, &[redriven]).unwrap();
+    assert!(store.parked(0, 10).unwrap().is_empty());
+    assert_eq!(store.totals().unwrap().redriven, 1);
+}
+
+/// A units file that ends a unit earlier than the views counted it: the
+/// counted events would be invalid now, and no recomputation of the
+/// rollups removes the difference from a rebuild. The store refuses it,
+/// naming the unit; a change that leaves every counted event valid is
+/// taken.
+#[test]
+fn a_units_file_that_invalidates_counted_events_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let units = UnitRegistry::from_json(kpi_testkit::UNITS_JSON).unwrap();
+    let store = open(dir.path());
+    store.adopt_units(&units, today()).unwrap();
+    ingest(&store, &units, &lines(), 200);
+    let with_valid_to = |valid_to: &str| {
+        let mut file: serde_json::Value = serde_json::from_slice(kpi_testkit::UNITS_JSON).unwrap();
+        for unit in file["units"].as_array_mut().unwrap() {
+            if unit["id"] == "C31_2" {
+                unit["valid_to"] = serde_json::json!(valid_to);
+            }
+        }
+        UnitRegistry::from_json(file.to_string().as_bytes()).unwrap()
+    };
+    let error = store
+        .adopt_units(&with_valid_to("2025-01-31"), today())
+        .expect_err("C31_2 has events after January");
+    let message = error.to_string();
+    assert!(
+        matches!(error, kpi_store::StoreError::UnitsNoLongerHold { .. }),
+        "{message}"
+    );
+    assert!(message.contains("C31_2"), "{message}");
+    assert!(
+        message.contains("move its data directory aside"),
+        "{message}"
+    );
+    // Ending it after its last event changes nothing counted: taken.
+    assert!(store
+        .adopt_units(&with_valid_to("2030-12-31"), today())
+        .is_ok());
+}

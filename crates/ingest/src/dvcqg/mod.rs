@@ -313,6 +313,78 @@ mod tests {
         );
     }
 
+    /// Example B re-sent after the merge under the code of the new ward W
+    /// (formed on 2025-03-21, after B was received on the 14th).
+    fn example_b_under_the_new_ward(registry: &str) -> Dossier {
+        let units = UnitRegistry::from_json(registry.as_bytes()).unwrap();
+        let at = Utc.with_ymd_and_hms(2026, 1, 15, 0, 0, 0).unwrap();
+        let body = EXAMPLE_B.replace(
+            "\"madonvi\":\"000.00.31.H31\"",
+            "\"madonvi\":\"000.00.31.W\"",
+        );
+        convert(
+            body.as_bytes(),
+            None,
+            &units,
+            &FieldMap::default(),
+            &Validation::new(&units, at),
+        )
+        .unwrap()
+        .remove(0)
+    }
+
+    #[test]
+    fn a_dossier_sent_under_a_ward_formed_after_its_receipt_lands_on_its_predecessor() {
+        let dossier = example_b_under_the_new_ward(
+            r#"{"units":[{"id":"51","name":"Tỉnh Quảng Ngãi","level":"province"},
+            {"id":"5153105","name":"Phường Nguyễn Nghiêm","level":"commune","parent":"51",
+             "dvcqg_code":"000.00.31.H31","valid_to":"2025-03-20"},
+            {"id":"W","name":"Phường Đức Phổ","level":"commune","parent":"51","dvcqg_code":"000.00.31.W",
+             "valid_from":"2025-03-21","successor_of":["5153105"]}]}"#,
+        );
+        let named: Vec<(&str, &str)> = events(&dossier)
+            .iter()
+            .map(|produced| {
+                (
+                    produced.transition.as_str(),
+                    produced.event.unit_id.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("received", "5153105"),
+                ("supplement/1", "5153105"),
+                ("resolved", "W"),
+                ("paid", "5153105"),
+                ("synced", "5153105"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_dossier_under_a_ward_of_two_predecessors_is_refused_naming_both() {
+        let dossier = example_b_under_the_new_ward(
+            r#"{"units":[{"id":"51","name":"Tỉnh Quảng Ngãi","level":"province"},
+            {"id":"5153105","name":"Phường Nguyễn Nghiêm","level":"commune","parent":"51",
+             "dvcqg_code":"000.00.31.H31","valid_to":"2025-03-20"},
+            {"id":"5153107","name":"Phường Phổ Ninh","level":"commune","parent":"51","valid_to":"2025-03-20"},
+            {"id":"W","name":"Phường Đức Phổ","level":"commune","parent":"51","dvcqg_code":"000.00.31.W",
+             "valid_from":"2025-03-21","successor_of":["5153105","5153107"]}]}"#,
+        );
+        let error = rejection(&dossier);
+        assert_eq!(error.field.as_deref(), Some("data[0].NgayTiepNhan"));
+        for named in [
+            "W (Phường Đức Phổ)",
+            "formed on 2025-03-21",
+            "5153105 (Phường Nguyễn Nghiêm)",
+            "5153107 (Phường Phổ Ninh)",
+        ] {
+            assert!(error.reason.contains(named), "{named}: {}", error.reason);
+        }
+    }
+
     #[test]
     fn example_a_is_received_and_synced() {
         let dossiers = run(EXAMPLE_A.as_bytes());
