@@ -345,6 +345,61 @@ async fn replay_and_verify_agree_with_the_live_views_and_find_a_damaged_counter(
         )),
         "{stdout}"
     );
+    assert!(!stdout.contains("cause: under the units file"), "{stdout}");
+
+    // verify given a units file that ends C31_2 before its events: the
+    // differences are named as the units file's doing.
+    let mut file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&units).unwrap()).unwrap();
+    for unit in file["units"].as_array_mut().unwrap() {
+        if unit["id"] == "C31_2" {
+            unit["valid_to"] = json!("2025-01-31");
+        }
+    }
+    let narrowed = dir.path().join("units-narrowed.json");
+    std::fs::write(&narrowed, file.to_string()).unwrap();
+    let output = kpictl(&[
+        "verify",
+        "--addr",
+        &projector.addr,
+        "--units",
+        narrowed.to_str().unwrap(),
+        "--nats-url",
+        &nats.url(),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("cause: under the units file") && stdout.contains("of unit C31_2"),
+        "{stdout}"
+    );
+
+    // The projector itself refuses that file for its views (status 78),
+    // naming the unit and the rebuild.
+    projector.terminate();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (status, stderr) = kpi_e2e::run_to_end(
+        &kpi_e2e::binaries().projector,
+        &[
+            "--nats-url",
+            &nats.url(),
+            "--units",
+            narrowed.to_str().unwrap(),
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--listen",
+            &listen,
+        ],
+    );
+    assert_eq!(
+        status,
+        Some(kpi_bus::EXIT_NEEDS_OPERATOR as i32),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("C31_2") && stderr.contains("move its data directory aside"),
+        "{stderr}"
+    );
 }
 
 /// Adds one to the `received` counter of day 1 of the first stored month

@@ -149,6 +149,27 @@ async fn rank_units_and_list_at_risk_match_the_scenario_worked_out_by_hand() {
                 false
             ),
             (
+                "000.00.31.H31-250210-0901",
+                "C46-0-1",
+                "2025-02-14T17:00:00+07:00",
+                true,
+                false
+            ),
+            (
+                "000.00.31.H31-250212-0902",
+                "C46-0-1",
+                "2025-02-20T17:00:00+07:00",
+                true,
+                false
+            ),
+            (
+                "000.00.31.H31-250217-0903",
+                "C46-0-2",
+                "2025-02-24T14:00:00+07:00",
+                true,
+                false
+            ),
+            (
                 "000.00.23.H42-000038/3",
                 "C46-0-0",
                 "2025-02-27T18:13:00+07:00",
@@ -197,7 +218,9 @@ async fn rank_units_and_list_at_risk_match_the_scenario_worked_out_by_hand() {
         &projector.addr,
     ]);
     let listed: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(listed.as_array().unwrap().len(), 3);
+    // The six above under D46-0: 0901, 0902 (C46-0-1), 0903 (C46-0-2),
+    // H42-000038/3 (C46-0-0) and the two of C46-0-2.
+    assert_eq!(listed.as_array().unwrap().len(), 6);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -709,7 +732,7 @@ async fn the_monthly_report_renders_in_chromium_with_every_unit_and_figure() {
     ]);
     assert!(output.status.success());
     let csv = std::fs::read_to_string(csv).unwrap();
-    assert!(csv.contains("rates,P46,Tỉnh Thừa Thiên Huế,2025-Q1,on_time_rate,51,66,"));
+    assert!(csv.contains("rates,P46,Tỉnh Thừa Thiên Huế,2025-Q1,on_time_rate,52,67,"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

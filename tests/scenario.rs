@@ -239,7 +239,7 @@ async fn half_on_the_bus_half_through_kpictl_import_gives_expected_json() {
     ]);
     let table = String::from_utf8(table.stdout).unwrap();
     assert!(
-        table.contains("Hồ sơ giải quyết đúng hạn") && table.contains("51/66"),
+        table.contains("Hồ sơ giải quyết đúng hạn") && table.contains("52/67"),
         "{table}"
     );
 }
@@ -437,7 +437,7 @@ async fn a_targets_file_overrides_the_defaults_by_year_and_unit() {
                 .unwrap()
         }
     };
-    // The whole year's override: 51/66 = 77.27% meets 77.
+    // The whole year's override: 52/67 = 77.61% meets 77.
     let on_time = rate("P46", "2025-Q1", "on_time_rate").await;
     assert_eq!(
         (on_time.target_percent, on_time.met),

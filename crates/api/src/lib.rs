@@ -570,19 +570,12 @@ impl KpiService for KpiApi {
     ) -> Result<Response<Self::ExportViewsStream>, Status> {
         let scope = operator_scope(caller_of(&request).as_ref(), "ExportViews")?;
         let _permit = self.permits.call().await?;
-        let mut export = self.views.current().export().map_err(internal)?;
-        if scope.is_some() {
-            let live_day = export
-                .live_day
-                .unwrap_or_else(|| Moment::from((self.clock)()).local_day());
-            export
-                .days
-                .retain(|(unit, day, _)| self.in_scope(scope, unit, *day));
-            export
-                .open
-                .retain(|(unit, ..)| self.in_scope(scope, unit, live_day));
-        }
-        Ok(Response::new(export::chunks(export)))
+        let api = self.clone();
+        let today = Moment::from((self.clock)()).local_day();
+        // Open cases follow the tree of today.
+        let visible: export::Visible =
+            Box::new(move |unit, day| api.in_scope(scope, unit, day.unwrap_or(today)));
+        Ok(Response::new(export::chunks(self.views.current(), visible)))
     }
 
     async fn rebuild(

@@ -162,7 +162,7 @@ impl Store {
                 None => batch.remove(keys::held(key)),
             }
         }
-        self.write_rollups(&mut batch, units, &changes, Base::Stored)?;
+        self.write_rollups(self.rollups(), &mut batch, units, &changes)?;
         for event in &parked {
             let bytes = postcard::to_stdvec(event)
                 .map_err(|err| corrupt(&keys::parked(event.sequence), err))?;
@@ -206,13 +206,13 @@ impl Store {
     }
 
     /// Adds the rollup changes (day counters by month, open cases) to
-    /// `batch`, on top of the stored values or of nothing.
+    /// `batch`, on top of the values stored in generation `rollups`.
     pub(crate) fn write_rollups(
         &self,
+        rollups: keys::Rollups,
         batch: &mut sled::Batch,
         units: &UnitRegistry,
         changes: &BatchChanges,
-        base: Base,
     ) -> Result<(), StoreError> {
         // Day changes grouped by (unit, month): one stored value each.
         let mut months: BTreeMap<(UnitIdx, keys::Month), Vec<(Day, &CounterDelta)>> =
@@ -226,11 +226,8 @@ impl Store {
             }
         }
         for ((unit, month), days) in &months {
-            let key = keys::unit_month(&units.unit(*unit).id, *month);
-            let stored = match base {
-                Base::Stored => self.views.get(&key)?,
-                Base::Empty => None,
-            };
+            let key = rollups.unit_month(&units.unit(*unit).id, *month);
+            let stored = self.views.get(&key)?;
             let mut counters = month::MonthCounters::decode(stored.as_deref())
                 .map_err(|detail| corrupt(&key, detail))?;
             for (day, delta) in days {
@@ -253,26 +250,21 @@ impl Store {
             let total = open_totals.entry(*unit).or_default();
             total.open += delta.open;
             total.without_apology += delta.without_apology;
-            let key = keys::unit_day(keys::OPEN_BY_DUE_DAY, &units.unit(*unit).id, *day);
-            self.add_open(batch, key, delta, base)?;
+            let key = keys::unit_day(rollups.open_by_due_day, &units.unit(*unit).id, *day);
+            self.add_open(batch, key, delta)?;
         }
         for (unit, delta) in &open_totals {
             self.add_open(
                 batch,
-                keys::unit_prefix(keys::OPEN_TOTAL, &units.unit(*unit).id),
+                keys::unit_prefix(rollups.open_total, &units.unit(*unit).id),
                 delta,
-                base,
             )?;
         }
         for key in &changes.open_removed {
-            batch.remove(keys::open_index(
-                &units.unit(key.unit).id,
-                key.due_at,
-                &key.case_id,
-            ));
+            batch.remove(rollups.open_index(&units.unit(key.unit).id, key.due_at, &key.case_id));
         }
         for (key, has_apology) in &changes.open_added {
-            let index_key = keys::open_index(&units.unit(key.unit).id, key.due_at, &key.case_id);
+            let index_key = rollups.open_index(&units.unit(key.unit).id, key.due_at, &key.case_id);
             batch.insert(index_key, &[u8::from(*has_apology)][..]);
         }
         Ok(())
@@ -284,16 +276,11 @@ impl Store {
         batch: &mut sled::Batch,
         key: Vec<u8>,
         delta: &OpenDelta,
-        base: Base,
     ) -> Result<(), StoreError> {
         if delta.is_zero() {
             return Ok(());
         }
-        let stored = match base {
-            Base::Stored => self.views.get(&key)?,
-            Base::Empty => None,
-        };
-        let (open, without_apology) = match stored {
+        let (open, without_apology) = match self.views.get(&key)? {
             None => (0, 0),
             Some(bytes) => decode_pair(&bytes).map_err(|detail| corrupt(&key, detail))?,
         };
@@ -322,14 +309,6 @@ impl Store {
     }
 }
 
-/// What rollup changes are added to.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Base {
-    /// The values stored now (a batch of events).
-    Stored,
-    /// Nothing (a recomputation: every old value is removed).
-    Empty,
-}
 /// An (open, open without apology) pair; anything but 8 bytes is damage.
 pub(crate) fn decode_pair(bytes: &[u8]) -> Result<(u32, u32), String> {
     let array: [u8; 8] = bytes

@@ -9,13 +9,18 @@
 //! |---|---|---|
 //! | `c` | case code | postcard [`Record`](kpi_domain::Record), with its event ids |
 //! | `f` | feedback code | postcard [`Record`](kpi_domain::Record) |
-//! | `M` | unit, NUL, month | the month's counters: total, then each local day (see `month.rs`) |
-//! | `o` | unit, NUL, local due day | open, open without apology: u32 LE |
-//! | `t` | unit, NUL | open, open without apology, over every due day |
-//! | `x` | unit, NUL, due instant, case code | 1 if an apology letter exists |
+//! | `M` (`K`) | unit, NUL, month | the month's counters: total, then each local day (see `month.rs`) |
+//! | `o` (`O`) | unit, NUL, local due day | open, open without apology: u32 LE |
+//! | `t` (`T`) | unit, NUL | open, open without apology, over every due day |
+//! | `x` (`X`) | unit, NUL, due instant, case code | 1 if an apology letter exists |
 //! | `p` | stream sequence, u64 BE | postcard [`ParkedEvent`](crate::ParkedEvent) |
 //! | `h` | `c` or `f`, case code | postcard [`HeldEntry`](kpi_domain::HeldEntry): a record whose received event has not arrived |
 //! | `m` | name | metadata (checkpoint, units, statistics, format) |
+//!
+//! The rollups (`M`, `o`, `t`, `x`) come in two generations of prefixes
+//! ([`GENERATIONS`]): a recomputation from the case records writes the
+//! generation queries do not read, in bounded chunks, then switches to it
+//! in one small write ([`ROLLUP_GENERATION`]) and removes the other.
 
 use chrono::{Datelike, NaiveDate};
 use kpi_domain::{Day, Moment, RecordKey};
@@ -42,9 +47,81 @@ pub const RULES: &[u8] = b"m/rules";
 /// message folded: compared with the stream to notice it changed.
 pub const LAST_MESSAGE: &[u8] = b"m/last-message";
 pub const STREAM: &[u8] = b"m/stream";
+/// Which of the [`GENERATIONS`] of rollups queries read (one byte; absent:
+/// the first).
+pub const ROLLUP_GENERATION: &[u8] = b"m/rollup-generation";
+
+/// The prefixes of one generation of the rollups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rollups {
+    pub month: u8,
+    pub open_by_due_day: u8,
+    pub open_total: u8,
+    pub open_index: u8,
+}
+
+/// The two generations; the first is the layout's plain prefixes.
+pub const GENERATIONS: [Rollups; 2] = [
+    Rollups {
+        month: MONTH_COUNTERS,
+        open_by_due_day: OPEN_BY_DUE_DAY,
+        open_total: OPEN_TOTAL,
+        open_index: OPEN_INDEX,
+    },
+    Rollups {
+        month: b'K',
+        open_by_due_day: b'O',
+        open_total: b'T',
+        open_index: b'X',
+    },
+];
+
+impl Rollups {
+    pub fn prefixes(self) -> [u8; 4] {
+        [
+            self.month,
+            self.open_by_due_day,
+            self.open_total,
+            self.open_index,
+        ]
+    }
+
+    pub fn unit_month(self, unit_id: &str, month: Month) -> Vec<u8> {
+        let mut bytes = unit_prefix(self.month, unit_id);
+        bytes.extend_from_slice(&((month.0 as u32) ^ 0x8000_0000).to_be_bytes());
+        bytes
+    }
+
+    pub fn open_index(self, unit_id: &str, due_at: Moment, case_id: &str) -> Vec<u8> {
+        let mut bytes = self.open_index_at(unit_id, due_at);
+        bytes.extend_from_slice(case_id.as_bytes());
+        bytes
+    }
+
+    /// The open-index position of a unit at an instant, before any case
+    /// code.
+    pub fn open_index_at(self, unit_id: &str, at: Moment) -> Vec<u8> {
+        let mut bytes = unit_prefix(self.open_index, unit_id);
+        bytes.extend_from_slice(&moment(at));
+        bytes
+    }
+
+    /// A key of this generation under the first generation's prefix: two
+    /// stores compare alike whichever generation each reads.
+    pub fn canonical(self, key: &[u8]) -> Vec<u8> {
+        let mut key = key.to_vec();
+        if let Some(first) = key.first_mut() {
+            if let Some(position) = self.prefixes().iter().position(|p| p == first) {
+                *first = GENERATIONS[0].prefixes()[position];
+            }
+        }
+        key
+    }
+}
 
 /// Prefixes of the entries that make up the views (everything but
-/// metadata and parked events): what `verify` compares.
+/// metadata and parked events), the rollups in their first generation:
+/// what two folds of the same log must share.
 pub const VIEW_PREFIXES: &[u8] = &[
     CASE,
     FEEDBACK,
@@ -110,12 +187,6 @@ impl Month {
     }
 }
 
-pub fn unit_month(unit_id: &str, month: Month) -> Vec<u8> {
-    let mut bytes = unit_prefix(MONTH_COUNTERS, unit_id);
-    bytes.extend_from_slice(&((month.0 as u32) ^ 0x8000_0000).to_be_bytes());
-    bytes
-}
-
 /// The unit of a `unit_prefix`-based key (up to the NUL after the prefix).
 pub fn unit_of(key: &[u8]) -> Option<String> {
     let rest = key.get(1..)?;
@@ -145,19 +216,6 @@ pub fn moment_from(bytes: &[u8]) -> Option<Moment> {
         (u64::from_be_bytes(seconds) ^ (1 << 63)) as i64,
         u32::from_be_bytes(nanos),
     ))
-}
-
-pub fn open_index(unit_id: &str, due_at: Moment, case_id: &str) -> Vec<u8> {
-    let mut bytes = open_index_at(unit_id, due_at);
-    bytes.extend_from_slice(case_id.as_bytes());
-    bytes
-}
-
-/// The open-index position of a unit at an instant, before any case code.
-pub fn open_index_at(unit_id: &str, at: Moment) -> Vec<u8> {
-    let mut bytes = unit_prefix(OPEN_INDEX, unit_id);
-    bytes.extend_from_slice(&moment(at));
-    bytes
 }
 
 pub fn parked(sequence: u64) -> [u8; 9] {
@@ -217,7 +275,16 @@ mod tests {
         assert_eq!(last.to_date().to_string(), "2024-02-29");
         let december = Day::from_date(NaiveDate::from_ymd_opt(2024, 12, 31).unwrap());
         assert_eq!(Month::of(december).days().1, december);
-        assert!(unit_month("C1", Month::of(day)) < unit_month("C1", Month::of(december)));
+        let rollups = GENERATIONS[0];
+        assert!(
+            rollups.unit_month("C1", Month::of(day))
+                < rollups.unit_month("C1", Month::of(december))
+        );
+        let other = GENERATIONS[1].unit_month("C1", Month::of(day));
+        assert_eq!(
+            GENERATIONS[1].canonical(&other),
+            rollups.unit_month("C1", Month::of(day))
+        );
     }
 
     #[test]

@@ -41,8 +41,8 @@ use error::corrupt;
 pub use error::StoreError;
 pub use keys::VIEW_PREFIXES;
 pub use types::{
-    BatchReport, Committed, FoldTotals, HeldPage, Incoming, OpenPage, ParkCause, ParkedEvent,
-    ScoreSnapshot, Snapshot, StoreOptions, ViewsExport,
+    BatchReport, Committed, ExportPart, FoldTotals, HeldPage, Incoming, OpenPage, ParkCause,
+    ParkedEvent, ScoreSnapshot, Snapshot, StoreOptions, ViewsExport,
 };
 
 /// The stored layout version this build reads and writes.
@@ -63,6 +63,9 @@ pub struct Store {
     writer: Mutex<()>,
     /// Told of every commit (the API's caches and live streams).
     listener: RwLock<Option<CommitListener>>,
+    /// Which of [`keys::GENERATIONS`] the rollups are read from; changed
+    /// under the exclusive commit lock.
+    generation: std::sync::atomic::AtomicU8,
 }
 
 /// Called after each commit, outside the commit lock.
@@ -118,13 +121,29 @@ impl Store {
                 })
             }
         }
+        let generation = match views.get(keys::ROLLUP_GENERATION)?.as_deref() {
+            None | Some([0]) => 0,
+            Some([1]) => 1,
+            Some(other) => return Err(corrupt(keys::ROLLUP_GENERATION, format!("{other:?}"))),
+        };
         Ok(Store {
             db,
             views,
             commit: RwLock::new(()),
             writer: Mutex::new(()),
             listener: RwLock::new(None),
+            generation: std::sync::atomic::AtomicU8::new(generation),
         })
+    }
+
+    /// The rollups queries read now: under the commit lock (shared or
+    /// exclusive) or the writer lock, they stay the same.
+    pub(crate) fn rollups(&self) -> keys::Rollups {
+        keys::GENERATIONS[self.generation() as usize]
+    }
+
+    pub(crate) fn generation(&self) -> u8 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Calls `listener` after every commit from now on (one listener).

@@ -9,8 +9,8 @@ use kpi_domain::{Counters, Day, LiveCounts, Moment, Record, RecordKey};
 use crate::error::{corrupt, StoreError};
 use crate::ingest::decode_pair;
 use crate::{
-    keys, month, HeldPage, OpenPage, ParkedEvent, ScoreSnapshot, Snapshot, Store, ViewsExport,
-    VIEW_PREFIXES,
+    keys, month, ExportPart, HeldPage, OpenPage, ParkedEvent, ScoreSnapshot, Snapshot, Store,
+    ViewsExport, VIEW_PREFIXES,
 };
 
 impl Store {
@@ -45,8 +45,9 @@ impl Store {
             return Ok(sum);
         }
         let (first_month, last_month) = (keys::Month::of(first), keys::Month::of(last));
-        let start = keys::unit_month(unit_id, first_month);
-        let end = keys::unit_month(unit_id, last_month);
+        let rollups = self.rollups();
+        let start = rollups.unit_month(unit_id, first_month);
+        let end = rollups.unit_month(unit_id, last_month);
         for entry in self.views.range(start..=end) {
             let (key, value) = entry?;
             let month = keys::month_of(&key).ok_or_else(|| corrupt(&key, "no month in key"))?;
@@ -67,7 +68,8 @@ impl Store {
     /// (a short scan: cases fall due within weeks) and those due later
     /// today, counted exactly from the open index.
     fn live_counts(&self, unit_id: &str, now: Moment) -> Result<LiveCounts, StoreError> {
-        let total_key = keys::unit_prefix(keys::OPEN_TOTAL, unit_id);
+        let rollups = self.rollups();
+        let total_key = keys::unit_prefix(rollups.open_total, unit_id);
         let (open, open_without_apology) = match self.views.get(&total_key)? {
             None => (0, 0),
             Some(bytes) => decode_pair(&bytes).map_err(|detail| corrupt(&total_key, detail))?,
@@ -76,8 +78,8 @@ impl Store {
         let today = now.local_day();
         let tomorrow = Day::from_date(today.to_date().succ_opt().unwrap_or(chrono::NaiveDate::MAX));
         let (mut not_due, mut not_due_without_apology) = (0u64, 0u64);
-        let later_days = keys::unit_day(keys::OPEN_BY_DUE_DAY, unit_id, tomorrow);
-        let unit_end = keys::prefix_end(&keys::unit_prefix(keys::OPEN_BY_DUE_DAY, unit_id));
+        let later_days = keys::unit_day(rollups.open_by_due_day, unit_id, tomorrow);
+        let unit_end = keys::prefix_end(&keys::unit_prefix(rollups.open_by_due_day, unit_id));
         for entry in self.views.range(later_days..unit_end) {
             let (key, value) = entry?;
             let (open, without_apology) =
@@ -85,8 +87,8 @@ impl Store {
             not_due += u64::from(open);
             not_due_without_apology += u64::from(without_apology);
         }
-        let from_now = keys::open_index_at(unit_id, now);
-        let until_tomorrow = keys::open_index_at(unit_id, Moment::start_of(tomorrow));
+        let from_now = rollups.open_index_at(unit_id, now);
+        let until_tomorrow = rollups.open_index_at(unit_id, Moment::start_of(tomorrow));
         for entry in self.views.range(from_now..until_tomorrow) {
             let (_, has_apology) = entry?;
             not_due += 1;
@@ -161,19 +163,59 @@ impl Store {
     }
 
     /// Every day counter of every unit and the open-case totals, as of one
-    /// checkpoint: what `kpictl verify` compares with a rebuild.
+    /// checkpoint: what `kpictl verify` compares with a rebuild. All in
+    /// memory: for a store of this process's own (a rebuild aside);
+    /// [`Store::export_each`] streams.
     pub fn export(&self) -> Result<ViewsExport, StoreError> {
-        let _shared = self
-            .commit
-            .read()
+        let mut export = ViewsExport::default();
+        self.export_each(10_000, |part| {
+            match part {
+                ExportPart::Head {
+                    checkpoint,
+                    live_day,
+                    open,
+                } => {
+                    export.checkpoint = checkpoint;
+                    export.live_day = live_day;
+                    export.open = open;
+                }
+                ExportPart::Days(days) => export.days.extend(days),
+            }
+            Ok::<(), StoreError>(())
+        })?;
+        Ok(export)
+    }
+
+    /// The export of [`Store::export`] handed to `sink` part by part: the
+    /// head (checkpoint, live day, open cases per unit), then day rows at
+    /// most `rows` at a time. The fold waits meanwhile (the writer lock),
+    /// so every part reflects one checkpoint; queries go on.
+    pub fn export_each<E: From<StoreError>>(
+        &self,
+        rows: usize,
+        mut sink: impl FnMut(ExportPart) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let _writer = self
+            .writer
+            .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut export = ViewsExport {
+        let rollups = self.rollups();
+        let mut open = Vec::new();
+        for entry in self.views.scan_prefix([rollups.open_total]) {
+            let (key, value) = entry.map_err(StoreError::from)?;
+            let unit = keys::unit_of(&key).ok_or_else(|| corrupt(&key, "no unit in key"))?;
+            let (open_cases, without_apology) =
+                decode_pair(&value).map_err(|detail| corrupt(&key, detail))?;
+            open.push((unit, open_cases, without_apology));
+        }
+        sink(ExportPart::Head {
             checkpoint: self.checkpoint()?,
             live_day: self.live_day()?,
-            ..ViewsExport::default()
-        };
-        for entry in self.views.scan_prefix([keys::MONTH_COUNTERS]) {
-            let (key, value) = entry?;
+            open,
+        })?;
+        let mut days = Vec::with_capacity(rows.min(10_000));
+        for entry in self.views.scan_prefix([rollups.month]) {
+            let (key, value) = entry.map_err(StoreError::from)?;
             let unit = keys::unit_of(&key).ok_or_else(|| corrupt(&key, "no unit in key"))?;
             let month = keys::month_of(&key).ok_or_else(|| corrupt(&key, "no month in key"))?;
             let (first, last) = month.days();
@@ -184,18 +226,17 @@ impl Store {
                     let day = Day::from_date(
                         first.to_date() + chrono::Days::new(day_of_month as u64 - 1),
                     );
-                    export.days.push((unit.clone(), day, counters));
+                    days.push((unit.clone(), day, counters));
                 }
             }
+            if days.len() >= rows {
+                sink(ExportPart::Days(std::mem::take(&mut days)))?;
+            }
         }
-        for entry in self.views.scan_prefix([keys::OPEN_TOTAL]) {
-            let (key, value) = entry?;
-            let unit = keys::unit_of(&key).ok_or_else(|| corrupt(&key, "no unit in key"))?;
-            let (open, without_apology) =
-                decode_pair(&value).map_err(|detail| corrupt(&key, detail))?;
-            export.open.push((unit, open, without_apology));
+        if !days.is_empty() {
+            sink(ExportPart::Days(days))?;
         }
-        Ok(export)
+        Ok(())
     }
 
     /// Every record, in key order (audits of the whole store).
@@ -232,7 +273,8 @@ impl Store {
             .commit
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let prefix = keys::unit_prefix(keys::OPEN_INDEX, unit_id);
+        let rollups = self.rollups();
+        let prefix = keys::unit_prefix(rollups.open_index, unit_id);
         let start = match after {
             Some(position) => {
                 let mut key = prefix.clone();
@@ -242,7 +284,7 @@ impl Store {
             }
             None => prefix.clone(),
         };
-        let end = keys::open_index_at(unit_id, until);
+        let end = rollups.open_index_at(unit_id, until);
         let mut page = OpenPage {
             sequence: self.checkpoint()?,
             ..OpenPage::default()
@@ -335,14 +377,22 @@ impl Store {
     }
 
     /// Every entry of the views proper (records, event ids, counters, open
-    /// cases), in key order: what two folds of the same log must share.
+    /// cases), in key order, the rollups' keys under their first
+    /// generation's prefixes: what two folds of the same log must share.
     pub fn view_entries(
         &self,
     ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
+        let rollups = self.rollups();
         VIEW_PREFIXES.iter().flat_map(move |prefix| {
-            self.views.scan_prefix([*prefix]).map(|entry| {
+            // The rollup prefix of the generation read now.
+            let stored = keys::GENERATIONS[0]
+                .prefixes()
+                .iter()
+                .position(|p| p == prefix)
+                .map_or(*prefix, |index| rollups.prefixes()[index]);
+            self.views.scan_prefix([stored]).map(move |entry| {
                 entry
-                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map(|(k, v)| (rollups.canonical(&k), v.to_vec()))
                     .map_err(StoreError::from)
             })
         })

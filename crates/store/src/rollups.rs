@@ -8,8 +8,11 @@ use kpi_domain::units::Fingerprint;
 use kpi_domain::{Day, Record, RecordKey, UnitRegistry};
 
 use crate::error::{corrupt, StoreError};
-use crate::ingest::Base;
 use crate::{keys, Committed, Store};
+
+/// The most (unit, day) counter changes, or open cases, one chunk of a
+/// recomputation holds in memory (a few tens of MiB), however long the log.
+const CHUNK_ENTRIES: usize = 50_000;
 
 impl Store {
     /// Takes `units` as the registry the views are rolled up with, and
@@ -27,6 +30,8 @@ impl Store {
             .writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // What a recomputation cut short left of the generation not in use.
+        self.remove_prefixes(keys::GENERATIONS[1 - self.generation() as usize].prefixes())?;
         let stored = match self.views.get(keys::ROLLUP_UNITS)? {
             None => None,
             Some(bytes) => Some(
@@ -159,12 +164,20 @@ impl Store {
     }
 
     /// Every rollup (day counters, open cases) recomputed from the stored
-    /// records with `units`, written at once with the registry it reflects.
-    /// The caller holds the writer lock.
+    /// records with `units`. The caller holds the writer lock (the fold
+    /// waits); queries go on reading the current generation meanwhile. The
+    /// other generation is written in chunks of bounded size, then queries
+    /// switch to it in one small write under the commit lock, and the old
+    /// one is removed.
     fn rebuild_rollups(&self, units: &UnitRegistry, live_day: Day) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
+        let current = self.generation();
+        let target = 1 - current;
+        let next = keys::GENERATIONS[target as usize];
+        self.remove_prefixes(next.prefixes())?;
         let mut changes = BatchChanges::default();
         let mut records = 0u64;
+        let mut chunks = 0u64;
         for prefix in [keys::CASE, keys::FEEDBACK] {
             for entry in self.views.scan_prefix([prefix]) {
                 let (key, value) = entry?;
@@ -179,27 +192,24 @@ impl Store {
                     changes.add(units, live_day, &record_key, &contribution, 1)?;
                 }
                 records += 1;
+                if changes.counters.len() + changes.open_added.len() >= CHUNK_ENTRIES {
+                    self.write_chunk(next, units, &mut changes)?;
+                    chunks += 1;
+                }
             }
         }
+        self.write_chunk(next, units, &mut changes)?;
         let mut batch = sled::Batch::default();
-        for prefix in [
-            keys::MONTH_COUNTERS,
-            keys::OPEN_BY_DUE_DAY,
-            keys::OPEN_TOTAL,
-            keys::OPEN_INDEX,
-        ] {
-            for key in self.views.scan_prefix([prefix]).keys() {
-                batch.remove(key?);
-            }
-        }
-        self.write_rollups(&mut batch, units, &changes, Base::Empty)?;
         Self::record_rollup_basis(&mut batch, units, live_day)?;
+        batch.insert(keys::ROLLUP_GENERATION, &[target][..]);
         {
             let _exclusive = self
                 .commit
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             self.views.apply_batch(batch)?;
+            self.generation
+                .store(target, std::sync::atomic::Ordering::Release);
         }
         self.tell(&Committed {
             sequence: self.checkpoint()?,
@@ -207,12 +217,49 @@ impl Store {
             all: true,
             behind: 0,
         });
+        self.remove_prefixes(keys::GENERATIONS[current as usize].prefixes())?;
         tracing::info!(
             records,
+            chunks = chunks + 1,
             live_day = %live_day.to_date(),
             seconds = started.elapsed().as_secs_f64(),
             "rollups recomputed from the case records"
         );
+        Ok(())
+    }
+
+    /// Adds a chunk of recomputed rollups to generation `rollups` and
+    /// starts the next chunk.
+    fn write_chunk(
+        &self,
+        rollups: keys::Rollups,
+        units: &UnitRegistry,
+        changes: &mut BatchChanges,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        self.write_rollups(rollups, &mut batch, units, changes)?;
+        self.views.apply_batch(batch)?;
+        *changes = BatchChanges::default();
+        Ok(())
+    }
+
+    /// Removes every entry under `prefixes`, a bounded batch at a time
+    /// (entries no query reads: the generation of rollups not in use).
+    pub(crate) fn remove_prefixes(&self, prefixes: [u8; 4]) -> Result<(), StoreError> {
+        for prefix in prefixes {
+            loop {
+                let mut batch = sled::Batch::default();
+                let mut removed = 0;
+                for key in self.views.scan_prefix([prefix]).keys().take(CHUNK_ENTRIES) {
+                    batch.remove(key?);
+                    removed += 1;
+                }
+                if removed == 0 {
+                    break;
+                }
+                self.views.apply_batch(batch)?;
+            }
+        }
         Ok(())
     }
 }

@@ -229,6 +229,20 @@ pub struct ViewsExport {
     pub open: Vec<(String, u32, u32)>,
 }
 
+/// One part of an export, as [`crate::Store::export_each`] hands it on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExportPart {
+    /// First: the checkpoint, the day whose tree the open cases follow, and
+    /// the open cases per unit (unit id, open, open without apology).
+    Head {
+        checkpoint: u64,
+        live_day: Option<Day>,
+        open: Vec<(String, u32, u32)>,
+    },
+    /// Non-zero day counters: (unit id, day, counters), by unit then day.
+    Days(Vec<(String, Day, Counters)>),
+}
+
 /// Running totals since the views were created.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FoldTotals {

@@ -17,7 +17,7 @@ const EXPECTED_JSON: &[u8] = include_bytes!("../../../tests/data/example/expecte
 /// negative amount, unknown channel, malformed JSON, time without offset,
 /// bad event id (and missing fields), case id too long, due before
 /// received.
-pub const INVALID_LINES: [usize; 10] = [50, 83, 112, 140, 276, 278, 322, 639, 640, 757];
+pub const INVALID_LINES: [usize; 10] = [50, 84, 114, 142, 281, 283, 328, 651, 652, 771];
 
 /// Where the scenario files are on disk (for tools that take a path).
 pub fn example_path(name: &str) -> std::path::PathBuf {

@@ -587,8 +587,17 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     );
     let found = differences(&live, &rebuilt);
     let reused = ids_reused_across_cases(&store, &work)?;
+    let units_cause = if found.is_empty() {
+        Vec::new()
+    } else {
+        kept_aside_for_their_unit_only_here(&store, &args.api).await?
+    };
     if args.json {
         let report = json!({
+            "units_file_cause": units_cause.iter().map(|(unit, events)| json!({
+                "unit": unit, "events": events,
+                "cause": format!("the rebuild under {} keeps these events aside for their unit; the live views count them", args.bus.units.display()),
+            })).collect::<Vec<_>>(),
             "stream_sequence": live.checkpoint,
             "differences": found.iter().map(|d| json!({"unit": d.unit, "day": d.day,
                 "counter": d.counter, "live": d.live, "rebuilt": d.rebuilt})).collect::<Vec<_>>(),
@@ -611,6 +620,15 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 d.unit, d.day, d.counter, d.live, d.rebuilt
             );
         }
+        for (unit, events) in &units_cause {
+            println!(
+                "cause: under the units file {}, the rebuild keeps {events} events of unit {unit} aside \
+                 (the unit does not exist on their days) that the live views count: the projector \
+                 folded them under another units file, or one whose dates changed since. Give the \
+                 projector and verify the same units file; if this one is right, rebuild the views",
+                args.bus.units.display()
+            );
+        }
         println!(
             "verify: {} day rows and {} units' open cases compared at stream sequence {} (rebuilt in {seconds:.1} s): {}",
             rebuilt.days.len().max(live.days.len()),
@@ -631,6 +649,32 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Units whose events the rebuild kept aside as invalid for their unit
+/// while the live views did not (they count them): the units file of the
+/// rebuild is not the one the live views were folded with. With how many
+/// such events each.
+async fn kept_aside_for_their_unit_only_here(
+    rebuilt: &Store,
+    api: &ApiArgs,
+) -> anyhow::Result<Vec<(String, u64)>> {
+    let live: std::collections::HashSet<u64> = crate::redrive::all_parked(api)
+        .await?
+        .iter()
+        .map(|event| event.stream_sequence)
+        .collect();
+    let mut units: BTreeMap<String, u64> = BTreeMap::new();
+    for parked in rebuilt.parked_iter(0) {
+        let parked = parked?;
+        if parked.cause == kpi_store::ParkCause::Invalid
+            && parked.field.as_deref() == Some("unit_id")
+            && !live.contains(&parked.sequence)
+        {
+            *units.entry(parked.unit_id().to_owned()).or_default() += 1;
+        }
+    }
+    Ok(units.into_iter().collect())
 }
 
 #[derive(Debug, Args)]

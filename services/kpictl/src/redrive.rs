@@ -47,7 +47,7 @@ pub struct RedriveArgs {
 const PAGE: u32 = 1000;
 
 /// Every event the projector keeps aside, oldest first.
-async fn all_parked(api: &ApiArgs) -> anyhow::Result<Vec<RejectedEvent>> {
+pub(crate) async fn all_parked(api: &ApiArgs) -> anyhow::Result<Vec<RejectedEvent>> {
     let mut client = connect(api).await?;
     let mut events = Vec::new();
     let mut after = 0;

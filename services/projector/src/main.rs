@@ -65,6 +65,11 @@ struct Args {
     /// sled page cache in MiB: the bound on the views' memory.
     #[arg(long, env = "KPI_CACHE_MB", default_value_t = 64)]
     cache_mb: u64,
+    /// Answers kept for callers to share, at most this many MiB (the
+    /// least used go first): what a dashboard asking for many distinct
+    /// periods may take.
+    #[arg(long, env = "KPI_ANSWER_CACHE_MB", default_value_t = 32)]
+    answer_cache_mb: u64,
     /// Serve Prometheus metrics (`GET /metrics`) on this address: events
     /// folded, kept aside and held, checkpoint and lag, batch sizes and
     /// fold latency, gRPC calls by method and code.
@@ -240,7 +245,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     reload_tokens_on_sighup(serving.access.clone());
 
-    let mut api = KpiApi::new(store, units.clone(), targets).with_log(args.nats.clone());
+    let mut api = KpiApi::new(store, units.clone(), targets)
+        .with_log(args.nats.clone())
+        .with_answer_cache_bytes(args.answer_cache_mb * 1024 * 1024);
     if let Some(path) = &args.scores_facts {
         let bytes = std::fs::read(path)
             .with_context(|| format!("reading the scores facts file {}", path.display()))?;

@@ -159,6 +159,11 @@ impl Converter<'_> {
             return Ok(Vec::new());
         };
         let unit = self.receiving_unit(entry, "NgayTiepNhan", received_at)?;
+        let dossier = Held {
+            entry,
+            unit,
+            case_id,
+        };
         let procedure_code = entry.required_text("MaTTHC", "the national procedure code")?;
         let ma_linh_vuc = entry.required_text("MaLinhVuc", "the field code (lĩnh vực)")?;
         let field = self.field_map.field_code(&ma_linh_vuc);
@@ -217,9 +222,7 @@ impl Converter<'_> {
 
         let mut events = Vec::with_capacity(supplements.len() + 5);
         events.push(self.event(
-            entry,
-            unit,
-            case_id,
+            &dossier,
             "received".to_owned(),
             Kind::CaseReceived,
             received_at,
@@ -241,9 +244,7 @@ impl Converter<'_> {
                 )
             })?;
             events.push(self.event(
-                entry,
-                unit,
-                case_id,
+                &dossier,
                 format!("supplement/{}", supplement.id),
                 Kind::CaseSupplementRequested,
                 supplement.asked_at,
@@ -265,9 +266,7 @@ impl Converter<'_> {
                     digitized |= paper.text("MaGiayToKetQua")?.is_some();
                 }
                 events.push(self.event(
-                    entry,
-                    unit,
-                    case_id,
+                    &dossier,
                     "resolved".to_owned(),
                     Kind::CaseResolved,
                     finished_at,
@@ -281,7 +280,7 @@ impl Converter<'_> {
         }
         if status.as_deref() == Some("7") {
             if let Some(finished_at) = entry.date("NgayKetThucXuLy")? {
-                events.push(self.withdrawn(entry, unit, case_id, finished_at)?);
+                events.push(self.withdrawn(&dossier, finished_at)?);
             }
         }
 
@@ -294,9 +293,7 @@ impl Converter<'_> {
                     .ok_or_else(|| entry.error("DanhSachLePhi", "the sum of Gia is too large"))?;
             }
             events.push(self.event(
-                entry,
-                unit,
-                case_id,
+                &dossier,
                 "paid".to_owned(),
                 Kind::CasePaid,
                 received_at,
@@ -308,9 +305,7 @@ impl Converter<'_> {
         }
 
         events.push(self.event(
-            entry,
-            unit,
-            case_id,
+            &dossier,
             "synced".to_owned(),
             Kind::CaseSynced,
             received_at,
@@ -333,7 +328,12 @@ impl Converter<'_> {
             )
         })?;
         let unit = self.receiving_unit(entry, "ThoiDiemXuLy", at)?;
-        Ok(vec![self.withdrawn(entry, unit, case_id, at)?])
+        let dossier = Held {
+            entry,
+            unit,
+            case_id,
+        };
+        Ok(vec![self.withdrawn(&dossier, at)?])
     }
 
     /// The unit that held the dossier on the day of `at`: the one `madonvi`
@@ -388,15 +388,11 @@ impl Converter<'_> {
 
     fn withdrawn(
         &self,
-        entry: &Entry<'_>,
-        unit: kpi_domain::UnitIdx,
-        case_id: &str,
+        dossier: &Held<'_>,
         at: DateTime<FixedOffset>,
     ) -> Result<ProducedEvent, LineError> {
         self.event(
-            entry,
-            unit,
-            case_id,
+            dossier,
             "withdrawn".to_owned(),
             Kind::CaseWithdrawn,
             at,
@@ -408,14 +404,17 @@ impl Converter<'_> {
     /// incoming event is.
     fn event(
         &self,
-        entry: &Entry<'_>,
-        unit: kpi_domain::UnitIdx,
-        case_id: &str,
+        dossier: &Held<'_>,
         transition: String,
         kind: Kind,
         occurred_at: DateTime<FixedOffset>,
         data: Value,
     ) -> Result<ProducedEvent, LineError> {
+        let Held {
+            entry,
+            unit,
+            case_id,
+        } = *dossier;
         let produced = format!("{} ({transition} event)", entry.path);
         // After a merge (CONTRACT §1.1) a dossier of a ceased unit goes on
         // under its successor: each event names the unit of its day.
@@ -448,6 +447,14 @@ impl Converter<'_> {
             payload,
         })
     }
+}
+
+/// A dossier as its events need it: the entry, the unit holding it on the
+/// day it was received, its code.
+struct Held<'a> {
+    entry: &'a Entry<'a>,
+    unit: kpi_domain::UnitIdx,
+    case_id: &'a str,
 }
 
 /// One `DanhSachHoSoBoSung` entry, as far as events need it.
