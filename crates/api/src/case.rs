@@ -82,8 +82,22 @@ pub async fn reply(
         Some(log) => log.bus().await.map(Some),
         None => Ok(None),
     };
+    // Every event read back from the log at once.
+    let read_back: Vec<Result<Option<kpi_bus::StreamMessage>, kpi_bus::BusError>> = match &bus {
+        Ok(Some(bus)) => {
+            futures::future::join_all(
+                events
+                    .iter()
+                    .map(|(event, ..)| bus.message_at(event.sequence)),
+            )
+            .await
+        }
+        _ => Vec::new(),
+    };
+    // What the record does not keep, from the events themselves.
+    let mut data_of: std::collections::HashMap<u64, serde_json::Value> = Default::default();
     let mut replies = Vec::with_capacity(events.len());
-    for (event, status, reason) in events {
+    for (index, (event, status, reason)) in events.into_iter().enumerate() {
         let mut reply = pb::CaseEvent {
             stream_sequence: event.sequence,
             event_id: event.event_id.to_string(),
@@ -96,20 +110,25 @@ pub async fn reply(
             ..pb::CaseEvent::default()
         };
         match &bus {
-            Ok(Some(bus)) => match bus.message_at(event.sequence).await {
-                Ok(Some(message)) => {
-                    reply.subject = message.subject;
+            Ok(Some(_)) => match read_back.get(index) {
+                Some(Ok(Some(message))) => {
+                    if let Ok(mut value) =
+                        serde_json::from_slice::<serde_json::Value>(&message.payload)
+                    {
+                        data_of.insert(event.sequence, value["data"].take());
+                    }
+                    reply.subject = message.subject.clone();
                     reply.payload = message.payload.to_vec();
                     reply.published_at = message
                         .published
                         .map(|at| at.to_rfc3339())
                         .unwrap_or_default();
                 }
-                Ok(None) => {
+                Some(Ok(None)) | None => {
                     reply.payload_error =
                         format!("the stream no longer has sequence {}", event.sequence)
                 }
-                Err(err) => reply.payload_error = err.to_string(),
+                Some(Err(err)) => reply.payload_error = err.to_string(),
             },
             Ok(None) => reply.payload_error = "this server does not read the stream".to_owned(),
             Err(err) => reply.payload_error = format!("the stream cannot be read: {err}"),
@@ -120,7 +139,7 @@ pub async fn reply(
     let state = if matches!(key, RecordKey::Feedback(_)) {
         feedback_state(record, now)
     } else {
-        case_state(record, now)
+        case_state(record, now, &data_of)
     };
     pb::CaseReply {
         case_id: key.code().to_owned(),
@@ -131,7 +150,20 @@ pub async fn reply(
     }
 }
 
-fn case_state(record: &Record, now: Moment) -> pb::CaseState {
+/// The case's derived state; `data` has each event's `data` as the log
+/// holds it, by stream sequence (the free text and amounts records do not
+/// keep).
+fn case_state(
+    record: &Record,
+    now: Moment,
+    data: &std::collections::HashMap<u64, serde_json::Value>,
+) -> pb::CaseState {
+    let text = |event: &RecordedEvent, member: &str| {
+        data.get(&event.sequence)
+            .and_then(|data| data[member].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
     let state = record.case_state();
     let mut reply = pb::CaseState {
         held_events: record.held().map_or(0, |(_, _, events)| events as u32),
@@ -167,24 +199,19 @@ fn case_state(record: &Record, now: Moment) -> pb::CaseState {
     reply.supplements = supplements
         .into_iter()
         .filter_map(|event| match &event.fact {
-            Fact::SupplementRequested { reason, due_at } => Some(pb::Supplement {
+            Fact::SupplementRequested { due_at } => Some(pb::Supplement {
                 requested_at: rfc3339(event.at),
                 due_at: rfc3339(*due_at),
-                reason: reason.clone(),
+                reason: text(event, "reason"),
             }),
             _ => None,
         })
         .collect();
     if let Some(apology) = state.apology {
-        if let Fact::ApologyIssued {
-            letter_ref,
-            new_due_at,
-            ..
-        } = &apology.fact
-        {
+        if let Fact::ApologyIssued { new_due_at } = &apology.fact {
             reply.apology = Some(pb::Apology {
                 issued_at: rfc3339(apology.at),
-                letter_ref: letter_ref.clone(),
+                letter_ref: text(apology, "letter_ref"),
                 new_due_at: rfc3339(*new_due_at),
             });
         }
@@ -195,9 +222,12 @@ fn case_state(record: &Record, now: Moment) -> pb::CaseState {
         .payments
         .iter()
         .filter_map(|event| match event.fact {
-            Fact::Paid { amount_vnd, online } => Some(pb::Payment {
+            Fact::Paid { online } => Some(pb::Payment {
                 paid_at: rfc3339(event.at),
-                amount_vnd,
+                amount_vnd: data
+                    .get(&event.sequence)
+                    .and_then(|data| data["amount_vnd"].as_u64())
+                    .unwrap_or_default(),
                 online,
             }),
             _ => None,

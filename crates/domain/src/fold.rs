@@ -13,7 +13,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
-use kpi_events::Event;
+use kpi_events::{ContentHash, Event};
 
 use crate::contribution::Contribution;
 use crate::counters::CounterDelta;
@@ -21,10 +21,33 @@ use crate::record::{Folded, Record, RecordKey};
 use crate::time::{Day, Moment};
 use crate::units::{UnitIdx, UnitRegistry};
 
-/// Where the fold reads the records of earlier batches.
+/// Where the fold reads the records of earlier batches, and — for the one
+/// decision a record cannot make alone — the data of an event it holds.
 pub trait RecordSource {
     type Error;
     fn load_record(&self, key: &RecordKey) -> Result<Option<Record>, Self::Error>;
+
+    /// The canonical data ([`kpi_events::EventData::identity_json`]) of the
+    /// event the log holds at `sequence`, read back from the log: `None`
+    /// when it has no valid event there. Asked only for two events under
+    /// one id of the same kind, unit and time ([`Folded::NeedsData`]).
+    fn event_data(&self, sequence: u64) -> Result<Option<String>, Self::Error>;
+}
+
+/// Why a batch could not be folded.
+#[derive(Debug, thiserror::Error)]
+pub enum FoldError<E> {
+    #[error(transparent)]
+    Source(E),
+    #[error(
+        "event {event_id} of case {case_id} conflicts with the event at stream sequence {sequence}, \
+         which the log no longer holds as a valid event: the views and the log disagree; rebuild the views"
+    )]
+    LostEvent {
+        case_id: String,
+        event_id: uuid::Uuid,
+        sequence: u64,
+    },
 }
 
 /// A record names a unit the registry does not have. Events are validated
@@ -133,18 +156,40 @@ impl<'a, S: RecordSource> BatchFold<'a, S> {
         }
     }
 
-    /// Folds one valid event read at stream sequence `sequence`.
-    pub fn fold(&mut self, sequence: u64, event: &Event) -> Result<Folded, S::Error> {
+    /// Folds one valid event read at stream sequence `sequence`, whose
+    /// content hash is `content` ([`Event::content_hash`]).
+    pub fn fold(
+        &mut self,
+        sequence: u64,
+        event: &Event,
+        content: ContentHash,
+    ) -> Result<Folded, FoldError<S::Error>> {
         let key = RecordKey::for_event(event);
+        let source = self.source;
         let touched = match self.touched.entry(key) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
-                let before = self.source.load_record(entry.key())?;
+                let before = source.load_record(entry.key()).map_err(FoldError::Source)?;
                 let after = before.clone().unwrap_or_default();
                 entry.insert(Touched { before, after })
             }
         };
-        Ok(touched.after.fold(sequence, event))
+        match touched.after.fold(sequence, event, content) {
+            Folded::NeedsData(held) => {
+                let data = source
+                    .event_data(held)
+                    .map_err(FoldError::Source)?
+                    .ok_or_else(|| FoldError::LostEvent {
+                        case_id: event.case_id.clone(),
+                        event_id: event.event_id,
+                        sequence: held,
+                    })?;
+                Ok(touched
+                    .after
+                    .fold_with_data(sequence, event, content, &data))
+            }
+            folded => Ok(folded),
+        }
     }
 
     /// The batch's changes: new minus old contribution of every record.

@@ -30,7 +30,9 @@ pub mod units;
 
 pub use contribution::{LiveCounts, Timeliness};
 pub use counters::{Counter, CounterDelta, Counters};
-pub use fold::{BatchChanges, BatchFold, HeldEntry, OpenDelta, OpenKey, RecordSource, UnknownUnit};
+pub use fold::{
+    BatchChanges, BatchFold, FoldError, HeldEntry, OpenDelta, OpenKey, RecordSource, UnknownUnit,
+};
 pub use kpi::{rates, Kpi, Rate};
 pub use period::{Period, PeriodError, PERIOD_FORMS};
 pub use record::{

@@ -31,7 +31,7 @@ pub type CountKey = (String, NaiveDate, &'static str);
 pub type OpenEntry = (String, DateTime<Utc>, String, bool);
 
 /// An event kept aside by an identity conflict: (feedback record?, code,
-/// event id, kind, unit, instant, canonical data).
+/// event id, kind, unit, instant, content hash).
 pub type KeptAside = (
     bool,
     String,
@@ -39,7 +39,7 @@ pub type KeptAside = (
     &'static str,
     String,
     DateTime<Utc>,
-    String,
+    kpi_events::ContentHash,
 );
 
 /// What the contract says the views hold after a set of events.
@@ -164,7 +164,7 @@ pub fn naive_views(events: &[Event], ancestors: impl Fn(&str) -> Vec<String>) ->
                         loser.kind().as_str(),
                         loser.unit_id.clone(),
                         loser.occurred_at.with_timezone(&Utc),
-                        canonical_data(&loser.data),
+                        loser.content_hash(),
                     ));
                 }
             }

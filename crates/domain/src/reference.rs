@@ -10,14 +10,21 @@ use kpi_events::Event;
 
 use crate::contribution::LiveCounts;
 use crate::counters::Counters;
-use crate::fold::{BatchChanges, BatchFold, OpenKey, RecordSource, UnknownUnit};
+use crate::fold::{BatchChanges, BatchFold, FoldError, OpenKey, RecordSource, UnknownUnit};
 use crate::record::{Folded, Record, RecordKey};
 use crate::time::{Day, Moment};
 use crate::units::{UnitIdx, UnitRegistry};
 
 /// An event kept aside by an identity conflict: (record, event id, kind,
-/// unit, time, canonical data).
-pub type KeptAsideEvent = (RecordKey, uuid::Uuid, &'static str, String, Moment, String);
+/// unit, time, content hash).
+pub type KeptAsideEvent = (
+    RecordKey,
+    uuid::Uuid,
+    &'static str,
+    String,
+    Moment,
+    kpi_events::ContentHash,
+);
 
 /// Every view, in memory.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +34,9 @@ pub struct MemoryViews {
     records: HashMap<RecordKey, Record>,
     counters: BTreeMap<(UnitIdx, Day), Counters>,
     open_index: BTreeMap<OpenKey, bool>,
+    /// Every event folded, by stream sequence: the log the fold reads
+    /// data back from.
+    log: HashMap<u64, Event>,
 }
 
 impl RecordSource for MemoryViews {
@@ -34,6 +44,13 @@ impl RecordSource for MemoryViews {
 
     fn load_record(&self, key: &RecordKey) -> Result<Option<Record>, Infallible> {
         Ok(self.records.get(key).cloned())
+    }
+
+    fn event_data(&self, sequence: u64) -> Result<Option<String>, Infallible> {
+        Ok(self
+            .log
+            .get(&sequence)
+            .map(|event| event.data.identity_json()))
     }
 }
 
@@ -52,6 +69,7 @@ impl MemoryViews {
             records: HashMap::new(),
             counters: BTreeMap::new(),
             open_index: BTreeMap::new(),
+            log: HashMap::new(),
         }
     }
 
@@ -60,16 +78,31 @@ impl MemoryViews {
         &mut self,
         units: &UnitRegistry,
         events: impl IntoIterator<Item = (u64, &'e Event)>,
-    ) -> Result<Vec<Folded>, UnknownUnit> {
+    ) -> Result<Vec<Folded>, FoldError<UnknownUnit>> {
+        let events: Vec<(u64, &Event)> = events.into_iter().collect();
+        for (sequence, event) in &events {
+            self.log.insert(*sequence, (*event).clone());
+        }
         let mut fold = BatchFold::new(units, &*self, self.live_day);
-        let outcomes = events
-            .into_iter()
-            .map(|(sequence, event)| match fold.fold(sequence, event) {
-                Ok(folded) => folded,
-                Err(never) => match never {},
-            })
-            .collect();
-        let changes = fold.finish()?;
+        let mut outcomes = Vec::with_capacity(events.len());
+        for (sequence, event) in events {
+            match fold.fold(sequence, event, event.content_hash()) {
+                Ok(folded) => outcomes.push(folded),
+                Err(FoldError::Source(never)) => match never {},
+                Err(FoldError::LostEvent {
+                    case_id,
+                    event_id,
+                    sequence,
+                }) => {
+                    return Err(FoldError::LostEvent {
+                        case_id,
+                        event_id,
+                        sequence,
+                    })
+                }
+            }
+        }
+        let changes = fold.finish().map_err(FoldError::Source)?;
         self.apply(changes);
         Ok(outcomes)
     }
@@ -140,7 +173,7 @@ impl MemoryViews {
                         event.kind().as_str(),
                         event.unit_id.clone(),
                         event.at,
-                        event.fact.canonical_data(),
+                        event.content,
                     )
                 })
             })

@@ -122,23 +122,88 @@ fn event_strategy() -> impl Strategy<Value = Event> {
         })
 }
 
+/// The same event with other data of its kind (under the same id, kind,
+/// unit and time: an identity conflict only the data decide).
+fn other_data(event: &Event) -> Event {
+    let mut other = event.clone();
+    other.data = match &event.data {
+        EventData::CaseReceived(received) => EventData::CaseReceived(CaseReceived {
+            channel: match received.channel {
+                Channel::Online => Channel::Postal,
+                _ => Channel::Online,
+            },
+            ..received.clone()
+        }),
+        EventData::CaseSupplementRequested { reason, due_at } => {
+            EventData::CaseSupplementRequested {
+                reason: format!("{reason} (2)"),
+                due_at: *due_at + Duration::hours(6),
+            }
+        }
+        EventData::CaseApologyIssued {
+            letter_ref,
+            reason,
+            new_due_at,
+        } => EventData::CaseApologyIssued {
+            letter_ref: format!("{letter_ref}-2"),
+            reason: reason.clone(),
+            new_due_at: *new_due_at,
+        },
+        EventData::CaseResolved {
+            result,
+            result_electronic,
+            result_digitized,
+        } => EventData::CaseResolved {
+            result: *result,
+            result_electronic: !*result_electronic,
+            result_digitized: *result_digitized,
+        },
+        EventData::CaseWithdrawn { reason } => EventData::CaseWithdrawn {
+            reason: format!("{reason} (2)"),
+        },
+        EventData::CasePaid { amount_vnd, online } => EventData::CasePaid {
+            amount_vnd: *amount_vnd,
+            online: !*online,
+        },
+        EventData::CaseRated { level } => EventData::CaseRated {
+            level: match level {
+                RatingLevel::Unsatisfied => RatingLevel::Satisfied,
+                _ => RatingLevel::Unsatisfied,
+            },
+        },
+        EventData::CaseSynced { portal } => EventData::CaseSynced {
+            portal: format!("{portal}-2"),
+        },
+        EventData::FeedbackReceived { due_at } => EventData::FeedbackReceived {
+            due_at: *due_at + Duration::hours(6),
+        },
+        // No data to differ: the same event.
+        EventData::FeedbackResolved => EventData::FeedbackResolved,
+    };
+    other
+}
+
 /// Events, some of them also sent under the other unit with the same id
-/// and content otherwise (an identity conflict decided by the unit).
+/// and content otherwise (an identity conflict decided by the unit), some
+/// with other data under the same id, kind, unit and time (decided by the
+/// data alone).
 fn events_strategy() -> impl Strategy<Value = Vec<Event>> {
-    proptest::collection::vec((event_strategy(), prop::bool::weighted(0.2)), 1..40).prop_map(
-        |drawn| {
-            let mut events = Vec::with_capacity(drawn.len() * 2);
-            for (event, echo) in drawn {
-                if echo {
+    proptest::collection::vec((event_strategy(), 0u8..5), 1..40).prop_map(|drawn| {
+        let mut events = Vec::with_capacity(drawn.len() * 2);
+        for (event, echo) in drawn {
+            match echo {
+                0 => {
                     let mut other = event.clone();
                     other.unit_id = if event.unit_id == "C1" { "C2" } else { "C1" }.into();
                     events.push(other);
                 }
-                events.push(event);
+                1 => events.push(other_data(&event)),
+                _ => {}
             }
-            events
-        },
-    )
+            events.push(event);
+        }
+        events
+    })
 }
 
 fn fold(units: &UnitRegistry, events: &[&Event], batch: usize) -> MemoryViews {

@@ -57,7 +57,62 @@ impl EventData {
     }
 }
 
+/// A time as §1.2 compares it: in Vietnam time, whatever offset it was
+/// sent with, so that one instant has one spelling.
+fn identity_time(at: &DateTime<FixedOffset>) -> String {
+    at.with_timezone(&crate::vietnam())
+        .to_rfc3339_opts(SecondsFormat::AutoSi, false)
+}
+
+impl EventData {
+    /// The data as CONTRACT §1.2 compares them: JSON with keys sorted and
+    /// no spaces, every field of the kind with its default, times in
+    /// Vietnam time. The last tie-break between two events under one id.
+    pub fn identity_json(&self) -> String {
+        let mut value = self.to_json();
+        let retimed = |text: &Value| {
+            text.as_str()
+                .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+                .map(|at| Value::String(identity_time(&at)))
+        };
+        if let Value::Object(members) = &mut value {
+            for key in ["due_at", "new_due_at"] {
+                if let Some(retimed) = members.get(key).and_then(retimed) {
+                    members.insert(key.to_owned(), retimed);
+                }
+            }
+        }
+        value.to_string()
+    }
+}
+
+/// What makes two events under one id the same event (CONTRACT §1.2):
+/// a hash of their kind, unit, instant and data. Equal content, equal
+/// hash; a record keeps the hash, not the event.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct ContentHash(pub [u8; 16]);
+
 impl Event {
+    /// The hash of the event's content (kind, unit, instant, data).
+    pub fn content_hash(&self) -> ContentHash {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        hash.update(self.kind().as_str().as_bytes());
+        hash.update([0]);
+        hash.update(self.unit_id.as_bytes());
+        hash.update([0]);
+        let at = self.occurred_at.with_timezone(&chrono::Utc);
+        hash.update(at.timestamp().to_be_bytes());
+        hash.update(at.timestamp_subsec_nanos().to_be_bytes());
+        hash.update(self.data.identity_json().as_bytes());
+        let digest = hash.finalize();
+        let mut bytes = [0; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        ContentHash(bytes)
+    }
+
     /// The event in canonical form (module documentation).
     pub fn to_canonical_json(&self) -> Vec<u8> {
         // serde_json's maps keep their keys sorted (no `preserve_order`).
@@ -109,6 +164,32 @@ mod tests {
         let again = parse(&text);
         assert_eq!(again, a);
         assert_eq!(again.to_canonical_json(), a.to_canonical_json());
+    }
+
+    #[test]
+    fn the_content_hash_is_that_of_the_instant_and_the_data_as_validated() {
+        let a = parse(
+            r#"{"event_id":"8f1d2a4e-6b0c-4f3e-9a57-0c2b1d3e4f51","kind":"case.supplement_requested","case_id":"X-1",
+               "unit_id":"C1","occurred_at":"2025-03-01T08:00:00+07:00","data":{"reason":"r","due_at":"2025-03-05T10:00:00+07:00"}}"#,
+        );
+        let b = parse(
+            r#"{"event_id":"8f1d2a4e-6b0c-4f3e-9a57-0c2b1d3e4f51","kind":"case.supplement_requested","case_id":"X-1",
+               "unit_id":"C1","occurred_at":"2025-03-01T01:00:00Z","data":{"due_at":"2025-03-05T03:00:00Z","reason":"r","x":1}}"#,
+        );
+        assert_eq!(a.content_hash(), b.content_hash());
+        assert_eq!(
+            a.data.identity_json(),
+            r#"{"due_at":"2025-03-05T10:00:00+07:00","reason":"r"}"#
+        );
+        let mut c = a.clone();
+        c.unit_id = "C2".into();
+        assert_ne!(a.content_hash(), c.content_hash());
+        let mut d = a.clone();
+        d.data = crate::EventData::CaseSupplementRequested {
+            reason: "other".into(),
+            due_at: a.occurred_at,
+        };
+        assert_ne!(a.content_hash(), d.content_hash());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! projector and the tests all call the same pure functions.
 
 mod canonical;
+pub use canonical::ContentHash;
 mod error;
 mod kind;
 mod parse;

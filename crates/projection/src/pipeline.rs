@@ -91,10 +91,11 @@ pub async fn run(
     fold_result.and(read_result)
 }
 
-/// A batch read from the stream, with each message's validation.
+/// A batch read from the stream, with each message's validation and the
+/// hash of each valid event's content.
 struct ValidatedBatch {
     messages: Vec<StreamMessage>,
-    events: Vec<Result<Event, EventError>>,
+    events: Vec<(Result<Event, EventError>, kpi_events::ContentHash)>,
 }
 
 fn validate_batches(
@@ -109,7 +110,10 @@ fn validate_batches(
                 // As of when the stream stored it: every replay decides alike.
                 let at = message.published.unwrap_or_else(chrono::Utc::now);
                 let validation = kpi_events::Validation::new(units, at);
-                kpi_events::parse_message(&message.subject, &message.payload, &validation)
+                let event =
+                    kpi_events::parse_message(&message.subject, &message.payload, &validation);
+                let content = kpi_store::content_of(&event);
+                (event, content)
             })
             .collect();
         if validated.send(ValidatedBatch { messages, events }).is_err() {
@@ -131,7 +135,7 @@ fn fold_batches(
             .messages
             .iter()
             .zip(batch.events)
-            .map(|(message, event)| Incoming {
+            .map(|(message, (event, content))| Incoming {
                 sequence: message.sequence,
                 subject: &message.subject,
                 payload: &message.payload,
@@ -139,6 +143,7 @@ fn fold_batches(
                 redrive_of: message.redrive_of,
                 behind: message.pending,
                 event,
+                content,
             })
             .collect();
         let report = store
@@ -229,6 +234,27 @@ impl Progress {
     }
 }
 
+/// How long the fold waits for a message read back from the log.
+const READ_BACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads messages back from the stream for the fold thread (which is not
+/// one of the runtime's): the rare decisions a record cannot make alone.
+fn log_reader(bus: Bus, runtime: tokio::runtime::Handle) -> kpi_store::LogReader {
+    Arc::new(move |sequence| {
+        runtime.block_on(async {
+            match tokio::time::timeout(READ_BACK_TIMEOUT, bus.message_at(sequence)).await {
+                Err(_) => Err(format!("no answer within {READ_BACK_TIMEOUT:?}")),
+                Ok(Err(err)) => Err(err.to_string()),
+                Ok(Ok(message)) => Ok(message.map(|message| kpi_store::LoggedMessage {
+                    subject: message.subject,
+                    payload: message.payload.to_vec(),
+                    published: message.published,
+                })),
+            }
+        })
+    })
+}
+
 /// Reads from `next_sequence` on, reconnecting after any bus failure, until
 /// `stop`, `config.until` or a stream that no longer matches the views.
 async fn read(
@@ -260,6 +286,7 @@ async fn read(
             }
         };
         retry_delay = Duration::from_millis(200);
+        store.set_log_reader(log_reader(bus.clone(), tokio::runtime::Handle::current()));
         let state = match bus.ensure_stream().await {
             Ok(_) => bus.stream_state().await,
             // A stream of another storage, retention or subjects is not

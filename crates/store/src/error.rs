@@ -1,7 +1,7 @@
 //! Why a store operation failed: the one error type of the crate, with
 //! the words an operator needs to act on each case.
 
-use crate::RULES_VERSION;
+use crate::{FORMAT_VERSION, RULES_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -9,7 +9,7 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("stored entry {key:?} cannot be read: {detail}")]
     Corrupt { key: String, detail: String },
-    #[error("the data directory holds views of format {found}, this build reads format 3; rebuild the views: move the directory aside and start the projector again (it re-reads the stream from the start)")]
+    #[error("the data directory holds views of format {found}, this build reads format {FORMAT_VERSION}; rebuild the views: move the directory aside and start the projector again (it re-reads the stream from the start)")]
     Format { found: String },
     #[error(transparent)]
     UnknownUnit(#[from] kpi_domain::UnknownUnit),
@@ -50,9 +50,43 @@ pub enum StoreError {
     )]
     UnitsNoLongerHold { units: String, events: u64 },
     #[error(
+        "deciding an identity conflict needs the event at stream sequence {sequence} read back from \
+         the log, and these views were opened without access to it"
+    )]
+    NoLog { sequence: u64 },
+    #[error("reading stream sequence {sequence} back from the log: {detail}")]
+    Log { sequence: u64, detail: String },
+    #[error(
+        "event {event_id} of case {case_id} conflicts with the event at stream sequence {sequence}, \
+         which the log no longer holds as a valid event: the views and the log disagree. Rebuild \
+         the views: stop the projector, move its data directory aside and start it again"
+    )]
+    LostEvent {
+        case_id: String,
+        event_id: String,
+        sequence: u64,
+    },
+    #[error(
         "the views in {dir} are in use by another process (a running projector?); stop it first"
     )]
     Locked { dir: String },
+}
+
+impl From<kpi_domain::FoldError<StoreError>> for StoreError {
+    fn from(error: kpi_domain::FoldError<StoreError>) -> Self {
+        match error {
+            kpi_domain::FoldError::Source(error) => error,
+            kpi_domain::FoldError::LostEvent {
+                case_id,
+                event_id,
+                sequence,
+            } => StoreError::LostEvent {
+                case_id,
+                event_id: event_id.to_string(),
+                sequence,
+            },
+        }
+    }
 }
 
 impl StoreError {

@@ -5,11 +5,57 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Datelike, Utc};
-use kpi_domain::fold::{BatchChanges, BatchFold};
+use kpi_domain::fold::{BatchChanges, BatchFold, RecordSource};
 use kpi_domain::{CounterDelta, Day, Folded, Moment, OpenDelta, UnitIdx, UnitRegistry};
 
 use crate::error::{corrupt, StoreError};
 use crate::{keys, month, BatchReport, Committed, FoldTotals, Incoming, ParkedEvent, Store};
+
+/// What a batch is folded over: the stored records, and the log for what
+/// they do not keep (this batch's messages first, then the stream).
+struct Folding<'a> {
+    store: &'a Store,
+    units: &'a UnitRegistry,
+    batch: &'a [Incoming<'a>],
+}
+
+impl Folding<'_> {
+    /// The message at `sequence`: in this batch, or read back from the log.
+    fn message(&self, sequence: u64) -> Result<Option<crate::LoggedMessage>, StoreError> {
+        if let Some(message) = self.batch.iter().find(|m| m.sequence == sequence) {
+            return Ok(Some(crate::LoggedMessage {
+                subject: message.subject.to_owned(),
+                payload: message.payload.to_vec(),
+                published: message.published,
+            }));
+        }
+        self.store.read_back(sequence)
+    }
+}
+
+impl RecordSource for Folding<'_> {
+    type Error = StoreError;
+
+    fn load_record(
+        &self,
+        key: &kpi_domain::RecordKey,
+    ) -> Result<Option<kpi_domain::Record>, StoreError> {
+        self.store.load_record(key)
+    }
+
+    fn event_data(&self, sequence: u64) -> Result<Option<String>, StoreError> {
+        let Some(message) = self.message(sequence)? else {
+            return Ok(None);
+        };
+        let validation =
+            kpi_events::Validation::new(self.units, message.published.unwrap_or_else(Utc::now));
+        Ok(
+            kpi_events::parse_message(&message.subject, &message.payload, &validation)
+                .ok()
+                .map(|event| event.data.identity_json()),
+        )
+    }
+}
 
 /// The last message of a batch, as the commit records it.
 struct LastFolded {
@@ -38,12 +84,17 @@ impl Store {
         let live_day = self
             .live_day()?
             .unwrap_or_else(|| Moment::from(Utc::now().fixed_offset()).local_day());
-        let mut fold = BatchFold::with_capacity(units, self, live_day, batch.len());
+        let source = Folding {
+            store: self,
+            units,
+            batch,
+        };
+        let mut fold = BatchFold::with_capacity(units, &source, live_day, batch.len());
         for message in batch.iter().filter(|m| m.sequence > checkpoint) {
             last = last.max(message.sequence);
             match &message.event {
                 Ok(event) => {
-                    let counts = match fold.fold(message.sequence, event)? {
+                    let counts = match fold.fold(message.sequence, event, message.content)? {
                         Folded::Applied => {
                             totals.folded += 1;
                             true
@@ -54,12 +105,30 @@ impl Store {
                         }
                         Folded::Conflict(conflict) => {
                             totals.conflicts += 1;
+                            // The loser as the log holds it: this message,
+                            // or the one it displaced.
+                            let loser =
+                                source.message(conflict.loser.sequence)?.ok_or_else(|| {
+                                    StoreError::LostEvent {
+                                        case_id: event.case_id.clone(),
+                                        event_id: event.event_id.to_string(),
+                                        sequence: conflict.loser.sequence,
+                                    }
+                                })?;
                             parked.push(ParkedEvent::conflict(
                                 &event.case_id,
                                 &conflict.loser,
                                 &conflict.winner,
+                                loser,
                             ));
                             conflict.loser.sequence != message.sequence
+                        }
+                        Folded::NeedsData(sequence) => {
+                            // The batch fold reads the data back itself.
+                            return Err(StoreError::Log {
+                                sequence,
+                                detail: "a conflict was left undecided".to_owned(),
+                            });
                         }
                         Folded::OverLimit(limit) => {
                             totals.parked += 1;

@@ -33,7 +33,6 @@ mod types;
 use std::path::Path;
 use std::sync::{Mutex, RwLock};
 
-use kpi_domain::fold::RecordSource;
 use kpi_domain::{Record, RecordKey};
 
 use error::corrupt;
@@ -41,12 +40,13 @@ use error::corrupt;
 pub use error::StoreError;
 pub use keys::VIEW_PREFIXES;
 pub use types::{
-    BatchReport, Committed, ExportPart, FoldTotals, HeldPage, Incoming, OpenPage, ParkCause,
-    ParkedEvent, ScoreSnapshot, Snapshot, StoreOptions, ViewsExport,
+    content_of, BatchReport, Committed, ExportPart, FoldTotals, HeldPage, Incoming, OpenPage,
+    ParkCause, ParkedEvent, ScoreSnapshot, Snapshot, StoreOptions, ViewsExport,
 };
 
-/// The stored layout version this build reads and writes.
-const FORMAT_VERSION: &[u8] = b"3";
+/// The stored layout version this build reads and writes (4: lean case
+/// records, which keep a hash of each event's content, not its data).
+pub const FORMAT_VERSION: &str = "4";
 
 /// The counting rules this build folds with: bumped whenever what an event
 /// contributes changes, so that views folded by other rules are refused
@@ -66,6 +66,8 @@ pub struct Store {
     /// Which of [`keys::GENERATIONS`] the rollups are read from; changed
     /// under the exclusive commit lock.
     generation: std::sync::atomic::AtomicU8,
+    /// Where messages are read back from (the projector's stream).
+    log: RwLock<Option<LogReader>>,
 }
 
 /// Called after each commit, outside the commit lock.
@@ -100,10 +102,10 @@ impl Store {
         let views = db.open_tree("views")?;
         match views.get(keys::FORMAT)? {
             None => {
-                views.insert(keys::FORMAT, FORMAT_VERSION)?;
+                views.insert(keys::FORMAT, FORMAT_VERSION.as_bytes())?;
                 views.insert(keys::RULES, RULES_VERSION.as_bytes())?;
             }
-            Some(found) if found.as_ref() == FORMAT_VERSION => {}
+            Some(found) if found.as_ref() == FORMAT_VERSION.as_bytes() => {}
             Some(found) => {
                 return Err(StoreError::Format {
                     found: String::from_utf8_lossy(&found).into_owned(),
@@ -133,6 +135,7 @@ impl Store {
             writer: Mutex::new(()),
             listener: RwLock::new(None),
             generation: std::sync::atomic::AtomicU8::new(generation),
+            log: RwLock::new(None),
         })
     }
 
@@ -172,10 +175,9 @@ impl Store {
     }
 }
 
-impl RecordSource for Store {
-    type Error = StoreError;
-
-    fn load_record(&self, key: &RecordKey) -> Result<Option<Record>, StoreError> {
+impl Store {
+    /// The record stored under `key`, if any.
+    pub fn load_record(&self, key: &RecordKey) -> Result<Option<Record>, StoreError> {
         let stored_key = keys::record(key);
         match self.views.get(&stored_key)? {
             None => Ok(None),
@@ -184,4 +186,37 @@ impl RecordSource for Store {
                 .map_err(|err| corrupt(&stored_key, err)),
         }
     }
+
+    /// Reads messages back from the log from now on: what the fold needs
+    /// for the rare decisions a record cannot make alone (CONTRACT §1.2's
+    /// last tie-break, and the bytes of an event a conflict displaced).
+    pub fn set_log_reader(&self, reader: LogReader) {
+        *self
+            .log
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reader);
+    }
+
+    /// The message the log holds at `sequence`.
+    pub(crate) fn read_back(&self, sequence: u64) -> Result<Option<LoggedMessage>, StoreError> {
+        let reader = self
+            .log
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .ok_or(StoreError::NoLog { sequence })?;
+        reader(sequence).map_err(|detail| StoreError::Log { sequence, detail })
+    }
 }
+
+/// A message as the log holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedMessage {
+    pub subject: String,
+    pub payload: Vec<u8>,
+    pub published: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Reads the message at a stream sequence (`None`: the log has none).
+pub type LogReader =
+    std::sync::Arc<dyn Fn(u64) -> Result<Option<LoggedMessage>, String> + Send + Sync>;

@@ -3,7 +3,6 @@
 //! under the shared commit lock where it must not mix two batches.
 
 use chrono::Datelike;
-use kpi_domain::fold::RecordSource;
 use kpi_domain::{Counters, Day, LiveCounts, Moment, Record, RecordKey};
 
 use crate::error::{corrupt, StoreError};

@@ -7,7 +7,7 @@ use kpi_domain::{
     Counters, Day, LiveCounts, Moment, RecordKey, RecordLimit, RecordedEvent, UnitIdx,
     UnitRegistry, CONFLICT_REASON,
 };
-use kpi_events::{Event, EventError, Validation};
+use kpi_events::{ContentHash, Event, EventError, Validation};
 use serde::{Deserialize, Serialize};
 
 /// How to open the store.
@@ -43,6 +43,9 @@ pub struct Incoming<'a> {
     pub behind: u64,
     /// The event, or why it is invalid.
     pub event: Result<Event, EventError>,
+    /// The hash of the event's content ([`Event::content_hash`]; zero for
+    /// an invalid one), computed where it was validated.
+    pub content: ContentHash,
 }
 
 impl<'a> Incoming<'a> {
@@ -58,6 +61,7 @@ impl<'a> Incoming<'a> {
         units: &UnitRegistry,
     ) -> Incoming<'a> {
         let validation = Validation::new(units, published.unwrap_or_else(Utc::now));
+        let event = kpi_events::parse_message(subject, payload, &validation);
         Incoming {
             sequence,
             subject,
@@ -65,9 +69,17 @@ impl<'a> Incoming<'a> {
             published,
             redrive_of: None,
             behind: 0,
-            event: kpi_events::parse_message(subject, payload, &validation),
+            content: content_of(&event),
+            event,
         }
     }
+}
+
+/// The content hash of a validated message (zero for an invalid one).
+pub fn content_of(event: &Result<Event, EventError>) -> ContentHash {
+    event
+        .as_ref()
+        .map_or(ContentHash([0; 16]), Event::content_hash)
 }
 
 /// An invalid event kept aside with its reason: never counted, never lost.
@@ -164,17 +176,18 @@ impl ParkedEvent {
         }
     }
 
-    /// The loser of an identity conflict, shown in the form the record
-    /// keeps (the same whichever of the two arrived first).
+    /// The loser of an identity conflict, as the log holds it at its
+    /// sequence (the same whichever of the two arrived first).
     pub(crate) fn conflict(
         case_id: &str,
         loser: &RecordedEvent,
         winner: &RecordedEvent,
+        message: crate::LoggedMessage,
     ) -> ParkedEvent {
         ParkedEvent {
             sequence: loser.sequence,
-            subject: kpi_events::subject_for(&loser.unit_id, loser.kind()),
-            payload: loser.to_json(case_id),
+            subject: message.subject,
+            payload: message.payload,
             field: Some("event_id".to_owned()),
             // The same words whichever arrived first (`kpictl case` shows
             // the stream sequences).
@@ -184,7 +197,7 @@ impl ParkedEvent {
                 winner.kind(),
                 winner.at.to_utc().with_timezone(&kpi_domain::vietnam()).to_rfc3339(),
             ),
-            published_unix: None,
+            published_unix: message.published.map(|at| at.timestamp()),
             cause: ParkCause::Conflict,
         }
     }

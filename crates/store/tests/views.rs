@@ -34,8 +34,38 @@ fn ingest(store: &Store, units: &UnitRegistry, lines: &[Line], batch: usize) {
     }
 }
 
+/// Views reading back from a log of the example's lines (sequence N is
+/// line N), as the projector reads back from the stream.
 fn open(dir: &std::path::Path) -> Store {
-    Store::open(dir, &StoreOptions::default()).expect("open")
+    let store = Store::open(dir, &StoreOptions::default()).expect("open");
+    let lines = lines();
+    store.set_log_reader(std::sync::Arc::new(move |sequence| {
+        Ok(lines
+            .iter()
+            .find(|line| line.sequence == sequence)
+            .map(|line| kpi_store::LoggedMessage {
+                subject: line.subject.clone(),
+                payload: line.payload.to_vec(),
+                published: None,
+            }))
+    }));
+    store
+}
+
+/// Views reading back from `log`: (sequence, subject, payload).
+fn open_with_log(dir: &std::path::Path, log: Vec<(u64, String, Vec<u8>)>) -> Store {
+    let store = Store::open(dir, &StoreOptions::default()).expect("open");
+    store.set_log_reader(std::sync::Arc::new(move |sequence| {
+        Ok(log
+            .iter()
+            .find(|(at, ..)| *at == sequence)
+            .map(|(_, subject, payload)| kpi_store::LoggedMessage {
+                subject: subject.clone(),
+                payload: payload.clone(),
+                published: None,
+            }))
+    }));
+    store
 }
 
 fn answer(
@@ -516,4 +546,116 @@ fn a_units_file_that_invalidates_counted_events_is_refused() {
     assert!(store
         .adopt_units(&with_valid_to("2030-12-31"), today())
         .is_ok());
+}
+
+/// A record keeps what identity and the counters need, not the events'
+/// data: a supplement request with a 60 KiB reason leaves a record of
+/// under 1 KiB.
+#[test]
+fn a_record_does_not_grow_with_an_events_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let units = UnitRegistry::from_json(kpi_testkit::UNITS_JSON).unwrap();
+    let reason = "Bổ sung giấy tờ ".repeat(2800);
+    assert!(reason.len() >= 60 * 1024);
+    let received = r#"{"event_id":"00000000-0000-4000-8000-000000000001","kind":"case.received","case_id":"BIG-1","unit_id":"C31_2","occurred_at":"2025-03-03T08:00:00+07:00","data":{"procedure_code":"1.001193","field":"ho_tich","channel":"online","due_at":"2025-03-05T17:00:00+07:00"}}"#.to_owned();
+    let supplement = format!(
+        r#"{{"event_id":"00000000-0000-4000-8000-000000000002","kind":"case.supplement_requested","case_id":"BIG-1","unit_id":"C31_2","occurred_at":"2025-03-04T08:00:00+07:00","data":{{"reason":"{reason}","due_at":"2025-03-09T17:00:00+07:00"}}}}"#
+    );
+    let store = open(dir.path());
+    store.adopt_units(&units, today()).unwrap();
+    let incoming = [
+        Incoming::validate(
+            1,
+            "cases.C31_2.case.received",
+            received.as_bytes(),
+            None,
+            &units,
+        ),
+        Incoming::validate(
+            2,
+            "cases.C31_2.case.supplement_requested",
+            supplement.as_bytes(),
+            None,
+            &units,
+        ),
+    ];
+    assert!(incoming[1].event.is_ok(), "{:?}", incoming[1].event);
+    store.ingest(&units, &incoming).unwrap();
+    let (key, record) = store
+        .view_entries()
+        .map(Result::unwrap)
+        .find(|(key, _)| key.as_slice() == b"cBIG-1")
+        .expect("the record");
+    assert!(
+        record.len() < 1024,
+        "{} bytes for {}",
+        record.len(),
+        String::from_utf8_lossy(&key)
+    );
+}
+
+/// Same id, same kind, unit and time, other data: the smaller data counts
+/// (CONTRACT §1.2), whichever arrives first, and the views read the held
+/// event's data back from the log to decide. The loser is listed as the
+/// log holds it.
+#[test]
+fn a_conflict_decided_by_data_is_the_same_in_both_orders() {
+    let units = UnitRegistry::from_json(kpi_testkit::UNITS_JSON).unwrap();
+    let event = |level: &str| {
+        format!(
+            r#"{{"event_id":"00000000-0000-4000-8000-000000000007","kind":"case.rated","case_id":"TIE-1","unit_id":"C31_2","occurred_at":"2025-03-04T08:00:00+07:00","data":{{"level":"{level}"}}}}"#
+        )
+    };
+    let received = r#"{"event_id":"00000000-0000-4000-8000-000000000001","kind":"case.received","case_id":"TIE-1","unit_id":"C31_2","occurred_at":"2025-03-03T08:00:00+07:00","data":{"procedure_code":"1.001193","field":"ho_tich","channel":"online","due_at":"2025-03-05T17:00:00+07:00"}}"#.to_owned();
+    let mut outcomes = Vec::new();
+    for order in [["satisfied", "unsatisfied"], ["unsatisfied", "satisfied"]] {
+        let log: Vec<(u64, String, Vec<u8>)> = vec![
+            (
+                1,
+                "cases.C31_2.case.received".into(),
+                received.clone().into_bytes(),
+            ),
+            (
+                2,
+                "cases.C31_2.case.rated".into(),
+                event(order[0]).into_bytes(),
+            ),
+            (
+                3,
+                "cases.C31_2.case.rated".into(),
+                event(order[1]).into_bytes(),
+            ),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_with_log(dir.path(), log.clone());
+        store.adopt_units(&units, today()).unwrap();
+        // One message a batch: the held event is read back from the log.
+        for (sequence, subject, payload) in &log {
+            let incoming = [Incoming::validate(
+                *sequence, subject, payload, None, &units,
+            )];
+            store.ingest(&units, &incoming).unwrap();
+        }
+        let (_, answer) = answer(
+            &store,
+            &units,
+            "C31_2",
+            "2025",
+            at("2025-06-02T00:00:00+07:00"),
+        );
+        let parked = store.parked(0, 10).unwrap();
+        assert_eq!(parked.len(), 1);
+        assert_eq!(parked[0].cause, kpi_store::ParkCause::Conflict);
+        let loser = String::from_utf8(parked[0].payload.clone()).unwrap();
+        assert!(loser.contains(r#""level":"unsatisfied""#), "{loser}");
+        outcomes.push((answer, loser));
+    }
+    assert_eq!(outcomes[0], outcomes[1]);
+    let satisfaction = outcomes[0]
+        .0
+        .rates
+        .iter()
+        .find(|(kpi, _)| kpi == "satisfaction_rate")
+        .map(|(_, rate)| (rate.numerator, rate.denominator));
+    assert_eq!(satisfaction, Some((1, 1)), "satisfied < unsatisfied");
 }
