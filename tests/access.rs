@@ -348,11 +348,18 @@ async fn a_district_operator_audits_its_district_only_and_a_revoked_watch_ends()
         ],
     )
     .await;
-    let channel = Endpoint::from_shared(projector.addr.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let endpoint = Endpoint::from_shared(projector.addr.clone()).unwrap();
+    let started = Instant::now();
+    let channel = loop {
+        match endpoint.connect().await {
+            Ok(channel) => break channel,
+            Err(err) => assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the projector does not answer: {err:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let mut everything = client(&channel, Some(OPERATOR_TOKEN));
     let started = Instant::now();
     loop {
