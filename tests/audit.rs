@@ -402,32 +402,21 @@ async fn replay_and_verify_agree_with_the_live_views_and_find_a_damaged_counter(
     );
 }
 
-/// Adds one to the `received` counter of day 1 of the first stored month
-/// row, as damage on disk would; returns the unit and the day.
+/// Adds one to the `received` counter of the first stored day row, as
+/// damage on disk would; returns the unit and the day.
 fn tamper_with_a_day_counter(views: &std::path::Path) -> (String, String) {
     let db = sled::open(views).unwrap();
     let tree = db.open_tree("views").unwrap();
-    let (key, value) = tree.scan_prefix(b"M").next().unwrap().unwrap();
+    let (key, value) = tree.scan_prefix(b"d").next().unwrap().unwrap();
     let nul = key.iter().position(|b| *b == 0).unwrap();
     let unit = String::from_utf8(key[1..nul].to_vec()).unwrap();
-    let month = (u32::from_be_bytes(key[key.len() - 4..].try_into().unwrap()) ^ 0x8000_0000) as i32;
-    let day = format!(
-        "{:04}-{:02}-01",
-        month.div_euclid(12),
-        month.rem_euclid(12) + 1
-    );
-    let mut value = value.to_vec();
-    let width = u16::from_le_bytes([value[0], value[1]]) as usize;
-    let received_of_day_1 = 2 + width * 4;
-    let count = u32::from_le_bytes(
-        value[received_of_day_1..received_of_day_1 + 4]
-            .try_into()
-            .unwrap(),
-    );
-    value[received_of_day_1..received_of_day_1 + 4].copy_from_slice(&(count + 1).to_le_bytes());
-    tree.insert(key, value).unwrap();
+    let day = kpi_domain::Day::from_key(key[key.len() - 4..].try_into().unwrap());
+    let mut counters = kpi_store::rows::decode(&value).unwrap();
+    counters[kpi_domain::Counter::Received] += 1;
+    tree.insert(key, kpi_store::rows::encode(&counters))
+        .unwrap();
     db.flush().unwrap();
-    (unit, day)
+    (unit, day.to_date().to_string())
 }
 
 #[tokio::test(flavor = "multi_thread")]

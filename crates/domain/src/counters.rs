@@ -160,6 +160,13 @@ impl CounterDelta {
         self.0[counter as usize]
     }
 
+    /// Adds another change to this one.
+    pub fn add(&mut self, other: &CounterDelta) {
+        for (mine, theirs) in self.0.iter_mut().zip(other.0.iter()) {
+            *mine += theirs;
+        }
+    }
+
     pub fn is_zero(&self) -> bool {
         self.0.iter().all(|value| *value == 0)
     }

@@ -94,23 +94,96 @@ impl EventData {
 )]
 pub struct ContentHash(pub [u8; 16]);
 
-impl Event {
-    /// The hash of the event's content (kind, unit, instant, data).
-    pub fn content_hash(&self) -> ContentHash {
+/// The fields of a content hash, each fed in a form of its own.
+struct Fields(sha2::Sha256);
+
+impl Fields {
+    fn number(&mut self, value: u64) {
         use sha2::Digest;
-        let mut hash = sha2::Sha256::new();
-        hash.update(self.kind().as_str().as_bytes());
-        hash.update([0]);
-        hash.update(self.unit_id.as_bytes());
-        hash.update([0]);
-        let at = self.occurred_at.with_timezone(&chrono::Utc);
-        hash.update(at.timestamp().to_be_bytes());
-        hash.update(at.timestamp_subsec_nanos().to_be_bytes());
-        hash.update(self.data.identity_json().as_bytes());
-        let digest = hash.finalize();
+        self.0.update(value.to_le_bytes());
+    }
+
+    fn text(&mut self, text: &str) {
+        use sha2::Digest;
+        self.number(text.len() as u64);
+        self.0.update(text.as_bytes());
+    }
+
+    fn instant(&mut self, at: &DateTime<FixedOffset>) {
+        use sha2::Digest;
+        let at = at.with_timezone(&chrono::Utc);
+        self.0.update(at.timestamp().to_le_bytes());
+        self.0.update(at.timestamp_subsec_nanos().to_le_bytes());
+    }
+
+    fn flags(&mut self, values: &[bool]) {
+        use sha2::Digest;
+        let byte = values
+            .iter()
+            .enumerate()
+            .fold(0u8, |byte, (bit, value)| byte | (u8::from(*value) << bit));
+        self.0.update([byte]);
+    }
+
+    fn finish(self) -> ContentHash {
+        use sha2::Digest;
+        let digest = self.0.finalize();
         let mut bytes = [0; 16];
         bytes.copy_from_slice(&digest[..16]);
         ContentHash(bytes)
+    }
+}
+
+impl Event {
+    /// The hash of the event's content (kind, unit, instant, data): of
+    /// each field in a fixed order, strings with their length, times as
+    /// instants (seconds and nanoseconds since the epoch), so that equal
+    /// contents, however spelt, hash alike.
+    pub fn content_hash(&self) -> ContentHash {
+        let mut hash = Fields(sha2::Sha256::default());
+        hash.text(self.kind().as_str());
+        hash.text(&self.unit_id);
+        hash.instant(&self.occurred_at);
+        match &self.data {
+            EventData::CaseReceived(received) => {
+                hash.text(&received.procedure_code);
+                hash.text(&received.field);
+                hash.text(received.channel.as_str());
+                hash.instant(&received.due_at);
+                hash.flags(&[received.dossier_digitized, received.reused_data]);
+            }
+            EventData::CaseSupplementRequested { reason, due_at } => {
+                hash.instant(due_at);
+                hash.text(reason);
+            }
+            EventData::CaseApologyIssued {
+                letter_ref,
+                reason,
+                new_due_at,
+            } => {
+                hash.instant(new_due_at);
+                hash.text(letter_ref);
+                hash.text(reason);
+            }
+            EventData::CaseResolved {
+                result,
+                result_electronic,
+                result_digitized,
+            } => {
+                hash.text(result.as_str());
+                hash.flags(&[*result_electronic, *result_digitized]);
+            }
+            EventData::CaseWithdrawn { reason } => hash.text(reason),
+            EventData::CasePaid { amount_vnd, online } => {
+                hash.number(*amount_vnd);
+                hash.flags(&[*online]);
+            }
+            EventData::CaseRated { level } => hash.text(level.as_str()),
+            EventData::CaseSynced { portal } => hash.text(portal),
+            EventData::FeedbackReceived { due_at } => hash.instant(due_at),
+            EventData::FeedbackResolved => {}
+        }
+        hash.finish()
     }
 
     /// The event in canonical form (module documentation).

@@ -129,7 +129,19 @@ fn fold_batches(
     metrics: Option<&kpi_metrics::FoldSource>,
 ) -> anyhow::Result<()> {
     let mut progress = Progress::new();
-    for batch in queue.iter() {
+    loop {
+        let batch = match queue.recv_timeout(Duration::from_secs(1)) {
+            Ok(batch) => batch,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // Quiet: a commit the writer thread could not apply is
+                // noticed all the same.
+                store.check_applied().context(
+                    "writing a batch into the views (the projector stops; restart it to resume from its checkpoint)",
+                )?;
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let batch_started = Instant::now();
         let incoming: Vec<Incoming<'_>> = batch
             .messages
@@ -146,8 +158,9 @@ fn fold_batches(
                 content,
             })
             .collect();
+        // Applied by the store's writer thread while the next batch folds.
         let report = store
-            .ingest(units, &incoming)
+            .ingest_pipelined(units, &incoming)
             .context("folding a batch into the views (the projector stops; restart it to resume from its checkpoint)")?;
         for (sequence, reason) in &report.parked {
             let reason = kpi_events::cut_reason(reason);
@@ -172,6 +185,10 @@ fn fold_batches(
     if progress.totals != FoldTotals::default() {
         progress.log();
     }
+    // The last batch applied before the pipeline says it is done.
+    store
+        .settle()
+        .context("writing the last batch into the views (restart to resume from its checkpoint)")?;
     Ok(())
 }
 
@@ -335,6 +352,11 @@ async fn read(
             config.batch_size,
             LINGER
         ));
+        // While the views catch up (the stream holds more than a batch
+        // beyond what was read), chunks are joined into full batches: a
+        // large batch costs less per event. Following live, each chunk
+        // goes at once.
+        let mut carried: Vec<StreamMessage> = Vec::new();
         let mut check = tokio::time::interval(CHECK_EVERY);
         check.tick().await;
         let mut report = tokio::time::interval(REPORT_EVERY);
@@ -370,9 +392,15 @@ async fn read(
                             Err(err) => { failed = Some(err); break; }
                         }
                     }
-                    if let Some(last) = batch.last() {
+                    let catching_up = batch
+                        .last()
+                        .is_some_and(|last| last.pending as usize >= config.batch_size);
+                    carried.extend(batch);
+                    let full = carried.len() >= config.batch_size;
+                    let hold = catching_up && !full && !reached_until && failed.is_none();
+                    if let (Some(last), false) = (carried.last(), hold) {
                         next_sequence = last.sequence + 1;
-                        if batches.send(batch).await.is_err() {
+                        if batches.send(std::mem::take(&mut carried)).await.is_err() {
                             // The fold thread stopped: its error is the one to report.
                             return Ok(());
                         }

@@ -4,12 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Utc};
 use kpi_domain::fold::{BatchChanges, BatchFold, RecordSource};
-use kpi_domain::{CounterDelta, Day, Folded, Moment, OpenDelta, UnitIdx, UnitRegistry};
+use kpi_domain::{CounterDelta, Folded, Moment, OpenDelta, UnitIdx, UnitRegistry};
 
 use crate::error::{corrupt, StoreError};
-use crate::{keys, month, BatchReport, Committed, FoldTotals, Incoming, ParkedEvent, Store};
+use crate::writes::Writes;
+use crate::{keys, rows, BatchReport, Committed, FoldTotals, Incoming, ParkedEvent, Store};
 
 /// What a batch is folded over: the stored records, and the log for what
 /// they do not keep (this batch's messages first, then the stream).
@@ -40,7 +41,13 @@ impl RecordSource for Folding<'_> {
         &self,
         key: &kpi_domain::RecordKey,
     ) -> Result<Option<kpi_domain::Record>, StoreError> {
-        self.store.load_record(key)
+        let stored_key = keys::record(key);
+        match self.store.stored(&stored_key)? {
+            None => Ok(None),
+            Some(bytes) => postcard::from_bytes(&bytes)
+                .map(Some)
+                .map_err(|err| corrupt(&stored_key, err)),
+        }
     }
 
     fn event_data(&self, sequence: u64) -> Result<Option<String>, StoreError> {
@@ -57,6 +64,13 @@ impl RecordSource for Folding<'_> {
     }
 }
 
+/// What a batch keeps aside and retires.
+struct Kept {
+    parked: Vec<ParkedEvent>,
+    /// Parked entries a redriven event replaces.
+    retired: Vec<u64>,
+}
+
 /// The last message of a batch, as the commit records it.
 struct LastFolded {
     sequence: u64,
@@ -66,17 +80,42 @@ struct LastFolded {
 impl Store {
     /// Folds and parks a batch of validated messages in stream order, then
     /// writes the changes and the new checkpoint atomically. Messages at or
-    /// below the checkpoint are skipped (already folded).
+    /// below the checkpoint are skipped (already folded). When it returns,
+    /// queries see the batch.
     pub fn ingest(
         &self,
         units: &UnitRegistry,
         batch: &[Incoming<'_>],
     ) -> Result<BatchReport, StoreError> {
+        self.ingest_as(units, batch, false)
+    }
+
+    /// [`Store::ingest`], the writes applied by a thread of their own while
+    /// the caller folds the next batch (the projector's pipeline): queries
+    /// see the batch once it is applied ([`Store::settle`] waits for it).
+    /// An error applying it is returned by the next call.
+    pub fn ingest_pipelined(
+        &self,
+        units: &UnitRegistry,
+        batch: &[Incoming<'_>],
+    ) -> Result<BatchReport, StoreError> {
+        self.ingest_as(units, batch, true)
+    }
+
+    fn ingest_as(
+        &self,
+        units: &UnitRegistry,
+        batch: &[Incoming<'_>],
+        pipelined: bool,
+    ) -> Result<BatchReport, StoreError> {
         let _writer = self
             .writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let checkpoint = self.checkpoint()?;
+        if !pipelined {
+            self.settle()?;
+        }
+        let checkpoint = self.folded_checkpoint()?;
         let mut totals = FoldTotals::default();
         let mut parked = Vec::new();
         let mut retired = Vec::new();
@@ -145,7 +184,7 @@ impl Store {
                             .find(|p: &&ParkedEvent| p.sequence == parked_sequence)
                         {
                             Some(pending) => Some(pending.clone()),
-                            None => self.parked_at(parked_sequence)?,
+                            None => self.parked_for_fold(parked_sequence)?,
                         };
                         let same_event = copy.and_then(|copy| copy.identity()).is_some_and(
                             |(case_id, event_id)| {
@@ -175,7 +214,7 @@ impl Store {
         }
         let changes = fold.finish()?;
         totals.redriven = retired.len() as u64;
-        let mut all_totals = self.totals()?;
+        let mut all_totals = self.folded_totals()?;
         all_totals.add(&totals);
         let parked_reasons = parked
             .iter()
@@ -185,14 +224,14 @@ impl Store {
         self.commit(
             units,
             changes,
-            parked,
-            &retired,
+            Kept { parked, retired },
             LastFolded {
                 sequence: last,
                 published: last_message.and_then(|message| message.published),
                 behind: last_message.map_or(0, |message| message.behind),
             },
             &all_totals,
+            pipelined,
         )?;
         Ok(BatchReport {
             totals,
@@ -205,17 +244,18 @@ impl Store {
         &self,
         units: &UnitRegistry,
         changes: BatchChanges,
-        parked: Vec<ParkedEvent>,
-        retired: &[u64],
+        kept: Kept,
         last: LastFolded,
         totals: &FoldTotals,
+        pipelined: bool,
     ) -> Result<(), StoreError> {
+        let Kept { parked, retired } = kept;
         let LastFolded {
             sequence: checkpoint,
             published,
             behind,
         } = last;
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         for (key, record) in &changes.records {
             let bytes =
                 postcard::to_stdvec(record).map_err(|err| corrupt(&keys::record(key), err))?;
@@ -237,7 +277,7 @@ impl Store {
                 .map_err(|err| corrupt(&keys::parked(event.sequence), err))?;
             batch.insert(&keys::parked(event.sequence)[..], bytes);
         }
-        for sequence in retired {
+        for sequence in &retired {
             batch.remove(&keys::parked(*sequence)[..]);
         }
         let totals_bytes = postcard::to_stdvec(totals).map_err(|err| corrupt(keys::STATS, err))?;
@@ -258,20 +298,36 @@ impl Store {
             .collect();
         touched.sort_unstable();
         touched.dedup();
+        let committed = Committed {
+            sequence: checkpoint,
+            units: touched,
+            all: false,
+            behind,
+        };
+        if pipelined {
+            return self.hand_over(batch, committed);
+        }
         {
             let _exclusive = self
                 .commit
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            self.views.apply_batch(batch)?;
+            self.views.apply_batch(batch.to_batch())?;
         }
-        self.tell(&Committed {
-            sequence: checkpoint,
-            units: touched,
-            all: false,
-            behind,
-        });
+        self.tell(&committed);
         Ok(())
+    }
+
+    /// The parked event at `sequence` as the next fold sees it (the
+    /// commit in flight may have parked or retired it).
+    fn parked_for_fold(&self, sequence: u64) -> Result<Option<ParkedEvent>, StoreError> {
+        let key = keys::parked(sequence);
+        match self.stored(&key)? {
+            None => Ok(None),
+            Some(value) => postcard::from_bytes(&value)
+                .map(Some)
+                .map_err(|err| corrupt(&key, err)),
+        }
     }
 
     /// Adds the rollup changes (day counters by month, open cases) to
@@ -279,40 +335,35 @@ impl Store {
     pub(crate) fn write_rollups(
         &self,
         rollups: keys::Rollups,
-        batch: &mut sled::Batch,
+        batch: &mut Writes,
         units: &UnitRegistry,
         changes: &BatchChanges,
     ) -> Result<(), StoreError> {
-        // Day changes grouped by (unit, month): one stored value each.
-        let mut months: BTreeMap<(UnitIdx, keys::Month), Vec<(Day, &CounterDelta)>> =
-            BTreeMap::new();
+        // Each day changed, and the total of its month.
+        let mut months: BTreeMap<(UnitIdx, keys::Month), CounterDelta> = BTreeMap::new();
         for ((unit, day), delta) in &changes.counters {
-            if !delta.is_zero() {
-                months
-                    .entry((*unit, keys::Month::of(*day)))
-                    .or_default()
-                    .push((*day, delta));
+            if delta.is_zero() {
+                continue;
             }
+            let unit_id = &units.unit(*unit).id;
+            let key = keys::unit_day(rollups.day, unit_id, *day);
+            self.change_row(batch, key, delta, unit_id, &day.to_date().to_string())?;
+            months
+                .entry((*unit, keys::Month::of(*day)))
+                .or_default()
+                .add(delta);
         }
-        for ((unit, month), days) in &months {
-            let key = rollups.unit_month(&units.unit(*unit).id, *month);
-            let stored = self.views.get(&key)?;
-            let mut counters = month::MonthCounters::decode(stored.as_deref())
-                .map_err(|detail| corrupt(&key, detail))?;
-            for (day, delta) in days {
-                if let Err(counter) = counters.apply(day.to_date().day() as usize, delta) {
-                    return Err(StoreError::Underflow {
-                        unit: units.unit(*unit).id.clone(),
-                        day: day.to_date().to_string(),
-                        counter: counter.name(),
-                    });
-                }
-            }
-            if counters.is_zero() {
-                batch.remove(key);
-            } else {
-                batch.insert(key, counters.encode());
-            }
+        for ((unit, month), delta) in &months {
+            let unit_id = &units.unit(*unit).id;
+            let key = rollups.unit_month(unit_id, *month);
+            let first = month.days().0.to_date();
+            self.change_row(
+                batch,
+                key,
+                delta,
+                unit_id,
+                &first.format("%Y-%m").to_string(),
+            )?;
         }
         let mut open_totals: BTreeMap<UnitIdx, OpenDelta> = BTreeMap::new();
         for ((unit, day), delta) in &changes.open_by_due_day {
@@ -339,17 +390,43 @@ impl Store {
         Ok(())
     }
 
+    /// Adds `delta` to the counters stored at `key` (a day or a month of
+    /// `unit_id`, named `when` if a counter would go below zero).
+    fn change_row(
+        &self,
+        batch: &mut Writes,
+        key: Vec<u8>,
+        delta: &CounterDelta,
+        unit_id: &str,
+        when: &str,
+    ) -> Result<(), StoreError> {
+        let stored = self.stored(&key)?;
+        match rows::changed(stored.as_deref(), delta) {
+            Ok(Some(bytes)) => batch.insert(key, bytes),
+            Ok(None) => batch.remove(key),
+            Err(rows::Change::Damaged(detail)) => return Err(corrupt(&key, detail)),
+            Err(rows::Change::Underflow(counter)) => {
+                return Err(StoreError::Underflow {
+                    unit: unit_id.to_owned(),
+                    day: when.to_owned(),
+                    counter: counter.name(),
+                })
+            }
+        }
+        Ok(())
+    }
+
     /// Adds a change in open cases to the pair stored at `key`.
     fn add_open(
         &self,
-        batch: &mut sled::Batch,
+        batch: &mut Writes,
         key: Vec<u8>,
         delta: &OpenDelta,
     ) -> Result<(), StoreError> {
         if delta.is_zero() {
             return Ok(());
         }
-        let (open, without_apology) = match self.views.get(&key)? {
+        let (open, without_apology) = match self.stored(&key)? {
             None => (0, 0),
             Some(bytes) => decode_pair(&bytes).map_err(|detail| corrupt(&key, detail))?,
         };

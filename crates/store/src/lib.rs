@@ -24,14 +24,15 @@
 mod error;
 mod ingest;
 mod keys;
-mod month;
 mod queries;
 mod rollups;
+pub mod rows;
 mod stream;
 mod types;
+mod writes;
 
 use std::path::Path;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use kpi_domain::{Record, RecordKey};
 
@@ -58,11 +59,16 @@ pub struct Store {
     db: sled::Db,
     views: sled::Tree,
     /// Held exclusively while a batch is applied, shared by queries.
-    commit: RwLock<()>,
+    commit: Arc<RwLock<()>>,
     /// Serialises writers: counters are read, changed and written back.
     writer: Mutex<()>,
     /// Told of every commit (the API's caches and live streams).
-    listener: RwLock<Option<CommitListener>>,
+    listener: Arc<RwLock<Option<CommitListener>>>,
+    /// The commit handed to the writer thread and not yet applied
+    /// ([`writes`]): the next fold reads it before sled.
+    pending: Arc<RwLock<Option<Arc<writes::Writes>>>>,
+    /// The writer thread, once a pipelined fold has started it.
+    applier: Mutex<Option<writes::Applier>>,
     /// Which of [`keys::GENERATIONS`] the rollups are read from; changed
     /// under the exclusive commit lock.
     generation: std::sync::atomic::AtomicU8,
@@ -131,12 +137,82 @@ impl Store {
         Ok(Store {
             db,
             views,
-            commit: RwLock::new(()),
+            commit: Arc::new(RwLock::new(())),
             writer: Mutex::new(()),
-            listener: RwLock::new(None),
+            listener: Arc::new(RwLock::new(None)),
+            pending: Arc::new(RwLock::new(None)),
+            applier: Mutex::new(None),
             generation: std::sync::atomic::AtomicU8::new(generation),
             log: RwLock::new(None),
         })
+    }
+
+    /// Waits until the commit handed to the writer thread, if any, is
+    /// applied; the error that stopped it, if one did.
+    pub fn settle(&self) -> Result<(), StoreError> {
+        match self
+            .applier
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+        {
+            Some(applier) => applier.settle(),
+            None => Ok(()),
+        }
+    }
+
+    /// Why the writer thread could not apply a commit, if it could not
+    /// (without waiting for the one in flight).
+    pub fn check_applied(&self) -> Result<(), StoreError> {
+        match self
+            .applier
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+        {
+            Some(applier) => applier.failure(),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands a commit to the writer thread (started on first use).
+    pub(crate) fn hand_over(
+        &self,
+        writes: writes::Writes,
+        committed: Committed,
+    ) -> Result<(), StoreError> {
+        let mut applier = self
+            .applier
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if applier.is_none() {
+            *applier = Some(writes::Applier::start(writes::Shared {
+                views: self.views.clone(),
+                commit: self.commit.clone(),
+                listener: self.listener.clone(),
+                pending: self.pending.clone(),
+            })?);
+        }
+        match applier.as_ref() {
+            Some(applier) => applier.hand_over(&self.pending, writes, committed),
+            None => Ok(()),
+        }
+    }
+
+    /// The value of `key` for the next fold: as the commit in flight
+    /// leaves it, else as stored.
+    pub(crate) fn stored(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        if let Some(pending) = self
+            .pending
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+        {
+            if let Some(value) = pending.get(key) {
+                return Ok(value.map(sled::IVec::from));
+            }
+        }
+        Ok(self.views.get(key)?)
     }
 
     /// The rollups queries read now: under the commit lock (shared or
@@ -170,6 +246,7 @@ impl Store {
 
     /// Writes everything to disk now (on shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.settle()?;
         self.db.flush()?;
         Ok(())
     }

@@ -2,13 +2,12 @@
 //! pages of open, held and parked cases, whole-store exports), each taken
 //! under the shared commit lock where it must not mix two batches.
 
-use chrono::Datelike;
 use kpi_domain::{Counters, Day, LiveCounts, Moment, Record, RecordKey};
 
 use crate::error::{corrupt, StoreError};
 use crate::ingest::decode_pair;
 use crate::{
-    keys, month, ExportPart, HeldPage, OpenPage, ParkedEvent, ScoreSnapshot, Snapshot, Store,
+    keys, rows, ExportPart, HeldPage, OpenPage, ParkedEvent, ScoreSnapshot, Snapshot, Store,
     ViewsExport, VIEW_PREFIXES,
 };
 
@@ -36,15 +35,16 @@ impl Store {
         })
     }
 
-    /// One range scan over the unit's months: whole months read their
-    /// total row, the first and last months the rows of their days.
+    /// One range scan over the unit's month totals: whole months add
+    /// their total, the first and last months (when only partly in the
+    /// range) the days of theirs that are.
     fn sum_counters(&self, unit_id: &str, first: Day, last: Day) -> Result<Counters, StoreError> {
         let mut sum = Counters::default();
         if last < first {
             return Ok(sum);
         }
-        let (first_month, last_month) = (keys::Month::of(first), keys::Month::of(last));
         let rollups = self.rollups();
+        let (first_month, last_month) = (keys::Month::of(first), keys::Month::of(last));
         let start = rollups.unit_month(unit_id, first_month);
         let end = rollups.unit_month(unit_id, last_month);
         for entry in self.views.range(start..=end) {
@@ -52,11 +52,14 @@ impl Store {
             let month = keys::month_of(&key).ok_or_else(|| corrupt(&key, "no month in key"))?;
             let (month_first, month_last) = month.days();
             if first <= month_first && month_last <= last {
-                sum.add(&month::row(&value, 0).map_err(|detail| corrupt(&key, detail))?);
+                sum.add(&rows::decode(&value).map_err(|detail| corrupt(&key, detail))?);
             } else {
-                let from = first.max(month_first).to_date().day() as usize;
-                let to = last.min(month_last).to_date().day() as usize;
-                sum.add(&month::days(&value, from, to).map_err(|detail| corrupt(&key, detail))?);
+                let from = keys::unit_day(rollups.day, unit_id, first.max(month_first));
+                let to = keys::unit_day(rollups.day, unit_id, last.min(month_last));
+                for day in self.views.range(from..=to) {
+                    let (key, value) = day?;
+                    sum.add(&rows::decode(&value).map_err(|detail| corrupt(&key, detail))?);
+                }
             }
         }
         Ok(sum)
@@ -198,6 +201,7 @@ impl Store {
             .writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.settle()?;
         let rollups = self.rollups();
         let mut open = Vec::new();
         for entry in self.views.scan_prefix([rollups.open_total]) {
@@ -213,20 +217,13 @@ impl Store {
             open,
         })?;
         let mut days = Vec::with_capacity(rows.min(10_000));
-        for entry in self.views.scan_prefix([rollups.month]) {
+        for entry in self.views.scan_prefix([rollups.day]) {
             let (key, value) = entry.map_err(StoreError::from)?;
             let unit = keys::unit_of(&key).ok_or_else(|| corrupt(&key, "no unit in key"))?;
-            let month = keys::month_of(&key).ok_or_else(|| corrupt(&key, "no month in key"))?;
-            let (first, last) = month.days();
-            for day_of_month in 1..=(last.to_date().day() as usize) {
-                let counters =
-                    month::row(&value, day_of_month).map_err(|detail| corrupt(&key, detail))?;
-                if !counters.is_zero() {
-                    let day = Day::from_date(
-                        first.to_date() + chrono::Days::new(day_of_month as u64 - 1),
-                    );
-                    days.push((unit.clone(), day, counters));
-                }
+            let day = keys::day_of(&key).ok_or_else(|| corrupt(&key, "no day in key"))?;
+            let counters = rows::decode(&value).map_err(|detail| corrupt(&key, detail))?;
+            if !counters.is_zero() {
+                days.push((unit, day, counters));
             }
             if days.len() >= rows {
                 sink(ExportPart::Days(std::mem::take(&mut days)))?;

@@ -30,6 +30,7 @@ impl Store {
             .writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.settle()?;
         // What a recomputation cut short left of the generation not in use.
         self.remove_prefixes(keys::GENERATIONS[1 - self.generation() as usize].prefixes())?;
         let stored = match self.views.get(keys::ROLLUP_UNITS)? {
@@ -130,6 +131,7 @@ impl Store {
                     .writer
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
+                self.settle()?;
                 self.rebuild_rollups(units, today)?;
                 Ok(true)
             }
@@ -236,16 +238,16 @@ impl Store {
         units: &UnitRegistry,
         changes: &mut BatchChanges,
     ) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        self.write_rollups(rollups, &mut batch, units, changes)?;
-        self.views.apply_batch(batch)?;
+        let mut writes = crate::writes::Writes::default();
+        self.write_rollups(rollups, &mut writes, units, changes)?;
+        self.views.apply_batch(writes.to_batch())?;
         *changes = BatchChanges::default();
         Ok(())
     }
 
     /// Removes every entry under `prefixes`, a bounded batch at a time
     /// (entries no query reads: the generation of rollups not in use).
-    pub(crate) fn remove_prefixes(&self, prefixes: [u8; 4]) -> Result<(), StoreError> {
+    pub(crate) fn remove_prefixes(&self, prefixes: [u8; 5]) -> Result<(), StoreError> {
         for prefix in prefixes {
             loop {
                 let mut batch = sled::Batch::default();

@@ -51,19 +51,35 @@ impl Store {
 
     /// The last stream sequence folded (0 for new views).
     pub fn checkpoint(&self) -> Result<u64, StoreError> {
-        read_u64(&self.views, keys::CHECKPOINT)
+        read_u64(self.views.get(keys::CHECKPOINT)?, keys::CHECKPOINT)
+    }
+
+    /// The checkpoint the next fold starts after: that of the commit in
+    /// flight, if one is.
+    pub(crate) fn folded_checkpoint(&self) -> Result<u64, StoreError> {
+        read_u64(self.stored(keys::CHECKPOINT)?, keys::CHECKPOINT)
     }
 
     pub fn totals(&self) -> Result<FoldTotals, StoreError> {
-        match self.views.get(keys::STATS)? {
-            None => Ok(FoldTotals::default()),
-            Some(bytes) => postcard::from_bytes(&bytes).map_err(|err| corrupt(keys::STATS, err)),
-        }
+        decode_totals(self.views.get(keys::STATS)?)
+    }
+
+    /// The totals the next fold adds to: those of the commit in flight,
+    /// if one is.
+    pub(crate) fn folded_totals(&self) -> Result<FoldTotals, StoreError> {
+        decode_totals(self.stored(keys::STATS)?)
     }
 }
 
-fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
-    match tree.get(key)? {
+fn decode_totals(stored: Option<sled::IVec>) -> Result<FoldTotals, StoreError> {
+    match stored {
+        None => Ok(FoldTotals::default()),
+        Some(bytes) => postcard::from_bytes(&bytes).map_err(|err| corrupt(keys::STATS, err)),
+    }
+}
+
+fn read_u64(stored: Option<sled::IVec>, key: &[u8]) -> Result<u64, StoreError> {
+    match stored {
         None => Ok(0),
         Some(bytes) => {
             let array: [u8; 8] = bytes

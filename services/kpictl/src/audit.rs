@@ -323,7 +323,7 @@ pub(crate) async fn replay_into(
         kpi_projection::Config {
             nats: nats.clone(),
             client_name: "kpictl-replay".to_owned(),
-            batch_size: 2000,
+            batch_size: 10_000,
             until: Some(until),
             metrics: None,
         },

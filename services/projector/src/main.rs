@@ -75,8 +75,10 @@ struct Args {
     /// fold latency, gRPC calls by method and code.
     #[arg(long, env = "KPI_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
-    /// Most messages folded into one atomic write.
-    #[arg(long, default_value_t = 2000)]
+    /// Most messages folded into one atomic write (a projector catching up
+    /// folds this many at a time; one following the stream live, what has
+    /// arrived).
+    #[arg(long, default_value_t = 10_000)]
     batch_size: usize,
     /// Rebuild the views from the log beside the live ones (blue/green)
     /// and switch to them when they have caught up; queries go on. Also

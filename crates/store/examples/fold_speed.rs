@@ -1,0 +1,86 @@
+//! The fold alone, without the bus: the simulated year of `kpictl bench`
+//! (a reformed province of 12 districts × 12 communes) validated in
+//! memory, then folded into a fresh store in batches of 2,000, timed.
+//! For comparing changes to the fold and the store (`kpictl bench`
+//! measures the whole pipeline against the raw read).
+//!
+//! cargo run --release -p kpi-store --example fold_speed -- [CASES]
+
+use std::time::Instant;
+
+use chrono::{TimeZone, Utc};
+use kpi_domain::UnitRegistry;
+use kpi_simulator::{synthetic_registry_reformed, vietnam_day, Simulator};
+use kpi_store::{Incoming, Store, StoreOptions};
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--units") {
+        // The registry, for `kpictl simulate --units` and `replay`.
+        println!("{}", synthetic_registry_reformed(1, 12, 12));
+        return;
+    }
+    let cases: f64 = std::env::args()
+        .nth(1)
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(200_000.0);
+    let units = UnitRegistry::from_json(synthetic_registry_reformed(1, 12, 12).as_bytes())
+        .expect("the synthetic registry");
+    let start = vietnam_day(Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap(), 0);
+    let messages: Vec<(String, Vec<u8>)> = Simulator::new(&units, 2025)
+        .history(start, 365, cases / 250.0 / 144.0)
+        .map(|event| (event.subject, event.payload))
+        .collect();
+    let validating = Instant::now();
+    let incoming: Vec<Incoming<'_>> = messages
+        .iter()
+        .enumerate()
+        .map(|(index, (subject, payload))| {
+            Incoming::validate(index as u64 + 1, subject, payload, None, &units)
+        })
+        .collect();
+    let validated = validating.elapsed().as_secs_f64();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    store
+        .adopt_units(
+            &units,
+            kpi_domain::Moment::from(Utc::now().fixed_offset()).local_day(),
+        )
+        .unwrap();
+    let folding = Instant::now();
+    let batch_size: usize = std::env::var("BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(2000);
+    for batch in incoming.chunks(batch_size) {
+        store.ingest(&units, batch).unwrap();
+    }
+    let folded = folding.elapsed().as_secs_f64();
+    store.flush().unwrap();
+    let size: u64 = walk(dir.path());
+    let events = incoming.len() as f64;
+    println!(
+        "{} events: validated {:.0}/s, folded {:.0}/s ({:.2} µs each), views {} MiB ({:.0} bytes an event)",
+        incoming.len(),
+        events / validated,
+        events / folded,
+        folded * 1e6 / events,
+        size / (1024 * 1024),
+        size as f64 / events
+    );
+}
+
+fn walk(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| match entry.metadata() {
+                    Ok(meta) if meta.is_dir() => walk(&entry.path()),
+                    Ok(meta) => meta.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
