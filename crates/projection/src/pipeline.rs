@@ -68,9 +68,16 @@ pub async fn run(
         .context("starting the validation thread")?;
     let fold_store = store.clone();
     let fold_metrics = config.metrics.clone();
+    // The reader stops when told to, or when the fold thread ends (an
+    // error): a reader waiting for news of a quiet stream would not notice.
+    let (reader_stop, reader_stopped) = watch::channel(false);
     let folder = std::thread::Builder::new()
         .name("fold".into())
-        .spawn(move || fold_batches(&fold_store, &units, fold_queue, fold_metrics.as_ref()))
+        .spawn(move || {
+            let folded = fold_batches(&fold_store, &units, fold_queue, fold_metrics.as_ref());
+            let _ = reader_stop.send(true);
+            folded
+        })
         .context("starting the fold thread")?;
     let read_result = read(
         &config,
@@ -78,7 +85,7 @@ pub async fn run(
         &reader_units,
         first_sequence,
         batches,
-        stop,
+        either(stop, reader_stopped),
     )
     .await;
     // The read queue is closed now: the other stages finish what was read.
@@ -89,6 +96,29 @@ pub async fn run(
     validated.map_err(|_| anyhow::anyhow!("the validation thread panicked"))?;
     let fold_result = folded.map_err(|_| anyhow::anyhow!("the fold thread panicked"))?;
     fold_result.and(read_result)
+}
+
+/// Turns true when either does.
+fn either(
+    mut first: watch::Receiver<bool>,
+    mut second: watch::Receiver<bool>,
+) -> watch::Receiver<bool> {
+    let (sender, receiver) = watch::channel(*first.borrow() || *second.borrow());
+    tokio::spawn(async move {
+        let (mut first_open, mut second_open) = (true, true);
+        loop {
+            if *first.borrow_and_update() || *second.borrow_and_update() {
+                let _ = sender.send(true);
+                return;
+            }
+            tokio::select! {
+                changed = first.changed(), if first_open => first_open = changed.is_ok(),
+                changed = second.changed(), if second_open => second_open = changed.is_ok(),
+                _ = sender.closed() => return,
+            }
+        }
+    });
+    receiver
 }
 
 /// A batch read from the stream, with each message's validation and the
@@ -133,9 +163,9 @@ fn fold_batches(
         let batch = match queue.recv_timeout(Duration::from_secs(1)) {
             Ok(batch) => batch,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                // Quiet: a commit the writer thread could not apply is
-                // noticed all the same.
-                store.check_applied().context(
+                // Quiet: a commit that could not be written (a disk that
+                // filled up) is noticed all the same.
+                store.check_written().context(
                     "writing a batch into the views (the projector stops; restart it to resume from its checkpoint)",
                 )?;
                 continue;

@@ -161,18 +161,21 @@ impl Store {
         }
     }
 
-    /// Why the writer thread could not apply a commit, if it could not
-    /// (without waiting for the one in flight).
-    pub fn check_applied(&self) -> Result<(), StoreError> {
-        match self
+    /// Why what was committed could not be written, if it could not: the
+    /// writer thread's failure to apply a commit, or sled's to write to
+    /// disk what it applied (a disk that filled after the last batch is
+    /// noticed although no batch follows). For a fold with nothing to do.
+    pub fn check_written(&self) -> Result<(), StoreError> {
+        if let Some(applier) = self
             .applier
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .as_ref()
         {
-            Some(applier) => applier.failure(),
-            None => Ok(()),
+            applier.failure()?;
         }
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Hands a commit to the writer thread (started on first use).
