@@ -331,15 +331,16 @@ struct TlsFilesError {
 /// TLS and tokens as the flags say; refuses to serve every unit to the
 /// network without tokens.
 fn serving(args: &Args, units: &Arc<UnitRegistry>) -> anyhow::Result<kpi_api::Serving> {
+    // No open port on the network, no token in clear (CONTRACT §8).
+    kpi_access::check_listen(
+        args.listen,
+        args.tokens.is_some(),
+        args.tls_cert.is_some(),
+        "reads every unit",
+    )?;
     let access = match &args.tokens {
         Some(path) => kpi_api::Access::from_file(path, units.clone())?,
-        None if args.listen.ip().is_loopback() => kpi_api::Access::open(),
-        None => {
-            return Err(kpi_api::TokensError::OpenOnNetwork {
-                listen: args.listen.to_string(),
-            }
-            .into())
-        }
+        None => kpi_api::Access::open(),
     };
     let read = |what: &'static str, path: &PathBuf| {
         std::fs::read(path).map_err(|source| TlsFilesError {
