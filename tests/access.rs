@@ -9,7 +9,7 @@ use kpi_api::pb::kpi_service_client::KpiServiceClient;
 use kpi_api::pb::{GetRatesRequest, ListRejectedRequest, ListUnitsRequest, RankUnitsRequest};
 use kpi_api::Bearer;
 use kpi_bus::EXIT_NEEDS_OPERATOR;
-use kpi_e2e::{binaries, free_port, run_to_end, Projector};
+use kpi_e2e::{binaries, free_port, run_to_end, tokens_file, Projector, TestCa};
 use local_nats::LocalNats;
 use tonic::codegen::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -28,39 +28,6 @@ const UNITS: &str = r#"{"units": [
 
 const DISTRICT_TOKEN: &str = "kpi_district-one-reader";
 const OPERATOR_TOKEN: &str = "kpi_province-operator";
-
-fn tokens_file(entries: &[(&str, &str, &str, &str)]) -> String {
-    let entries: Vec<_> = entries
-        .iter()
-        .map(|(name, token, scope, role)| {
-            serde_json::json!({
-                "name": name,
-                "sha256": kpi_api::access::token_sha256(token),
-                "scope": scope,
-                "role": role,
-            })
-        })
-        .collect();
-    serde_json::json!({ "tokens": entries }).to_string()
-}
-
-/// A CA, and a certificate it signed for localhost and 127.0.0.1: the
-/// CA's PEM, the server's certificate PEM and key PEM.
-fn test_ca() -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "KPI test CA");
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
-        .unwrap();
-    (ca.pem(), server.pem(), server_key.serialize_pem())
-}
 
 type Client = KpiServiceClient<InterceptedService<Channel, Bearer>>;
 
@@ -113,7 +80,9 @@ async fn a_district_token_reads_its_communes_over_tls_and_nothing_else() {
         path.to_str().unwrap().to_owned()
     };
     let units = write("units.json", UNITS);
-    let (ca, cert, key) = test_ca();
+    let test_ca = TestCa::new("KPI test CA");
+    let ca = test_ca.pem.clone();
+    let (cert, key) = test_ca.sign(&["localhost", "127.0.0.1"]);
     let (cert, key) = (write("server.pem", &cert), write("server.key", &key));
     let tokens = write(
         "tokens.json",

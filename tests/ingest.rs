@@ -427,27 +427,11 @@ async fn nats_stopped_mid_post_then_the_same_body_again_counts_every_event_once(
     );
 }
 
-/// The user lines of deploy/nats/users.conf, with the passwords the test
-/// gives nats-server in its environment.
-const PASSWORDS: [(&str, &str); 5] = [
-    ("KPI_INTAKE_PASSWORD", "intake-secret"),
-    ("KPI_RESOLUTION_PASSWORD", "resolution-secret"),
-    ("KPI_FEEDBACK_PASSWORD", "feedback-secret"),
-    ("KPI_PROJECTOR_PASSWORD", "projector-secret"),
-    ("KPI_OPERATOR_PASSWORD", "operator-secret"),
-];
-
 async fn connect_as(nats: &LocalNats, user: &str) -> Bus {
-    kpi_bus::NatsArgs {
-        nats_url: nats.url(),
-        nats_creds: None,
-        nats_user: Some(user.to_owned()),
-        nats_password: Some(format!("{user}-secret")),
-        replicas: 1,
-    }
-    .connect("permissions-test")
-    .await
-    .unwrap_or_else(|err| panic!("{user}: {err}"))
+    kpi_e2e::nats_user_args(&nats.url(), user)
+        .connect("permissions-test")
+        .await
+        .unwrap_or_else(|err| panic!("{user}: {err}"))
 }
 
 /// Publishes and waits a little for the ack; `Err` when none comes.
@@ -464,12 +448,7 @@ async fn try_publish(bus: &Bus, subject: &str, event: &Value) -> Result<u64, Str
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_nats_user_may_publish_only_its_own_kinds() {
-    let users = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/users.conf"),
-    )
-    .unwrap();
-    let nats = LocalNats::start_with_config_and_env(&users, &PASSWORDS)
-        .unwrap_or_else(|err| panic!("{err}"));
+    let nats = kpi_e2e::nats_with_shipped_users();
     let dir = tempfile::tempdir().unwrap();
     let units = dir.path().join("units.json");
     std::fs::write(&units, UNITS).unwrap();
@@ -523,15 +502,7 @@ async fn each_nats_user_may_publish_only_its_own_kinds() {
     );
 
     // The services and the projector work under their own users.
-    let as_user = |user: &'static str| {
-        [
-            "--nats-user".to_owned(),
-            user.to_owned(),
-            "--nats-password".to_owned(),
-            format!("{user}-secret"),
-        ]
-    };
-    let projector_flags = as_user("projector");
+    let projector_flags = kpi_e2e::nats_user_flags("projector");
     let projector_flags: Vec<&str> = projector_flags.iter().map(String::as_str).collect();
     let mut projector = Projector::start(
         &nats.url(),
@@ -539,7 +510,7 @@ async fn each_nats_user_may_publish_only_its_own_kinds() {
         &dir.path().join("views"),
         &projector_flags,
     );
-    let intake_flags = as_user("intake");
+    let intake_flags = kpi_e2e::nats_user_flags("intake");
     let intake_flags: Vec<&str> = intake_flags.iter().map(String::as_str).collect();
     let intake =
         IngestService::start("intake", &nats.url(), &units, dir.path(), &intake_flags).await;

@@ -109,6 +109,23 @@ pub fn run_to_end(binary: &Path, args: &[&str]) -> (Option<i32>, String) {
     }
 }
 
+/// Waits until `child` exits by itself; its status. Fails with its log
+/// after `timeout`.
+fn wait_for_exit(child: &mut Child, timeout: Duration, log: &Path) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for the process") {
+            return status;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "the process kept running; its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A running projector process, killed on drop.
 pub struct Projector {
     child: Option<Child>,
@@ -228,19 +245,9 @@ impl Projector {
 
     /// Waits for the process to exit on its own (within `timeout`).
     pub fn wait_for_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let log = self.log.clone();
         let child = self.child.as_mut().expect("the projector was started");
-        let started = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().expect("waiting for the projector") {
-                return status;
-            }
-            assert!(
-                started.elapsed() < timeout,
-                "the projector kept running; its log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_exit(child, timeout, &log)
     }
 
     /// SIGKILL: no chance to flush anything.
@@ -296,9 +303,11 @@ impl Drop for Projector {
 /// killed on drop.
 pub struct IngestService {
     child: Option<Child>,
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`, or `https://…` when it serves TLS.
     pub url: String,
     log: PathBuf,
+    /// A client that trusts the service's certificate, if any.
+    client: reqwest::Client,
 }
 
 impl IngestService {
@@ -323,6 +332,31 @@ impl IngestService {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> IngestService {
+        IngestService::launch(name, nats_url, units, log_dir, extra, env, None).await
+    }
+
+    /// [`IngestService::start`] serving HTTPS with a certificate of `ca`
+    /// (`extra` names the certificate and key: `--tls-cert`, `--tls-key`).
+    pub async fn start_tls(
+        name: &str,
+        nats_url: &str,
+        units: &Path,
+        log_dir: &Path,
+        extra: &[&str],
+        ca: &TestCa,
+    ) -> IngestService {
+        IngestService::launch(name, nats_url, units, log_dir, extra, &[], Some(ca)).await
+    }
+
+    async fn launch(
+        name: &str,
+        nats_url: &str,
+        units: &Path,
+        log_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        ca: Option<&TestCa>,
+    ) -> IngestService {
         let port = free_port();
         let log = log_dir.join(format!("{name}-{port}.log"));
         let log_file = std::fs::File::create(&log).expect("service log file");
@@ -340,10 +374,15 @@ impl IngestService {
             .stderr(log_file)
             .spawn()
             .expect("starting the ingest service");
+        let (url, client) = match ca {
+            None => (format!("http://127.0.0.1:{port}"), reqwest::Client::new()),
+            Some(ca) => (format!("https://127.0.0.1:{port}"), ca.https_client()),
+        };
         let mut service = IngestService {
             child: Some(child),
-            url: format!("http://127.0.0.1:{port}"),
+            url,
             log,
+            client,
         };
         service.wait_healthy(Duration::from_secs(20)).await;
         service
@@ -353,17 +392,32 @@ impl IngestService {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the service exits by itself; its status.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let log = self.log.clone();
+        let child = self.child.as_mut().expect("the service was started");
+        wait_for_exit(child, timeout, &log)
+    }
+
+    /// The process id while it runs (to send it SIGHUP, say).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Waits until `/healthz` answers 200.
     pub async fn wait_healthy(&mut self, timeout: Duration) {
         let started = Instant::now();
-        let client = reqwest::Client::new();
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     panic!("the service exited with {status}; its log:\n{}", self.log());
                 }
             }
-            let health = client.get(format!("{}/healthz", self.url)).send().await;
+            let health = self
+                .client
+                .get(format!("{}/healthz", self.url))
+                .send()
+                .await;
             if health.is_ok_and(|response| response.status() == 200) {
                 return;
             }
@@ -383,13 +437,26 @@ impl IngestService {
         content_type: &str,
         body: impl Into<reqwest::Body>,
     ) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
-        let response = reqwest::Client::new()
+        self.post_with(path, content_type, body, &[]).await
+    }
+
+    /// [`IngestService::post`] with more headers (`authorization`, say).
+    pub async fn post_with(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
+        let mut request = self
+            .client
             .post(format!("{}{path}", self.url))
             .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await
-            .expect("posting to the service");
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("posting to the service");
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let json = response.json().await.unwrap_or_default();
@@ -401,6 +468,146 @@ impl IngestService {
         let (status, json, _) = self.post("/v1/events", "application/x-ndjson", body).await;
         (status, json)
     }
+
+    /// Posts NDJSON to `/v1/events` with a sender token.
+    pub async fn post_events_as(
+        &self,
+        token: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, serde_json::Value) {
+        let bearer = format!("Bearer {token}");
+        let (status, json, _) = self
+            .post_with(
+                "/v1/events",
+                "application/x-ndjson",
+                body,
+                &[("authorization", &bearer)],
+            )
+            .await;
+        (status, json)
+    }
+}
+
+/// A certificate authority made for a test, and the certificates it signs.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    /// The CA's certificate (PEM), for clients to trust.
+    pub pem: String,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().expect("a CA key");
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, key).expect("a CA certificate");
+        let pem = issuer.pem();
+        TestCa { issuer, pem }
+    }
+
+    /// A certificate for `names` (host names or IP addresses) signed by
+    /// the CA: its PEM and its key's PEM.
+    pub fn sign(&self, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let certificate = rcgen::CertificateParams::new(names)
+            .expect("certificate parameters")
+            .signed_by(&key, &self.issuer)
+            .expect("a signed certificate");
+        (certificate.pem(), key.serialize_pem())
+    }
+
+    /// An HTTP client that trusts the CA.
+    pub fn https_client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.pem.as_bytes()).expect("the CA's PEM"),
+            )
+            .build()
+            .expect("an HTTPS client")
+    }
+
+    /// Writes the CA and a certificate for localhost and 127.0.0.1 into
+    /// `dir` (`ca.pem`, `cert.pem`, `key.pem`); their paths.
+    pub fn write_server_files(&self, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        let (cert, key) = self.sign(&["localhost", "127.0.0.1"]);
+        let paths = (
+            dir.join("ca.pem"),
+            dir.join("cert.pem"),
+            dir.join("key.pem"),
+        );
+        std::fs::write(&paths.0, &self.pem).unwrap();
+        std::fs::write(&paths.1, cert).unwrap();
+        std::fs::write(&paths.2, key).unwrap();
+        paths
+    }
+}
+
+/// The passwords the tests give nats-server in its environment for the
+/// users of the shipped `deploy/nats/users.conf`: `<user>-secret`.
+pub const NATS_PASSWORDS: [(&str, &str); 5] = [
+    ("KPI_INTAKE_PASSWORD", "intake-secret"),
+    ("KPI_RESOLUTION_PASSWORD", "resolution-secret"),
+    ("KPI_FEEDBACK_PASSWORD", "feedback-secret"),
+    ("KPI_PROJECTOR_PASSWORD", "projector-secret"),
+    ("KPI_OPERATOR_PASSWORD", "operator-secret"),
+];
+
+/// A file of the repository's `deploy/` directory, as shipped.
+pub fn deploy_file(path: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+}
+
+/// nats-server with the users and permissions of the shipped
+/// `deploy/nats/users.conf`, passwords [`NATS_PASSWORDS`].
+pub fn nats_with_shipped_users() -> local_nats::LocalNats {
+    local_nats::LocalNats::start_with_config_and_env(
+        &deploy_file("nats/users.conf"),
+        &NATS_PASSWORDS,
+    )
+    .unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// How a service logs in as `user` of the shipped users.conf.
+pub fn nats_user_args(url: &str, user: &str) -> kpi_bus::NatsArgs {
+    kpi_bus::NatsArgs {
+        nats_user: Some(user.to_owned()),
+        nats_password: Some(format!("{user}-secret")),
+        ..kpi_bus::NatsArgs::plain(url.to_owned())
+    }
+}
+
+/// The flags of a service logging in as `user` of the shipped users.conf.
+pub fn nats_user_flags(user: &str) -> Vec<String> {
+    vec![
+        "--nats-user".to_owned(),
+        user.to_owned(),
+        "--nats-password".to_owned(),
+        format!("{user}-secret"),
+    ]
+}
+
+/// A tokens file (CONTRACT §8) of `(name, token, scope, role)` entries.
+pub fn tokens_file(entries: &[(&str, &str, &str, &str)]) -> String {
+    let entries: Vec<_> = entries
+        .iter()
+        .map(|(name, token, scope, role)| {
+            serde_json::json!({
+                "name": name,
+                "sha256": kpi_api::access::token_sha256(token),
+                "scope": scope,
+                "role": role,
+            })
+        })
+        .collect();
+    serde_json::json!({ "tokens": entries }).to_string()
 }
 
 impl Drop for IngestService {

@@ -179,6 +179,15 @@ impl Tokens {
                     "tokens[{index}]: name is empty; name whom the token is for"
                 ));
             }
+            // The name travels in a header (`Kpi-Sender`) and in logs: one
+            // line of text.
+            if entry.name.chars().any(char::is_control) {
+                return Err(format!(
+                    "tokens[{index}]: name {:?} holds a control character (a line break, a tab); \
+                     a name is one line of text",
+                    entry.name
+                ));
+            }
             let sha256: [u8; 32] = hex::decode(&entry.sha256)
                 .ok()
                 .and_then(|bytes| bytes.try_into().ok())
@@ -312,6 +321,31 @@ impl TokensFile {
     }
 }
 
+/// Refuses to send a bearer token to `url` in clear: over `http://` only
+/// to a loopback host (CONTRACT §8). The error says what to do.
+pub fn token_may_travel(url: &str, flag: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|err| format!("{url} is not a URL ({err})"))?;
+    if uri.scheme_str() != Some("http") {
+        return Ok(());
+    }
+    let host = uri.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(format!(
+            "{flag} would cross the network in clear to {host} (CONTRACT §8): use https://{host}… \
+             (the server's --tls-cert), with --ca when its certificate is the province's own"
+        ))
+    }
+}
+
 /// The token in an `Authorization: Bearer <token>` header value.
 pub fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
@@ -405,6 +439,10 @@ mod tests {
                 "tokens[0]: name is empty",
             ),
             (
+                file(&entry("Xã A\\r\\nKpi-Sender: x", "t2", "D", "sender")),
+                "tokens[0]: name \"Xã A\\r\\nKpi-Sender: x\" holds a control character",
+            ),
+            (
                 file(&format!(
                     r#"{good},{{"name": "b", "sha256": "abc", "scope": "D", "role": "reader"}}"#
                 )),
@@ -452,6 +490,28 @@ mod tests {
             "another district's commune"
         );
         assert!(!within(&units, p, d, day("2025-06-30")), "not upwards");
+    }
+
+    #[test]
+    fn a_token_goes_in_clear_only_to_loopback() {
+        for url in [
+            "http://127.0.0.1:50051",
+            "http://127.8.0.1:8081",
+            "http://localhost:8081/v1/events",
+            "http://[::1]:50051",
+            "https://10.0.0.5:50051",
+            "https://kpi.quangngai.gov.vn",
+        ] {
+            assert_eq!(token_may_travel(url, "--token"), Ok(()), "{url}");
+        }
+        for url in ["http://10.0.0.5:50051", "http://kpi.quangngai.gov.vn:8081"] {
+            let refused = token_may_travel(url, "--token").unwrap_err();
+            assert!(
+                refused.contains("--token would cross the network in clear"),
+                "{refused}"
+            );
+        }
+        assert!(token_may_travel("not a url", "--token").is_err());
     }
 
     #[test]

@@ -119,6 +119,7 @@ pub async fn reply(
                     }
                     reply.subject = message.subject.clone();
                     reply.payload = message.payload.to_vec();
+                    reply.sender = message.sender.clone().unwrap_or_default();
                     reply.published_at = message
                         .published
                         .map(|at| at.to_rfc3339())

@@ -9,6 +9,7 @@
 //! restart, a rebuild and a benchmark all read the log the same way.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -33,6 +34,10 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// copy it replaces (`kpictl redrive`), so the projector can retire it.
 pub const REDRIVE_OF_HEADER: &str = "Kpi-Redrive-Of";
 
+/// The header every event our publishers put on the bus carries: who sent
+/// it (the sender token's name, CONTRACT §8.1; `local` without tokens).
+pub const SENDER_HEADER: &str = "Kpi-Sender";
+
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error(
@@ -54,8 +59,31 @@ pub enum BusError {
     },
     #[error("publish to {subject}: {detail}")]
     Publish { subject: String, detail: String },
+    #[error(
+        "NATS at {url} refused the login of user `{user}` ({detail}): check its password or \
+         credentials (--nats-password, --nats-creds) against nats-server's users \
+         (deploy/nats/users.conf); a restart will not fix it"
+    )]
+    LoginRefused {
+        url: String,
+        user: String,
+        detail: String,
+    },
+    #[error(
+        "NATS refused user `{user}` what it asked ({detail}): deploy/nats/users.conf does not \
+         allow it; this service runs as the wrong user, or the file is not this build's"
+    )]
+    Violation { user: String, detail: String },
     #[error("reading stream {STREAM_NAME}: {0}")]
     Read(String),
+}
+
+/// A sender's name as a header value (a name is one line: anything else
+/// is replaced, never a reason to refuse the event).
+fn sender_header(sender: &str) -> async_nats::HeaderValue {
+    sender
+        .parse()
+        .unwrap_or_else(|_| sender.replace(['\r', '\n'], " ").as_str().into())
 }
 
 /// The `Nats-Msg-Id` of a message: the lowercase hex SHA-256 of its body,
@@ -142,6 +170,10 @@ pub struct NatsArgs {
     /// The NATS user's password.
     #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
     pub nats_password: Option<String>,
+    /// The CA (PEM) that signed the NATS servers' certificates, for
+    /// `tls://` addresses (a cluster's client ports, deploy/nats/cluster/).
+    #[arg(long, env = "NATS_CA")]
+    pub nats_ca: Option<PathBuf>,
     /// Copies of the CASES stream when this service creates it: 3 on a
     /// three-node JetStream cluster (deploy/nats/cluster/), 1 on a single
     /// server.
@@ -157,6 +189,7 @@ impl NatsArgs {
             nats_creds: None,
             nats_user: None,
             nats_password: None,
+            nats_ca: None,
             replicas: 1,
         }
     }
@@ -172,12 +205,53 @@ impl NatsArgs {
                 })?,
             None => async_nats::ConnectOptions::new(),
         };
-        if let Some(user) = &self.nats_user {
-            options = options
-                .user_and_password(user.clone(), self.nats_password.clone().unwrap_or_default());
+        if let Some(ca) = &self.nats_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
-        Bus::connect_with(options, &self.nats_url, client_name, self.replicas).await
+        if let Some(user) = &self.nats_user {
+            // Each user gets its replies on an inbox of its own, which no
+            // other user may subscribe to (deploy/nats/users.conf).
+            options = options
+                .user_and_password(user.clone(), self.nats_password.clone().unwrap_or_default())
+                .custom_inbox_prefix(inbox_prefix(user));
+        }
+        let mut bus = Bus::connect_with(options, &self.nats_url, client_name, self.replicas)
+            .await
+            .map_err(|err| match err {
+                BusError::Connect { url, detail } if is_login_refused(&detail) => {
+                    BusError::LoginRefused {
+                        url,
+                        user: self.user_name(),
+                        detail,
+                    }
+                }
+                other => other,
+            })?;
+        bus.user = Arc::from(self.user_name());
+        Ok(bus)
     }
+
+    /// The user a login is made as, for messages.
+    fn user_name(&self) -> String {
+        match (&self.nats_user, &self.nats_creds) {
+            (Some(user), _) => user.clone(),
+            (None, Some(path)) => format!("of {}", path.display()),
+            (None, None) => "(no user)".to_owned(),
+        }
+    }
+}
+
+/// The inbox prefix of a NATS user: `_INBOX_<user>` (CONTRACT §8).
+pub fn inbox_prefix(user: &str) -> String {
+    format!("_INBOX_{user}")
+}
+
+/// Whether a connection error is the server refusing the login.
+fn is_login_refused(detail: &str) -> bool {
+    let detail = detail.to_ascii_lowercase();
+    detail.contains("authorization violation")
+        || detail.contains("authentication")
+        || detail.contains("user authentication expired")
 }
 
 /// A connection to NATS with its JetStream context.
@@ -186,6 +260,11 @@ pub struct Bus {
     jetstream: jetstream::Context,
     /// Copies of `CASES` when this connection creates it.
     replicas: usize,
+    /// The first thing the server refused this connection's user
+    /// (a permissions or authorization violation), if any.
+    violations: tokio::sync::watch::Receiver<Option<String>>,
+    /// The user it logged in as, for messages.
+    user: Arc<str>,
 }
 
 /// The stream's identity (a recreated stream has a new creation time) and
@@ -216,6 +295,8 @@ pub struct StreamMessage {
     /// Messages the stream held after this one when it was delivered
     /// (0 when unknown).
     pub pending: u64,
+    /// Who sent it ([`SENDER_HEADER`]), when its publisher said.
+    pub sender: Option<String>,
 }
 
 impl Bus {
@@ -241,17 +322,47 @@ impl Bus {
                 detail: format!("not a NATS URL or comma-separated list of them: {err}"),
             })?;
         let name = client_name.to_owned();
+        let (violated, violations) = tokio::sync::watch::channel(None);
+        let violated = Arc::new(violated);
         let client = options
             .name(client_name)
             .connection_timeout(Duration::from_secs(5))
             // A lost connection or a slow subscription loses in-flight pull
-            // requests and messages: say so where the operator looks.
+            // requests and messages: say so where the operator looks. What
+            // the server refuses the user is remembered: a service stops on
+            // it (a restart cannot give a user permissions).
             .event_callback(move |event| {
                 let name = name.clone();
+                let violated = violated.clone();
                 async move {
                     match event {
                         async_nats::Event::Connected | async_nats::Event::Closed => {
                             tracing::info!(client = %name, %event, "NATS connection")
+                        }
+                        async_nats::Event::ServerError(error) => {
+                            let detail = error.to_string();
+                            let lower = detail.to_ascii_lowercase();
+                            let violation = lower.contains("permissions violation")
+                                || lower.contains("authorization violation");
+                            // A user that may not create CASES tries when
+                            // the stream is missing: the operator creates
+                            // it (`kpictl stream-init`), and the service
+                            // goes on by itself.
+                            let creating_the_stream = detail.contains("$JS.API.STREAM.CREATE.");
+                            if violation && creating_the_stream {
+                                tracing::warn!(client = %name, %detail, "CASES is missing and this user may not create it: the operator creates it with `kpictl stream-init`");
+                            } else if violation {
+                                tracing::error!(client = %name, %detail, "NATS refused this user");
+                                violated.send_if_modified(|first| {
+                                    let new = first.is_none();
+                                    if new {
+                                        *first = Some(detail);
+                                    }
+                                    new
+                                });
+                            } else {
+                                tracing::warn!(client = %name, %detail, "NATS server error");
+                            }
                         }
                         event => tracing::warn!(client = %name, %event, "NATS connection"),
                     }
@@ -268,6 +379,8 @@ impl Bus {
                 .timeout(API_TIMEOUT)
                 .build(client),
             replicas: replicas.max(1),
+            violations,
+            user: Arc::from("(no user)"),
         })
     }
 
@@ -278,7 +391,33 @@ impl Bus {
         Bus {
             jetstream,
             replicas: self.replicas,
+            violations: self.violations.clone(),
+            user: self.user.clone(),
         }
+    }
+
+    /// Waits until the server refuses this connection's user something
+    /// (a permissions or authorization violation): a service stops on it,
+    /// since a restart cannot give a user permissions.
+    pub async fn violation(&self) -> BusError {
+        let mut violations = self.violations.clone();
+        loop {
+            if let Some(error) = self.violated() {
+                return error;
+            }
+            if violations.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// What the server refused this connection's user so far, if anything.
+    pub fn violated(&self) -> Option<BusError> {
+        let detail = self.violations.borrow().clone()?;
+        Some(BusError::Violation {
+            user: self.user.to_string(),
+            detail,
+        })
     }
 
     pub fn jetstream(&self) -> &jetstream::Context {
@@ -385,6 +524,23 @@ impl Bus {
         self.publish_with_headers(subject, headers, payload).await
     }
 
+    /// [`Bus::publish_event`], saying who sent the event
+    /// ([`SENDER_HEADER`]; UTF-8 names intact).
+    pub async fn publish_sent(
+        &self,
+        subject: String,
+        payload: Bytes,
+        sender: &str,
+    ) -> Result<PublishAckFuture, BusError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            message_id(&payload).as_str(),
+        );
+        headers.insert(SENDER_HEADER, sender_header(sender));
+        self.publish_with_headers(subject, headers, payload).await
+    }
+
     /// Publishes a parked event again after a fix, marked with the parked
     /// copy's sequence so that the projector retires that copy. Its body is
     /// the parked one, byte for byte; its `Nats-Msg-Id` is the hash of what
@@ -396,6 +552,7 @@ impl Bus {
         subject: String,
         parked_sequence: u64,
         payload: Bytes,
+        sender: &str,
     ) -> Result<PublishAckFuture, BusError> {
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -403,6 +560,7 @@ impl Bus {
             redrive_message_id(parked_sequence, &payload).as_str(),
         );
         headers.insert(REDRIVE_OF_HEADER, parked_sequence.to_string().as_str());
+        headers.insert(SENDER_HEADER, sender_header(sender));
         self.publish_with_headers(subject, headers, payload).await
     }
 
@@ -438,6 +596,10 @@ impl Bus {
                     .headers
                     .get(REDRIVE_OF_HEADER)
                     .and_then(|value| value.as_str().parse().ok()),
+                sender: message
+                    .headers
+                    .get(SENDER_HEADER)
+                    .map(|value| value.as_str().to_owned()),
                 payload: message.payload,
                 published: Some(message.time),
                 pending: 0,
@@ -571,6 +733,11 @@ fn read_in_order(
         .as_ref()
         .and_then(|headers| headers.get(REDRIVE_OF_HEADER))
         .and_then(|value| value.as_str().parse().ok());
+    let sender = message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(SENDER_HEADER))
+        .map(|value| value.as_str().to_owned());
     Ok(StreamMessage {
         sequence: info.stream_sequence,
         published: Some(info.published),
@@ -578,6 +745,7 @@ fn read_in_order(
         payload: message.payload.clone(),
         redrive_of,
         pending: info.pending,
+        sender,
     })
 }
 

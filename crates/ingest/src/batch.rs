@@ -16,6 +16,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::publish::{Outgoing, Publisher, Stored};
+use crate::senders::Sender;
 
 use crate::service::Accepts;
 
@@ -162,26 +163,33 @@ impl Ingestor {
         Publisher::new(self.bus.clone(), self.deadline)
     }
 
-    /// Validates one line as of now: the message to publish (the event in
-    /// canonical form, CONTRACT §2), or why not.
-    pub fn prepare(&self, bytes: &[u8]) -> Result<(Event, Outgoing), LineError> {
+    /// Validates one line as of now, as sent by `sender`: the message to
+    /// publish (the event in canonical form, CONTRACT §2, saying who sent
+    /// it), or why not (a unit outside the sender's scope included).
+    pub fn prepare(&self, bytes: &[u8], sender: &Sender) -> Result<(Event, Outgoing), LineError> {
         let validation = Validation::now(&*self.units);
         let event = validate_line(bytes, self.accepts, &validation)?;
+        sender.check(&self.units, &event)?;
         let message = Outgoing {
             subject: event.subject(),
             payload: Bytes::from(event.to_canonical_json()),
+            sender: sender.name().clone(),
         };
         Ok((event, message))
     }
 
     /// Validates every line, publishes the valid ones and reports on each,
     /// in line order.
-    pub async fn ingest<'a>(&self, lines: impl IntoIterator<Item = Line<'a>>) -> Report {
+    pub async fn ingest<'a>(
+        &self,
+        lines: impl IntoIterator<Item = Line<'a>>,
+        sender: &Sender,
+    ) -> Report {
         let mut report = Report::default();
         let mut publisher = self.publisher();
         let mut outcomes = Vec::new();
         for line in lines {
-            match self.prepare(line.bytes) {
+            match self.prepare(line.bytes, sender) {
                 Ok((event, message)) => {
                     outcomes.extend(publisher.send((line.number, event.event_id), message).await)
                 }

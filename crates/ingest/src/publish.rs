@@ -52,6 +52,8 @@ pub struct Stored {
 pub struct Outgoing {
     pub subject: String,
     pub payload: Bytes,
+    /// Who sent it (`Kpi-Sender`, CONTRACT §8.1).
+    pub sender: std::sync::Arc<str>,
 }
 
 /// Publishes until JetStream acks or `deadline` passes, retrying with
@@ -72,7 +74,11 @@ pub async fn publish_until(
         }
         let attempt = async {
             let ack = bus
-                .publish_event(message.subject.clone(), message.payload.clone())
+                .publish_sent(
+                    message.subject.clone(),
+                    message.payload.clone(),
+                    &message.sender,
+                )
                 .await
                 .map_err(|err| err.to_string())?;
             ack.await.map_err(|err| err.to_string())

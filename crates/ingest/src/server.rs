@@ -15,6 +15,7 @@ use kpi_domain::UnitRegistry;
 use crate::batch::Ingestor;
 use crate::dvcqg::FieldMap;
 use crate::http::{router, App};
+use crate::senders::Senders;
 use crate::service::{Accepts, Service};
 
 /// The flags every ingest service takes.
@@ -37,6 +38,17 @@ pub struct ServiceArgs {
     /// and dossiers by outcome, HTTP requests by path and status.
     #[arg(long, env = "KPI_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Sender tokens (JSON, CONTRACT §8.1; `kpictl token new --role
+    /// sender` makes the lines): every post then needs one, and stores
+    /// only events of units in its scope. Read again on SIGHUP.
+    #[arg(long, env = "KPI_TOKENS")]
+    pub tokens: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "KPI_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS certificate's private key (PEM).
+    #[arg(long, env = "KPI_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the level.
@@ -91,9 +103,15 @@ fn needs_operator(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         cause.is::<kpi_domain::UnitsError>()
             || cause.is::<FieldMapError>()
+            || cause.is::<kpi_access::TokensError>()
+            || cause.is::<crate::tls::TlsFilesError>()
             || matches!(
                 cause.downcast_ref::<kpi_bus::BusError>(),
-                Some(kpi_bus::BusError::StreamMismatch { .. })
+                Some(
+                    kpi_bus::BusError::StreamMismatch { .. }
+                        | kpi_bus::BusError::LoginRefused { .. }
+                        | kpi_bus::BusError::Violation { .. }
+                )
             )
     })
 }
@@ -139,13 +157,32 @@ async fn run(service: Service, args: ServiceArgs, dvcqg: Option<PathBuf>) -> any
             .parse()
             .context("the default listen address")?,
     };
+    // No open port on the network, no token in clear (CONTRACT §8, §8.1).
+    kpi_access::check_listen(
+        listen,
+        args.tokens.is_some(),
+        args.tls_cert.is_some(),
+        "sends events for every unit",
+    )?;
+    let senders = match &args.tokens {
+        Some(path) => Senders::from_file(path, units.clone())?,
+        None => Senders::open(),
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        _ => None,
+    };
     let bus = args
         .nats
         .connect(&format!("kpi-{}", service.name()))
         .await?;
-    bus.ensure_stream()
-        .await
-        .context("checking the CASES stream")?;
+    if let Err(err) = bus.ensure_stream().await {
+        // Refused by the server's permissions, the cause to name is those.
+        return Err(match bus.violated() {
+            Some(refused) => refused.into(),
+            None => anyhow::Error::from(err).context("checking the CASES stream"),
+        });
+    }
     let (ingested, requests) = match args.metrics_listen {
         None => (None, None),
         Some(listen) => {
@@ -157,17 +194,19 @@ async fn run(service: Service, args: ServiceArgs, dvcqg: Option<PathBuf>) -> any
             (Some(ingested), Some(requests))
         }
     };
-    let app = Arc::new(App {
-        name: service.name(),
-        ingestor: Ingestor::new(
+    let violations = bus.clone();
+    let app = Arc::new(App::new(
+        service.name(),
+        Ingestor::new(
             bus,
             units.clone(),
             Accepts::Service(service),
             args.publish_deadline,
         ),
-        dvcqg: field_map,
+        field_map,
         ingested,
-    });
+        senders.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| {
@@ -176,9 +215,12 @@ async fn run(service: Service, args: ServiceArgs, dvcqg: Option<PathBuf>) -> any
                 service.name()
             )
         })?;
+    spawn_reload_on_hangup(senders.clone());
     tracing::info!(
         service = service.name(),
         %listen,
+        tls = tls.is_some(),
+        tokens = senders.needs_tokens(),
         units = units.len(),
         kinds = ?service.kinds().iter().map(|kind| kind.as_str()).collect::<Vec<_>>(),
         "accepting events: POST /v1/events{}, GET /healthz",
@@ -188,12 +230,63 @@ async fn run(service: Service, args: ServiceArgs, dvcqg: Option<PathBuf>) -> any
         Some(requests) => router(app).layer(requests.layer()),
         None => router(app),
     };
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    // A user the bus refuses what it must do cannot serve: the service
+    // stops, naming the user (status 78).
+    let watched = violations.clone();
+    let stopped = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = watched.violation() => {}
+        }
+    };
+    let served = match tls {
+        Some(config) => {
+            let listener =
+                crate::tls::TlsListener::new(listener, config).context("serving HTTPS")?;
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+    };
+    served.context("serving HTTP")?;
+    if let Some(refused) = violations.violated() {
+        return Err(refused.into());
+    }
     tracing::info!(service = service.name(), "stopped");
     Ok(())
+}
+
+/// Reads the tokens file again on each SIGHUP; a file that does not load
+/// leaves the tokens in force as they were.
+fn spawn_reload_on_hangup(senders: Senders) {
+    if !senders.needs_tokens() {
+        return;
+    }
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let mut hangups = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::hangup(),
+        ) {
+            Ok(hangups) => hangups,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGHUP: the tokens file is read at start only");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            match senders.reload() {
+                Ok(count) => tracing::info!(tokens = count, "tokens file read again"),
+                Err(err) => {
+                    tracing::error!(error = %err, "tokens file not read again; the tokens in force stay")
+                }
+            }
+        }
+    });
 }
 
 /// SIGTERM (systemd, kill) or Ctrl-C.

@@ -143,17 +143,18 @@ fn any_body_gets_an_answer_and_every_refusal_a_reason() {
             .expect("connect");
         bus.ensure_stream().await.expect("stream");
         let units = Arc::new(UnitRegistry::from_json(UNITS.as_bytes()).unwrap());
-        router(Arc::new(App {
-            name: "intake",
-            ingestor: Ingestor::new(
+        router(Arc::new(App::new(
+            "intake",
+            Ingestor::new(
                 bus,
                 units,
                 Accepts::Service(Service::Intake),
                 Duration::from_secs(10),
             ),
-            dvcqg: Some(FieldMap::default()),
-            ingested: None,
-        }))
+            Some(FieldMap::default()),
+            None,
+            kpi_ingest::Senders::open(),
+        )))
     });
     let mut runner = TestRunner::new(Config {
         cases: 300,

@@ -50,12 +50,21 @@ pub fn find_nats_server() -> Result<PathBuf, LocalNatsError> {
         .ok_or(LocalNatsError::NotInstalled)
 }
 
+/// What a server's config file holds.
+#[derive(Clone)]
+enum Config {
+    /// The loopback port and the store, set here, and these lines.
+    Extra(String),
+    /// Exactly this text (a shipped config adapted to the test).
+    Whole(String),
+}
+
 /// A running `nats-server` with JetStream, stopped on drop.
 pub struct LocalNats {
     child: Option<Child>,
     port: u16,
     binary: PathBuf,
-    extra_config: String,
+    config: Config,
     env: Vec<(String, String)>,
     /// The JetStream store and the server's config and log, deleted when
     /// the server is dropped.
@@ -81,6 +90,26 @@ impl LocalNats {
         extra_config: &str,
         env: &[(&str, &str)],
     ) -> Result<LocalNats, LocalNatsError> {
+        LocalNats::launch(|_, _| Config::Extra(extra_config.to_owned()), env)
+    }
+
+    /// Starts a server with a whole config file of its own: `config` is
+    /// given the client port picked for it and the server's directory
+    /// (where `jetstream/` is its store, and where the test may put files
+    /// the config names), and returns the text; the file is written as
+    /// `<dir>/conf/nats-server.conf`, so that `include ../users.conf`
+    /// names `<dir>/users.conf`.
+    pub fn start_with_whole_config(
+        config: impl Fn(u16, &Path) -> String,
+        env: &[(&str, &str)],
+    ) -> Result<LocalNats, LocalNatsError> {
+        LocalNats::launch(|port, dir| Config::Whole(config(port, dir)), env)
+    }
+
+    fn launch(
+        config: impl Fn(u16, &Path) -> Config,
+        env: &[(&str, &str)],
+    ) -> Result<LocalNats, LocalNatsError> {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
@@ -94,13 +123,14 @@ impl LocalNats {
         let mut last_error = None;
         for _ in 0..5 {
             let port = free_port().map_err(LocalNatsError::TempDir)?;
-            match spawn(&binary, dir.path(), port, extra_config, &env) {
+            let config = config(port, dir.path());
+            match spawn(&binary, dir.path(), port, &config, &env) {
                 Ok(child) => {
                     return Ok(LocalNats {
                         child: Some(child),
                         port,
                         binary,
-                        extra_config: extra_config.to_owned(),
+                        config,
                         env,
                         dir,
                     });
@@ -144,6 +174,11 @@ impl LocalNats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's directory (its store, config and log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The JetStream store directory (for tests that inspect what the
     /// server wrote to disk).
     pub fn store_dir(&self) -> PathBuf {
@@ -179,7 +214,7 @@ impl LocalNats {
                 &self.binary,
                 self.dir.path(),
                 self.port,
-                &self.extra_config,
+                &self.config,
                 &self.env,
             ) {
                 Ok(child) => {
@@ -216,20 +251,21 @@ fn spawn(
     binary: &Path,
     dir: &Path,
     port: u16,
-    extra_config: &str,
+    config: &Config,
     env: &[(String, String)],
 ) -> Result<Child, LocalNatsError> {
     let log = log_path(dir, port);
-    let config = dir.join("nats-server.conf");
-    let store = dir.join("jetstream");
-    std::fs::write(
-        &config,
-        format!(
+    let text = match config {
+        Config::Extra(extra_config) => format!(
             "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n}}\n{extra_config}\n",
-            store.display().to_string()
+            dir.join("jetstream").display().to_string()
         ),
-    )
-    .map_err(LocalNatsError::TempDir)?;
+        Config::Whole(text) => text.clone(),
+    };
+    let config_dir = dir.join("conf");
+    std::fs::create_dir_all(&config_dir).map_err(LocalNatsError::TempDir)?;
+    let config = config_dir.join("nats-server.conf");
+    std::fs::write(&config, text).map_err(LocalNatsError::TempDir)?;
     let mut child = Command::new(binary)
         .arg("--config")
         .arg(&config)

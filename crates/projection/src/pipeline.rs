@@ -323,6 +323,8 @@ async fn read(
         }
         let bus = match config.nats.connect(&config.client_name).await {
             Ok(bus) => bus,
+            // A refused login: a restart cannot fix a password.
+            Err(err @ kpi_bus::BusError::LoginRefused { .. }) => return Err(err.into()),
             Err(err) => {
                 tracing::warn!(error = %err, retry_in = ?retry_delay, "NATS unavailable; serving the views as they are");
                 if wait_or_stop(&mut stop, retry_delay).await {
@@ -357,6 +359,9 @@ async fn read(
                 );
             }
             Err(err) => {
+                if let Some(refused) = bus.violated() {
+                    return Err(refused.into());
+                }
                 tracing::warn!(error = %err, "cannot read the stream yet");
                 if wait_or_stop(&mut stop, Duration::from_secs(1)).await {
                     return Ok(());
@@ -367,6 +372,9 @@ async fn read(
         let messages = match bus.read_from(next_sequence).await {
             Ok(messages) => messages,
             Err(err) => {
+                if let Some(refused) = bus.violated() {
+                    return Err(refused.into());
+                }
                 tracing::warn!(error = %err, "cannot start reading");
                 if wait_or_stop(&mut stop, Duration::from_secs(1)).await {
                     return Ok(());
@@ -394,6 +402,9 @@ async fn read(
         loop {
             tokio::select! {
                 _ = stop.changed() => return Ok(()),
+                // The server refused this user something: the projector
+                // stops rather than serve figures that no longer move.
+                refused = bus.violation() => return Err(refused.into()),
                 _ = check.tick(), if config.until.is_none() => {
                     check_while_reading(&bus, store, units).await?;
                 }

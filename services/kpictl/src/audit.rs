@@ -142,6 +142,9 @@ pub async fn case(args: CaseArgs) -> anyhow::Result<ExitCode> {
                 format!(" — {}", event.reason)
             }
         );
+        if !event.sender.is_empty() {
+            println!("            người gửi: {}", event.sender);
+        }
         if !event.payload_error.is_empty() {
             println!("            (payload: {})", event.payload_error);
         }
@@ -166,6 +169,7 @@ fn case_json(reply: &pb::CaseReply) -> serde_json::Value {
                 "published_at": event.published_at,
                 "status": event.status,
                 "reason": event.reason,
+                "sender": event.sender,
             })
         })
         .collect();

@@ -20,6 +20,7 @@ use kpi_bus::NatsArgs;
 use kpi_ingest::csv::CsvEvents;
 use kpi_ingest::http::ingest_dvcqg;
 use kpi_ingest::server::{load_field_map, load_units};
+use kpi_ingest::Sender;
 use kpi_ingest::{Accepts, Ingestor, LineError, Publisher, Stored};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -209,18 +210,29 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let bus = args.nats.connect("kpictl-import").await?;
     bus.ensure_stream().await?;
     let ingestor = Ingestor::new(bus, units, Accepts::Any, args.publish_deadline);
+    // kpictl publishes as its NATS user: the events say so (Kpi-Sender).
+    let sender = Sender::named(&format!(
+        "kpictl import ({})",
+        args.nats
+            .nats_user
+            .as_deref()
+            .unwrap_or(kpi_ingest::senders::LOCAL_SENDER)
+    ));
 
     let mut tally = Tally {
         print_as_we_go: !args.json,
         ..Tally::default()
     };
     match format {
-        Format::Ndjson => import_ndjson(&ingestor, input, &mut tally, bar.as_ref()).await?,
-        Format::Csv => import_csv(&ingestor, input, &mut tally, bar.as_ref()).await?,
+        Format::Ndjson => {
+            import_ndjson(&ingestor, &sender, input, &mut tally, bar.as_ref()).await?
+        }
+        Format::Csv => import_csv(&ingestor, &sender, input, &mut tally, bar.as_ref()).await?,
         Format::Dvcqg => {
             let field_map = field_map.unwrap_or_default();
             import_dvcqg(
                 &ingestor,
+                &sender,
                 &field_map,
                 args.madonvi.as_deref(),
                 input,
@@ -287,6 +299,7 @@ fn show_progress(bar: Option<&ProgressBar>, tally: &Tally) {
 
 async fn import_ndjson(
     ingestor: &Ingestor,
+    sender: &Sender,
     mut input: impl BufRead,
     tally: &mut Tally,
     bar: Option<&ProgressBar>,
@@ -310,7 +323,7 @@ async fn import_ndjson(
             continue;
         }
         tally.lines += 1;
-        match ingestor.prepare(bytes) {
+        match ingestor.prepare(bytes, sender) {
             Ok((event, message)) => {
                 let done = publisher.send((number, event.event_id), message).await;
                 tally.record(done);
@@ -325,6 +338,7 @@ async fn import_ndjson(
 
 async fn import_csv(
     ingestor: &Ingestor,
+    sender: &Sender,
     input: impl Read,
     tally: &mut Tally,
     bar: Option<&ProgressBar>,
@@ -333,7 +347,7 @@ async fn import_csv(
     let mut publisher: Publisher<(usize, Uuid)> = ingestor.publisher();
     while let Some((number, row)) = rows.next_event() {
         tally.lines += 1;
-        match row.and_then(|event| ingestor.prepare(&event)) {
+        match row.and_then(|event| ingestor.prepare(&event, sender)) {
             Ok((event, message)) => {
                 let done = publisher.send((number, event.event_id), message).await;
                 tally.record(done);
@@ -348,6 +362,7 @@ async fn import_csv(
 
 async fn import_dvcqg(
     ingestor: &Ingestor,
+    sender: &Sender,
     field_map: &kpi_ingest::dvcqg::FieldMap,
     madonvi: Option<&str>,
     input: impl BufRead,
@@ -360,7 +375,7 @@ async fn import_dvcqg(
             continue;
         }
         tally.lines += 1;
-        match ingest_dvcqg(ingestor, field_map, &line, madonvi).await {
+        match ingest_dvcqg(ingestor, field_map, &line, madonvi, sender).await {
             Err(error) => tally.reject(number, None, error),
             Ok(report) => {
                 for dossier in report.accepted {

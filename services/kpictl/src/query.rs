@@ -50,6 +50,9 @@ pub type Client = KpiServiceClient<InterceptedService<Channel, Bearer>>;
 
 pub async fn connect(api: &ApiArgs) -> anyhow::Result<Client> {
     let addr = &api.addr;
+    if api.token.is_some() {
+        kpi_access::token_may_travel(addr, "--token").map_err(anyhow::Error::msg)?;
+    }
     let mut endpoint = Endpoint::from_shared(addr.clone())
         .with_context(|| format!("--addr {addr} is not a URL like http://127.0.0.1:50051"))?;
     if let Some(ca) = &api.ca {

@@ -103,6 +103,11 @@ pub async fn run(args: RedriveArgs) -> anyhow::Result<ExitCode> {
         Some(bus)
     };
     let validation = Validation::now(&units);
+    // kpictl publishes as its NATS user: the events say so (Kpi-Sender).
+    let sender = format!(
+        "kpictl redrive ({})",
+        args.bus.nats.nats_user.as_deref().unwrap_or("local")
+    );
     let mut sent = Vec::new();
     let mut still_invalid = Vec::new();
     let mut held_by_stream = Vec::new();
@@ -123,6 +128,7 @@ pub async fn run(args: RedriveArgs) -> anyhow::Result<ExitCode> {
                 event.subject(),
                 parked.stream_sequence,
                 parked.payload.clone().into(),
+                &sender,
             )
             .await?
             .await

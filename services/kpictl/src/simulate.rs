@@ -63,6 +63,14 @@ pub struct SimulateArgs {
     /// The feedback service, with --via-services.
     #[arg(long, default_value = "http://127.0.0.1:8083")]
     pub feedback_url: String,
+    /// A sender token (`kpictl token new --role sender`), for ingest
+    /// services started with --tokens (CONTRACT §8.1); with --via-services.
+    #[arg(long, env = "KPI_SENDER_TOKEN", hide_env_values = true)]
+    pub sender_token: Option<String>,
+    /// Trust this CA (PEM) for the ingest services' certificates
+    /// (https://… URLs) instead of the system's roots.
+    #[arg(long)]
+    pub services_ca: Option<PathBuf>,
 }
 
 /// Where simulated events go: straight onto the bus, or through the
@@ -77,6 +85,8 @@ const LINES_PER_POST: usize = 500;
 
 struct ServiceSink {
     client: reqwest::Client,
+    /// `Bearer <sender token>`, when the services take tokens.
+    authorization: Option<String>,
     /// Per service: its URL and the NDJSON body being filled.
     services: Vec<(Service, String, Vec<u8>, usize)>,
 }
@@ -100,21 +110,40 @@ impl Sink {
 }
 
 impl ServiceSink {
-    fn new(args: &SimulateArgs) -> ServiceSink {
+    fn new(args: &SimulateArgs) -> anyhow::Result<ServiceSink> {
         let url = |base: &str| format!("{}/v1/events", base.trim_end_matches('/'));
-        ServiceSink {
-            client: reqwest::Client::new(),
-            services: vec![
-                (Service::Intake, url(&args.intake_url), Vec::new(), 0),
-                (
-                    Service::Resolution,
-                    url(&args.resolution_url),
-                    Vec::new(),
-                    0,
-                ),
-                (Service::Feedback, url(&args.feedback_url), Vec::new(), 0),
-            ],
+        let services = vec![
+            (Service::Intake, url(&args.intake_url), Vec::new(), 0),
+            (
+                Service::Resolution,
+                url(&args.resolution_url),
+                Vec::new(),
+                0,
+            ),
+            (Service::Feedback, url(&args.feedback_url), Vec::new(), 0),
+        ];
+        if args.sender_token.is_some() {
+            for (_, url, ..) in &services {
+                kpi_access::token_may_travel(url, "--sender-token").map_err(anyhow::Error::msg)?;
+            }
         }
+        let mut client = reqwest::Client::builder();
+        if let Some(ca) = &args.services_ca {
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("reading the CA certificate {}", ca.display()))?;
+            client = client.add_root_certificate(
+                reqwest::Certificate::from_pem(&pem)
+                    .with_context(|| format!("the CA certificate {}", ca.display()))?,
+            );
+        }
+        Ok(ServiceSink {
+            client: client.build().context("the HTTPS client")?,
+            authorization: args
+                .sender_token
+                .as_ref()
+                .map(|token| format!("Bearer {token}")),
+            services,
+        })
     }
 
     async fn send(&mut self, event: SimEvent) -> anyhow::Result<usize> {
@@ -152,19 +181,19 @@ impl ServiceSink {
         let body = std::mem::take(body);
         let sent = std::mem::take(lines);
         for attempt in 1..=3 {
-            let response = self
+            let mut request = self
                 .client
                 .post(url.as_str())
-                .header("content-type", "application/x-ndjson")
-                .body(body.clone())
-                .send()
-                .await
-                .with_context(|| {
-                    format!(
-                        "posting to the {} service at {url} (is it running?)",
-                        service.name()
-                    )
-                })?;
+                .header("content-type", "application/x-ndjson");
+            if let Some(authorization) = &self.authorization {
+                request = request.header("authorization", authorization);
+            }
+            let response = request.body(body.clone()).send().await.with_context(|| {
+                format!(
+                    "posting to the {} service at {url} (is it running?)",
+                    service.name()
+                )
+            })?;
             let status = response.status();
             let report: serde_json::Value = response.json().await.unwrap_or_default();
             if status.as_u16() == 503 && attempt < 3 {
@@ -247,7 +276,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     }
 
     let mut sink = if args.via_services {
-        Sink::Services(ServiceSink::new(&args))
+        Sink::Services(ServiceSink::new(&args)?)
     } else {
         let bus = args.bus.nats.connect("kpictl-simulate").await?;
         bus.ensure_stream().await?;
@@ -336,6 +365,7 @@ pub fn outgoing(event: SimEvent) -> Outgoing {
     Outgoing {
         subject: event.subject,
         payload: Bytes::from(event.payload),
+        sender: std::sync::Arc::from("kpictl simulate"),
     }
 }
 

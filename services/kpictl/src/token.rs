@@ -1,6 +1,7 @@
-//! `kpictl token new`: a bearer token for the projector's `--tokens` file
-//! (CONTRACT §8). The token is printed once and stored nowhere; the file
-//! keeps only its SHA-256.
+//! `kpictl token new`: a bearer token for a `--tokens` file (CONTRACT §8,
+//! §8.1): the projector's (readers, operators) or an ingest service's
+//! (senders, operators). The token is printed once and stored nowhere; the
+//! file keeps only its SHA-256.
 
 use std::process::ExitCode;
 
@@ -18,7 +19,9 @@ pub struct NewTokenArgs {
     /// The unit whose subtree the token reads (its id), or `*` for all.
     #[arg(long)]
     pub scope: String,
-    /// `reader`, or `operator` (also the audit calls).
+    /// `reader` (the projector's API), `operator` (also the audit calls,
+    /// and sending), or `sender` (an ingest service's: posts events for its
+    /// scope).
     #[arg(long, value_enum)]
     pub role: TokenRole,
     /// Whom the token is for, as the server's logs and refusals name it.
@@ -30,6 +33,7 @@ pub struct NewTokenArgs {
 pub enum TokenRole {
     Reader,
     Operator,
+    Sender,
 }
 
 impl TokenRole {
@@ -37,6 +41,16 @@ impl TokenRole {
         match self {
             TokenRole::Reader => "reader",
             TokenRole::Operator => "operator",
+            TokenRole::Sender => "sender",
+        }
+    }
+
+    /// Whose `--tokens` file the line goes into.
+    fn servers(self) -> &'static str {
+        match self {
+            TokenRole::Reader => "the projector's",
+            TokenRole::Operator => "the projector's (and the ingest services', to send)",
+            TokenRole::Sender => "the ingest services' (intake, resolution, feedback)",
         }
     }
 }
@@ -67,7 +81,10 @@ pub fn run(command: TokenCommand) -> anyhow::Result<ExitCode> {
             println!("token (give it to {}; it is shown only now):", args.name);
             println!("{token}");
             println!();
-            println!("line for the projector's --tokens file (then SIGHUP the projector):");
+            println!(
+                "line for {} --tokens file (then SIGHUP them):",
+                args.role.servers()
+            );
             println!("{}", entry(&token, &args));
             Ok(ExitCode::SUCCESS)
         }

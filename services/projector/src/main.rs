@@ -103,7 +103,11 @@ fn needs_operator(err: &anyhow::Error) -> bool {
             || cause.is::<kpi_projection::StreamLeftTheViews>()
             || matches!(
                 cause.downcast_ref::<kpi_bus::BusError>(),
-                Some(kpi_bus::BusError::StreamMismatch { .. })
+                Some(
+                    kpi_bus::BusError::StreamMismatch { .. }
+                        | kpi_bus::BusError::LoginRefused { .. }
+                        | kpi_bus::BusError::Violation { .. }
+                )
             )
             || matches!(
                 cause.downcast_ref::<StoreError>(),

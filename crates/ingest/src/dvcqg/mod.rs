@@ -49,6 +49,7 @@ use kpi_events::{Event, Validation};
 use crate::batch::LineError;
 
 use envelope::{body_error, case_id_of, Payload};
+pub use envelope::{header, Asked, EntryKind, Header, MAX_DOSSIERS, SERVICE_LOOKUP};
 use mapping::Converter;
 use personal::{shown, Shown};
 
@@ -104,7 +105,27 @@ pub fn convert(
     field_map: &FieldMap,
     validation: &Validation<'_>,
 ) -> Result<Vec<Dossier>, LineError> {
+    convert_from(body, madonvi_query, units, field_map, validation).map(|(_, dossiers)| dossiers)
+}
+
+/// [`convert`], with the unit `madonvi` names (when the registry has it).
+pub fn convert_from(
+    body: &[u8],
+    madonvi_query: Option<&str>,
+    units: &UnitRegistry,
+    field_map: &FieldMap,
+    validation: &Validation<'_>,
+) -> Result<(Option<kpi_domain::UnitIdx>, Vec<Dossier>), LineError> {
     let payload = Payload::read(body, madonvi_query)?;
+    let service = match payload.asked {
+        Asked::Lookup => return Ok((None, Vec::new())),
+        Asked::Entries(service) => service,
+    };
+    // Each entry is parsed when its turn comes: never one tree of the
+    // whole body.
+    let parsed = |raw: &serde_json::value::RawValue| {
+        serde_json::from_str::<serde_json::Value>(raw.get()).unwrap_or(serde_json::Value::Null)
+    };
     let Some(unit) = units.find_by_dvcqg_code(&payload.madonvi) else {
         // Every dossier is refused, naming the code (§7.1).
         let unknown = body_error(
@@ -114,16 +135,19 @@ pub fn convert(
                 shown(&payload.madonvi, Shown::Code)
             ),
         );
-        return Ok(payload
-            .data
-            .iter()
-            .enumerate()
-            .map(|(position, entry)| Dossier {
-                index: position + 1,
-                case_id: case_id_of(entry),
-                outcome: Err(unknown.clone()),
-            })
-            .collect());
+        return Ok((
+            None,
+            payload
+                .data
+                .iter()
+                .enumerate()
+                .map(|(position, entry)| Dossier {
+                    index: position + 1,
+                    case_id: case_id_of(&parsed(entry)),
+                    outcome: Err(unknown.clone()),
+                })
+                .collect(),
+        ));
     };
     let converter = Converter {
         units,
@@ -131,12 +155,15 @@ pub fn convert(
         field_map,
         validation,
     };
-    Ok(payload
-        .data
-        .iter()
-        .enumerate()
-        .map(|(position, entry)| converter.entry(position, entry, payload.service))
-        .collect())
+    Ok((
+        Some(unit),
+        payload
+            .data
+            .iter()
+            .enumerate()
+            .map(|(position, entry)| converter.entry(position, &parsed(entry), service))
+            .collect(),
+    ))
 }
 
 #[cfg(test)]
@@ -651,17 +678,35 @@ mod tests {
         assert_eq!(err.reason, "must be an array, found an object");
 
         let err = run_with(
-            br#"{"madonvi":"000.00.31.H31","service":"TraCuuHoSo","data":[]}"#,
+            br#"{"madonvi":"000.00.31.H31","service":"LayDanhSachHoSo","data":[]}"#,
             None,
             &map,
         )
         .unwrap_err();
         assert_eq!(err.field.as_deref(), Some("service"));
         assert!(
-            err.reason.contains("`TraCuuHoSo` is not a known service"),
+            err.reason
+                .contains("`LayDanhSachHoSo` is not a known service")
+                && err
+                    .reason
+                    .contains("DongBoHoSoMC, CapNhatTienDoHoSoMC, TraCuuHoSo"),
             "{}",
             err.reason
         );
+        // A look-up asks nothing of ingest (§7.2).
+        assert_eq!(
+            run_with(
+                br#"{"service":"TraCuuHoSo","madonvi":"000.00.31.H31","data":[{"MaHoSo":"x"}]}"#,
+                None,
+                &map
+            ),
+            Ok(vec![])
+        );
+        // At most 1,000 dossiers a body, refused as a whole beyond.
+        let many = snapshots(vec![json!({}); MAX_DOSSIERS + 1]);
+        let err = run_with(&many, None, &map).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("data"));
+        assert!(err.reason.contains("at most 1000"), "{}", err.reason);
 
         let err = run_with(br#"{"data":[]}"#, None, &map).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("madonvi"));

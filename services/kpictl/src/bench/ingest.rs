@@ -25,14 +25,62 @@ pub(super) struct IngestFigures {
     pub(super) events: usize,
     pub(super) raw_per_second: f64,
     pub(super) service_per_second: f64,
+    /// The same, to an intake serving HTTPS with `--tokens`, each post
+    /// carrying a sender token.
+    pub(super) tls_per_second: f64,
     pub(super) post_p50_ms: f64,
     pub(super) post_p99_ms: f64,
 }
 
-/// Generates `2 × args.ingest_events` distinct events of the intake
+/// Where posts go: an intake process, and how to reach it.
+struct Target {
+    base: String,
+    client: reqwest::Client,
+    /// `Bearer <sender token>` when the intake takes tokens.
+    authorization: Option<String>,
+}
+
+/// An intake process, stopped with SIGTERM on drop.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_intake(
+    intake_bin: &Path,
+    nats_url: &str,
+    units_path: &Path,
+    port: u16,
+    log_path: &Path,
+    extra: &[&std::ffi::OsStr],
+) -> anyhow::Result<Running> {
+    let child = Command::new(intake_bin)
+        .args(["--nats-url", nats_url])
+        .arg("--units")
+        .arg(units_path)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log_path)?)
+        .spawn()
+        .with_context(|| format!("starting {}", intake_bin.display()))?;
+    Ok(Running(child))
+}
+
+/// Generates `3 × args.ingest_events` distinct events of the intake
 /// service's kinds (2024, another seed than the year already published):
-/// the first half is published raw with acks in flight, the second posted
-/// to a real `intake` process in NDJSON bodies of [`LINES_PER_POST`] lines.
+/// the first third is published raw with acks in flight, the second
+/// posted to a plain `intake` process in NDJSON bodies of
+/// [`LINES_PER_POST`] lines, the third to one serving HTTPS with sender
+/// tokens, in windows plain, TLS, TLS, plain.
 pub(super) async fn ingest_bench(
     args: &BenchArgs,
     bus: &Bus,
@@ -42,7 +90,7 @@ pub(super) async fn ingest_bench(
     intake_bin: &Path,
     work: &Path,
 ) -> anyhow::Result<IngestFigures> {
-    let wanted = args.ingest_events * 2;
+    let wanted = args.ingest_events * 3;
     let mut simulator = Simulator::new(units, args.seed.wrapping_add(1));
     let first_day = vietnam_day(
         Utc.with_ymd_and_hms(2024, 1, 1, 12, 0, 0)
@@ -62,7 +110,8 @@ pub(super) async fn ingest_bench(
         "the simulator made only {} intake events",
         events.len()
     );
-    let posted = events.split_off(args.ingest_events);
+    let mut posted_tls = events.split_off(2 * args.ingest_events);
+    let mut posted_plain = events.split_off(args.ingest_events);
 
     let started = Instant::now();
     let mut publisher = Publisher::new(bus.clone(), DEFAULT_DEADLINE);
@@ -80,48 +129,80 @@ pub(super) async fn ingest_bench(
     let raw_seconds = started.elapsed().as_secs_f64();
     anyhow::ensure!(failures == 0, "{failures} raw events were not stored");
 
-    let port = free_port()?;
-    let log_path = work.join("intake.log");
-    let mut intake = Command::new(intake_bin)
-        .args(["--nats-url", nats_url])
-        .arg("--units")
-        .arg(units_path)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path)?)
-        .spawn()
-        .with_context(|| format!("starting {}", intake_bin.display()))?;
-    let outcome = post_to_intake(args, port, posted, &log_path).await;
-    let _ = Command::new("kill")
-        .args(["-TERM", &intake.id().to_string()])
-        .status();
-    let _ = intake.wait();
-    let (service_seconds, latencies) = outcome?;
+    // A commune's one-stop software would hold a commune's token; the
+    // province's scope makes every line walk the unit tree.
+    let province = units
+        .iter()
+        .find(|(_, unit)| unit.level == kpi_domain::Level::Province)
+        .map(|(_, unit)| unit.id.clone())
+        .context("the bench's units have no province")?;
+    let tls = super::production::tls_setup(work, &province, "sender")?;
+    let (plain_port, tls_port) = (free_port()?, free_port()?);
+    let plain_log = work.join("intake.log");
+    let tls_log = work.join("intake-tls.log");
+    let _plain = start_intake(
+        intake_bin,
+        nats_url,
+        units_path,
+        plain_port,
+        &plain_log,
+        &[],
+    )?;
+    let _tls = start_intake(
+        intake_bin,
+        nats_url,
+        units_path,
+        tls_port,
+        &tls_log,
+        &[
+            "--tokens".as_ref(),
+            tls.tokens.as_os_str(),
+            "--tls-cert".as_ref(),
+            tls.cert.as_os_str(),
+            "--tls-key".as_ref(),
+            tls.key.as_os_str(),
+        ],
+    )?;
+    let plain = Target {
+        base: format!("http://127.0.0.1:{plain_port}"),
+        client: reqwest::Client::new(),
+        authorization: None,
+    };
+    let secured = Target {
+        base: format!("https://127.0.0.1:{tls_port}"),
+        client: reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(tls.ca_pem.as_bytes())?)
+            .build()?,
+        authorization: Some(format!("Bearer {}", tls.token)),
+    };
+    wait_healthy(&plain, &plain_log).await?;
+    wait_healthy(&secured, &tls_log).await?;
+
+    // Windows plain, TLS, TLS, plain: drift of the machine over the run
+    // falls on both alike.
+    let plain_second = posted_plain.split_off(posted_plain.len() / 2);
+    let tls_second = posted_tls.split_off(posted_tls.len() / 2);
+    let (plain_a, mut latencies) = post_to_intake(args, &plain, posted_plain).await?;
+    let (tls_a, _) = post_to_intake(args, &secured, posted_tls).await?;
+    let (tls_b, _) = post_to_intake(args, &secured, tls_second).await?;
+    let (plain_b, more) = post_to_intake(args, &plain, plain_second).await?;
+    latencies.add(more)?;
     Ok(IngestFigures {
         events: args.ingest_events,
         raw_per_second: args.ingest_events as f64 / raw_seconds,
-        service_per_second: args.ingest_events as f64 / service_seconds,
+        service_per_second: args.ingest_events as f64 / (plain_a + plain_b),
+        tls_per_second: args.ingest_events as f64 / (tls_a + tls_b),
         post_p50_ms: latencies.value_at_quantile(0.5) as f64 / 1000.0,
         post_p99_ms: latencies.value_at_quantile(0.99) as f64 / 1000.0,
     })
 }
 
-/// Posts the events in bodies of [`LINES_PER_POST`] lines from
-/// `args.ingest_clients` clients; the seconds it took and each post's
-/// latency (µs).
-async fn post_to_intake(
-    args: &BenchArgs,
-    port: u16,
-    events: Vec<kpi_simulator::SimEvent>,
-    log: &Path,
-) -> anyhow::Result<(f64, hdrhistogram::Histogram<u64>)> {
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+/// Waits until the intake answers `/healthz` (20 s at most).
+async fn wait_healthy(target: &Target, log: &Path) -> anyhow::Result<()> {
     let ready = Instant::now();
-    while !client
-        .get(format!("{base}/healthz"))
+    while !target
+        .client
+        .get(format!("{}/healthz", target.base))
         .send()
         .await
         .is_ok_and(|response| response.status().is_success())
@@ -133,6 +214,17 @@ async fn post_to_intake(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Ok(())
+}
+
+/// Posts the events in bodies of [`LINES_PER_POST`] lines from
+/// `args.ingest_clients` clients; the seconds it took and each post's
+/// latency (µs).
+async fn post_to_intake(
+    args: &BenchArgs,
+    target: &Target,
+    events: Vec<kpi_simulator::SimEvent>,
+) -> anyhow::Result<(f64, hdrhistogram::Histogram<u64>)> {
     let bodies: Vec<Vec<u8>> = events
         .chunks(LINES_PER_POST)
         .map(|chunk| {
@@ -145,23 +237,25 @@ async fn post_to_intake(
         })
         .collect();
     let queue = Arc::new(std::sync::Mutex::new(bodies));
-    let url = format!("{base}/v1/events");
+    let url = format!("{}/v1/events", target.base);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.ingest_clients.max(1) {
-        let (queue, client, url) = (queue.clone(), client.clone(), url.clone());
+        let (queue, client, url) = (queue.clone(), target.client.clone(), url.clone());
+        let authorization = target.authorization.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = hdrhistogram::Histogram::<u64>::new(3)?;
             loop {
                 let body = queue.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.pop();
                 let Some(body) = body else { break };
                 let call = Instant::now();
-                let response = client
+                let mut request = client
                     .post(&url)
-                    .header("content-type", "application/x-ndjson")
-                    .body(body)
-                    .send()
-                    .await?;
+                    .header("content-type", "application/x-ndjson");
+                if let Some(authorization) = &authorization {
+                    request = request.header("authorization", authorization);
+                }
+                let response = request.body(body).send().await?;
                 let status = response.status();
                 let answer = response.bytes().await?;
                 anyhow::ensure!(

@@ -336,6 +336,8 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
             "raw_publish_events_per_second": ingest.raw_per_second,
             "service_events_per_second": ingest.service_per_second,
             "service_vs_raw_publish": ingest.service_per_second / ingest.raw_per_second,
+            "tls_service_events_per_second": ingest.tls_per_second,
+            "tls_vs_plain_service": ingest.tls_per_second / ingest.service_per_second,
             "post_p50_ms": ingest.post_p50_ms,
             "post_p99_ms": ingest.post_p99_ms,
         })),

@@ -72,6 +72,11 @@ pub(super) fn print_summary(runs: &[serde_json::Value]) {
         "intake service / raw publish",
         "goal ≥ 40%",
     );
+    ratio(
+        &["ingest", "tls_vs_plain_service"],
+        "intake with TLS and a sender token / plain",
+        "goal ≥ 80%",
+    );
     if let Some((worst, median)) = spread(runs, &["get_scores_p99_ms"], false) {
         println!(
             "  {:<44} worst {worst:>6.3} ms, median {median:>6.3} ms (goal < 5 ms)",
@@ -242,6 +247,11 @@ pub(super) fn print_run(figures: &serde_json::Value, index: usize, repeat: usize
             number(&["ingest", "clients"]),
             number(&["ingest", "service_events_per_second"]),
             100.0 * number(&["ingest", "service_vs_raw_publish"])
+        );
+        println!(
+            "  intake service, HTTPS and a sender token  {:>9.0} events/s = {:.0}% of the same served plain (goal ≥ 80%)",
+            number(&["ingest", "tls_service_events_per_second"]),
+            100.0 * number(&["ingest", "tls_vs_plain_service"])
         );
         println!(
             "  intake post of {LINES_PER_POST} lines              p50 {:.1} ms, p99 {:.1} ms",

@@ -20,19 +20,19 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use super::calls::{calls_per_window, RawCall};
 use super::common::{connect_endpoint, free_port, settle_disk};
 
-/// The files a TLS projector with tokens is started with, and what a
-/// client needs.
-struct TlsSetup {
-    ca_pem: String,
-    cert: PathBuf,
-    key: PathBuf,
-    tokens: PathBuf,
-    token: String,
+/// The files a TLS server with tokens (the projector, intake) is started
+/// with, and what a client needs.
+pub(super) struct TlsSetup {
+    pub(super) ca_pem: String,
+    pub(super) cert: PathBuf,
+    pub(super) key: PathBuf,
+    pub(super) tokens: PathBuf,
+    pub(super) token: String,
 }
 
 /// A CA, a certificate for localhost signed by it, and a tokens file with
-/// one reader token for `scope`.
-fn tls_setup(dir: &Path, scope: &str) -> anyhow::Result<TlsSetup> {
+/// one token of `role` for `scope`.
+pub(super) fn tls_setup(dir: &Path, scope: &str, role: &str) -> anyhow::Result<TlsSetup> {
     let ca_key = rcgen::KeyPair::generate()?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -43,19 +43,19 @@ fn tls_setup(dir: &Path, scope: &str) -> anyhow::Result<TlsSetup> {
     let server_key = rcgen::KeyPair::generate()?;
     let server = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?
         .signed_by(&server_key, &ca)?;
-    let cert = dir.join("bench-cert.pem");
-    let key = dir.join("bench-key.pem");
+    let cert = dir.join(format!("bench-{role}-cert.pem"));
+    let key = dir.join(format!("bench-{role}-key.pem"));
     std::fs::write(&cert, server.pem())?;
     std::fs::write(&key, server_key.serialize_pem())?;
     let token = format!("kpi_bench_{}", uuid::Uuid::new_v4().simple());
-    let tokens = dir.join("bench-tokens.json");
+    let tokens = dir.join(format!("bench-{role}-tokens.json"));
     std::fs::write(
         &tokens,
         serde_json::to_vec(&serde_json::json!({"tokens": [{
             "name": "kpictl bench",
             "sha256": kpi_api::access::token_sha256(&token),
             "scope": scope,
-            "role": "reader",
+            "role": role,
         }]}))?,
     )?;
     Ok(TlsSetup {
@@ -153,7 +153,7 @@ pub async fn tls_cost(
     clients: usize,
     window: Duration,
 ) -> anyhow::Result<(f64, f64)> {
-    let setup = tls_setup(served.work, &request.unit_id)?;
+    let setup = tls_setup(served.work, &request.unit_id, "reader")?;
     let copy = served.work.join("views-tls");
     let copied = Command::new("cp")
         .arg("-a")
