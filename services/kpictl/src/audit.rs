@@ -327,7 +327,7 @@ pub(crate) async fn replay_into(
         kpi_projection::Config {
             nats: nats.clone(),
             client_name: "kpictl-replay".to_owned(),
-            batch_size: 10_000,
+            batch_size: kpi_projection::DEFAULT_BATCH_SIZE,
             until: Some(until),
             metrics: None,
         },

@@ -78,7 +78,7 @@ struct Args {
     /// Most messages folded into one atomic write (a projector catching up
     /// folds this many at a time; one following the stream live, what has
     /// arrived).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = kpi_projection::DEFAULT_BATCH_SIZE)]
     batch_size: usize,
     /// Rebuild the views from the log beside the live ones (blue/green)
     /// and switch to them when they have caught up; queries go on. Also
