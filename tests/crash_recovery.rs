@@ -53,7 +53,11 @@ async fn kill_9_while_folding_then_restart_equals_an_uninterrupted_run() {
     // Interrupted run: killed twice in the middle of folding, then stopped
     // by SIGTERM, then NATS goes away for 20 s while it folds.
     let interrupted = dir.path().join("interrupted");
-    let mut projector = Projector::start(&nats.url(), &units_path, &interrupted, &[]);
+    // Small batches: many commits to be caught between, and a fold slow
+    // enough that the interruptions land before its end however fast the
+    // machine (a SIGTERM still commits the batch in flight).
+    let small_batches = ["--batch-size", "500"];
+    let mut projector = Projector::start(&nats.url(), &units_path, &interrupted, &small_batches);
     for (stop_after, how) in [
         (EVENTS / 5, Interruption::Kill9),
         (EVENTS / 2, Interruption::Kill9),
@@ -80,7 +84,8 @@ async fn kill_9_while_folding_then_restart_equals_an_uninterrupted_run() {
                     recovered < last,
                     "the views reopen mid-way, at {recovered} of {last}: the restart has work left"
                 );
-                projector = Projector::start(&nats.url(), &units_path, &interrupted, &[]);
+                projector =
+                    Projector::start(&nats.url(), &units_path, &interrupted, &small_batches);
             }
             Interruption::NatsAway => {
                 nats.stop();
