@@ -211,13 +211,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     bus.ensure_stream().await?;
     let ingestor = Ingestor::new(bus, units, Accepts::Any, args.publish_deadline);
     // kpictl publishes as its NATS user: the events say so (Kpi-Sender).
-    let sender = Sender::named(&format!(
-        "kpictl import ({})",
-        args.nats
-            .nats_user
-            .as_deref()
-            .unwrap_or(kpi_ingest::senders::LOCAL_SENDER)
-    ));
+    let sender = Sender::named(&crate::publisher_name("import", &args.nats));
 
     let mut tally = Tally {
         print_as_we_go: !args.json,

@@ -117,6 +117,17 @@ pub struct ApiArgs {
 
 pub use kpi_ingest::server::load_units;
 
+/// Who events `kpictl <command>` publishes say sent them (`Kpi-Sender`):
+/// kpictl, as the NATS user it logs in as.
+pub fn publisher_name(command: &str, nats: &kpi_bus::NatsArgs) -> String {
+    format!(
+        "kpictl {command} ({})",
+        nats.nats_user
+            .as_deref()
+            .unwrap_or(kpi_ingest::senders::LOCAL_SENDER)
+    )
+}
+
 async fn stream_init(args: StreamInitArgs) -> anyhow::Result<ExitCode> {
     let bus = args.nats.connect("kpictl-stream-init").await?;
     bus.ensure_stream().await?;

@@ -104,10 +104,7 @@ pub async fn run(args: RedriveArgs) -> anyhow::Result<ExitCode> {
     };
     let validation = Validation::now(&units);
     // kpictl publishes as its NATS user: the events say so (Kpi-Sender).
-    let sender = format!(
-        "kpictl redrive ({})",
-        args.bus.nats.nats_user.as_deref().unwrap_or("local")
-    );
+    let sender = crate::publisher_name("redrive", &args.bus.nats);
     let mut sent = Vec::new();
     let mut still_invalid = Vec::new();
     let mut held_by_stream = Vec::new();
