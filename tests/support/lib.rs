@@ -29,6 +29,11 @@ impl Binaries {
     pub fn service(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+
+    /// The directory all the binaries are in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
 }
 
 pub fn binaries() -> &'static Binaries {

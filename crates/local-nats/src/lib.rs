@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// What to run to install the server (Debian package `nats-server`).
 pub const INSTALL_HINT: &str =
-    "install it with `sudo apt-get install -y nats-server` (or run deploy/scripts/install-nats.sh), \
+    "install it with `sudo apt-get install -y nats-server` (or run deploy/scripts/setup.sh), \
      or set NATS_SERVER_BIN to a nats-server binary";
 
 #[derive(Debug, thiserror::Error)]
