@@ -535,7 +535,7 @@ async fn each_nats_user_may_publish_only_its_own_kinds() {
 async fn a_stream_of_another_configuration_is_refused_at_start() {
     let nats = LocalNats::start().unwrap_or_else(|err| panic!("{err}"));
     let bus = Bus::connect(&nats.url(), "mismatch-test").await.unwrap();
-    let mut config = kpi_bus::stream_config(1);
+    let mut config = kpi_bus::stream_config(1, kpi_bus::DUPLICATE_WINDOW);
     config.storage = async_nats::jetstream::stream::StorageType::Memory;
     bus.jetstream().create_stream(config).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -1337,4 +1337,89 @@ async fn conflicts_published_straight_onto_the_bus_are_decided_alike_in_both_ord
             ),
         ]
     );
+}
+
+/// Posts `event` to `service`: its `accepted` entry (duplicate, sequence).
+async fn post_once(service: &IngestService, event: &Value) -> (bool, u64) {
+    let (status, report, _) = service
+        .post("/v1/events", "application/json", event.to_string())
+        .await;
+    assert_eq!(status, 200, "{report}");
+    let accepted = &report["accepted"][0];
+    (
+        accepted["duplicate"].as_bool().expect("duplicate"),
+        accepted["stream_sequence"]
+            .as_u64()
+            .expect("stream_sequence"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resend_three_minutes_later_is_still_answered_as_a_duplicate() {
+    let mut stack = Stack::start(&[]).await;
+    let event = received("000.00.31.H31-250303-0042");
+    let (duplicate, first) = post_once(&stack.intake, &event).await;
+    assert!(!duplicate);
+    // Past JetStream's default of two minutes: the stream's window is a day.
+    tokio::time::sleep(Duration::from_secs(185)).await;
+    assert_eq!(post_once(&stack.intake, &event).await, (true, first));
+    assert_eq!(stack.bus().await.last_sequence().await.unwrap(), first);
+    assert_eq!(stack.counts(COMMUNE, "2025").await["received"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_duplicate_window_ends_where_stream_init_sets_it() {
+    let nats = LocalNats::start().unwrap_or_else(|err| panic!("{err}"));
+    let dir = tempfile::tempdir().unwrap();
+    let units = dir.path().join("units.json");
+    std::fs::write(&units, UNITS).unwrap();
+    let stream_init = |window: &str| {
+        let output = kpi_e2e::kpictl(&[
+            "stream-init",
+            "--nats-url",
+            &nats.url(),
+            "--duplicate-window",
+            window,
+        ]);
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let said = stream_init("3s");
+    assert!(
+        said.contains("re-sends answered as duplicates for 3s"),
+        "{said}"
+    );
+    let intake = IngestService::start("intake", &nats.url(), &units, dir.path(), &[]).await;
+
+    let event = received("000.00.31.H31-250303-0043");
+    let (duplicate, first) = post_once(&intake, &event).await;
+    assert!(!duplicate);
+    assert_eq!(post_once(&intake, &event).await, (true, first));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Past the window: stored again (the projector still counts it once).
+    let (duplicate, second) = post_once(&intake, &event).await;
+    assert!(!duplicate);
+    assert_eq!(second, first + 1);
+    assert!(
+        intake.log().contains("--duplicate-window"),
+        "intake asked for a day and found 3 s, and did not say so:\n{}",
+        intake.log()
+    );
+
+    // Back to the default: a day, on the same stream.
+    let said = stream_init("24h");
+    assert!(said.contains("for 1day (was 3s)"), "{said}");
+    let bus = Bus::connect(&nats.url(), "window-test").await.unwrap();
+    let info = bus
+        .jetstream()
+        .get_stream("CASES")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    assert_eq!(info.duplicate_window, Duration::from_secs(24 * 60 * 60));
+    assert_eq!(post_once(&intake, &event).await, (true, second));
 }

@@ -26,9 +26,12 @@ pub const STREAM_NAME: &str = "CASES";
 pub const API_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a byte-identical
-/// re-publish. The projector deduplicates by event id for ever; this only
-/// saves work.
-pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// re-publish, by default (`--duplicate-window`): within it, a re-sent event
+/// is answered `"duplicate": true` with the first copy's sequence. The
+/// projector deduplicates by event id for ever, so beyond it a re-send is
+/// stored again but still counts once. nats-server keeps the ids of the
+/// window in memory (README, "Durability").
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The header a redriven event carries: the stream sequence of the parked
 /// copy it replaces (`kpictl redrive`), so the projector can retire it.
@@ -104,8 +107,9 @@ pub fn redrive_message_id(parked_sequence: u64, payload: &[u8]) -> String {
 }
 
 /// The `CASES` stream configuration: file storage, kept for ever (the log
-/// is the source of truth for replays and audits).
-pub fn stream_config(replicas: usize) -> stream::Config {
+/// is the source of truth for replays and audits), JetStream dropping
+/// re-sends within `duplicate_window`.
+pub fn stream_config(replicas: usize, duplicate_window: Duration) -> stream::Config {
     stream::Config {
         name: STREAM_NAME.to_owned(),
         description: Some(
@@ -115,7 +119,7 @@ pub fn stream_config(replicas: usize) -> stream::Config {
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
         discard: stream::DiscardPolicy::New,
-        duplicate_window: DUPLICATE_WINDOW,
+        duplicate_window,
         num_replicas: replicas.max(1),
         // The log is the audit trail: no message is ever deleted or purged.
         deny_delete: true,
@@ -179,6 +183,12 @@ pub struct NatsArgs {
     /// server.
     #[arg(long, env = "KPI_STREAM_REPLICAS", default_value_t = 1)]
     pub replicas: usize,
+    /// How long the stream answers a re-sent event as a duplicate, when
+    /// this service creates it (`kpictl stream-init` also changes it on an
+    /// existing stream): `24h`, `2m`, `90s`.
+    #[arg(long, env = "KPI_DUPLICATE_WINDOW", default_value = "24h",
+          value_parser = humantime::parse_duration)]
+    pub duplicate_window: Duration,
 }
 
 impl NatsArgs {
@@ -191,6 +201,7 @@ impl NatsArgs {
             nats_password: None,
             nats_ca: None,
             replicas: 1,
+            duplicate_window: DUPLICATE_WINDOW,
         }
     }
 
@@ -228,6 +239,7 @@ impl NatsArgs {
                 other => other,
             })?;
         bus.user = Arc::from(self.user_name());
+        bus.duplicate_window = self.duplicate_window;
         Ok(bus)
     }
 
@@ -260,6 +272,8 @@ pub struct Bus {
     jetstream: jetstream::Context,
     /// Copies of `CASES` when this connection creates it.
     replicas: usize,
+    /// Its duplicate window when this connection creates it.
+    duplicate_window: Duration,
     /// The first thing the server refused this connection's user
     /// (a permissions or authorization violation), if any.
     violations: tokio::sync::watch::Receiver<Option<String>>,
@@ -379,6 +393,7 @@ impl Bus {
                 .timeout(API_TIMEOUT)
                 .build(client),
             replicas: replicas.max(1),
+            duplicate_window: DUPLICATE_WINDOW,
             violations,
             user: Arc::from("(no user)"),
         })
@@ -391,6 +406,7 @@ impl Bus {
         Bus {
             jetstream,
             replicas: self.replicas,
+            duplicate_window: self.duplicate_window,
             violations: self.violations.clone(),
             user: self.user.clone(),
         }
@@ -428,7 +444,7 @@ impl Bus {
     /// user may create it). An existing stream whose storage, retention or
     /// subjects differ from [`stream_config`] is refused.
     pub async fn ensure_stream(&self) -> Result<stream::Stream, BusError> {
-        let wanted = stream_config(self.replicas);
+        let wanted = stream_config(self.replicas, self.duplicate_window);
         let mut stream = self.existing_or_created_stream(&wanted).await?;
         let info = stream
             .info()
@@ -442,6 +458,14 @@ impl Bus {
                  the stream is used as it is (change it with `nats stream edit CASES --replicas N`)"
             );
         }
+        if info.config.duplicate_window != wanted.duplicate_window {
+            tracing::warn!(
+                found = %humantime::format_duration(info.config.duplicate_window),
+                asked = %humantime::format_duration(wanted.duplicate_window),
+                "CASES answers re-sends as duplicates for another time than --duplicate-window asks; \
+                 the stream is used as it is (change it with `kpictl stream-init --duplicate-window D`)"
+            );
+        }
         let differences = config_differences(&info.config, &wanted);
         if !differences.is_empty() {
             return Err(BusError::StreamMismatch {
@@ -450,6 +474,27 @@ impl Bus {
             });
         }
         Ok(stream)
+    }
+
+    /// Sets the duplicate window of the existing `CASES` stream to this
+    /// connection's (`--duplicate-window`); the window it had.
+    pub async fn set_duplicate_window(&self) -> Result<Duration, BusError> {
+        let mut stream = self.ensure_stream().await?;
+        let mut config = stream
+            .info()
+            .await
+            .map_err(|err| BusError::Stream(err.to_string()))?
+            .config
+            .clone();
+        let before = config.duplicate_window;
+        if before != self.duplicate_window {
+            config.duplicate_window = self.duplicate_window;
+            self.jetstream
+                .update_stream(config)
+                .await
+                .map_err(|err| BusError::Stream(err.to_string()))?;
+        }
+        Ok(before)
     }
 
     /// Services start together, and each creates CASES when it is missing.

@@ -130,13 +130,20 @@ pub fn publisher_name(command: &str, nats: &kpi_bus::NatsArgs) -> String {
 
 async fn stream_init(args: StreamInitArgs) -> anyhow::Result<ExitCode> {
     let bus = args.nats.connect("kpictl-stream-init").await?;
-    bus.ensure_stream().await?;
+    let window_before = bus.set_duplicate_window().await?;
     let state = bus.stream_state().await?;
+    let window = humantime::format_duration(args.nats.duplicate_window);
     println!(
-        "stream {} ready: file storage, kept for ever, no deletes or purges; sequences {}..{}",
+        "stream {} ready: file storage, kept for ever, no deletes or purges; sequences {}..{}; \
+         re-sends answered as duplicates for {window}{}",
         kpi_bus::STREAM_NAME,
         state.first_sequence,
-        state.last_sequence
+        state.last_sequence,
+        if window_before == args.nats.duplicate_window {
+            String::new()
+        } else {
+            format!(" (was {})", humantime::format_duration(window_before))
+        }
     );
     Ok(ExitCode::SUCCESS)
 }
