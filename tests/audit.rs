@@ -530,3 +530,74 @@ async fn a_blue_green_rebuild_keeps_answering_and_ends_equal_to_the_log() {
         String::from_utf8_lossy(&output.stdout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_copy_stays_at_its_sequence_while_the_live_projector_moves_on() {
+    let nats = LocalNats::start().unwrap_or_else(|err| panic!("{err}"));
+    let dir = tempfile::tempdir().unwrap();
+    let units = example_path("units.json");
+    let units_arg = units.to_str().unwrap().to_owned();
+    let mut live = Projector::start(&nats.url(), &units, &dir.path().join("views"), &[]);
+    let bus = Bus::connect(&nats.url(), "frozen-test").await.unwrap();
+    bus.ensure_stream().await.unwrap();
+    let lines = event_lines();
+    let (first_half, second_half) = lines.split_at(lines.len() / 2);
+    publish_all(&bus, example_messages(first_half)).await;
+    let middle = folded(&mut live, &bus, "P46").await;
+
+    let replayed = dir.path().join("audit");
+    let output = kpictl(&[
+        "replay",
+        "--data-dir",
+        replayed.to_str().unwrap(),
+        "--until",
+        &middle.to_string(),
+        "--units",
+        &units_arg,
+        "--nats-url",
+        &nats.url(),
+    ]);
+    let said = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(said.contains("projector --frozen --data-dir"), "{said}");
+
+    // The copy, served against the live stream, and events going on.
+    let mut frozen = Projector::start(&nats.url(), &units, &replayed, &["--frozen"]);
+    let mut client = frozen.client().await;
+    assert_eq!(Projector::sequence(&mut client, "P46").await, middle);
+    publish_all(&bus, example_messages(second_half)).await;
+    let end = folded(&mut live, &bus, "P46").await;
+    assert!(end > middle);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(Projector::sequence(&mut client, "P46").await, middle);
+
+    // Asked for what it will never reflect: refused at once, saying why.
+    let started = Instant::now();
+    let refused = client
+        .get_rates(GetRatesRequest {
+            unit_id: "P46".into(),
+            period: "2024-01-01".into(),
+            min_stream_sequence: Some(end),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("frozen audit copy"),
+        "{refused:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        frozen.log().contains("answered from a frozen audit copy"),
+        "{}",
+        frozen.log()
+    );
+}

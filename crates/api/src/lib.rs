@@ -198,6 +198,9 @@ pub struct KpiApi {
     /// Who may call (to end the watches of revoked tokens).
     access: Access,
     permits: Permits,
+    /// An audit copy that no fold moves on (`projector --frozen`): the
+    /// stream sequence it reflects, for ever.
+    frozen_at: Option<u64>,
 }
 
 impl KpiApi {
@@ -212,7 +215,16 @@ impl KpiApi {
             facts: Arc::new(ScoreFacts::default()),
             access: Access::open(),
             permits: Permits::new(&Limits::default()),
+            frozen_at: None,
         }
+    }
+
+    /// Serves the views as they are, a frozen audit copy (`projector
+    /// --frozen`): a read asking for a later stream sequence is refused at
+    /// once, and every call is logged as answered from the copy.
+    pub fn frozen(mut self) -> Result<Self, StoreError> {
+        self.frozen_at = Some(self.views.current().checkpoint()?);
+        Ok(self)
     }
 
     /// Keeps at most about `bytes` of answers for callers to share
@@ -636,6 +648,7 @@ pub async fn serve(
     });
     let access = serving.access;
     let limits = serving.limits;
+    let frozen_at = api.frozen_at;
     let api = KpiApi {
         access: access.clone(),
         permits: Permits::new(&limits),
@@ -645,7 +658,15 @@ pub async fn serve(
         KpiServiceServer::new(api)
             .max_encoding_message_size(MAX_REPLY_BYTES)
             .max_decoding_message_size(64 * 1024),
-        move |request| access.intercept(request),
+        move |request| {
+            if let Some(frozen_at) = frozen_at {
+                tracing::info!(
+                    frozen_at,
+                    "a call answered from a frozen audit copy: the views as they were at stream sequence {frozen_at}"
+                );
+            }
+            access.intercept(request)
+        },
     );
     let mut server = tonic::transport::Server::builder()
         .timeout(limits.call_deadline)

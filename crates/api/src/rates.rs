@@ -85,6 +85,12 @@ impl KpiApi {
         if self.views.current().checkpoint().map_err(internal)? >= sequence {
             return Ok(());
         }
+        if let Some(frozen_at) = self.frozen_at {
+            return Err(Status::failed_precondition(format!(
+                "this server is a frozen audit copy of the views at stream sequence {frozen_at} \
+                 (projector --frozen): it never reflects {sequence}; ask the live projector"
+            )));
+        }
         let _place = tokio::time::timeout_at(deadline, self.permits.wait())
             .await
             .map_err(|_| {

@@ -257,8 +257,11 @@ pub struct ReplayArgs {
     /// Where to write the fresh views (a new or empty directory).
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// Stop after this stream sequence, or after the last message stored
-    /// at or before this time (RFC 3339); default: the stream's end.
+    /// Stop after this stream sequence, or after the last message NATS
+    /// stored at or before this time (RFC 3339): what the system had been
+    /// told by then, whenever the events occurred (a late report of a June
+    /// event stored in July is not in a replay until 1 July). Default: the
+    /// stream's end.
     #[arg(long)]
     pub until: Option<String>,
     #[command(flatten)]
@@ -373,8 +376,14 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         totals.parked,
         totals.conflicts
     );
+    // A port free now, so the hint works as printed beside a running projector.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map_or(50052, |address| address.port());
     println!(
-        "serve them with: projector --data-dir {} --units {} --listen 127.0.0.1:50052",
+        "serve them as they are (the stream is not read, the figures stay at sequence {checkpoint}): \
+         projector --frozen --data-dir {} --units {} --listen 127.0.0.1:{port}\n\
+         then ask them: kpictl rates --addr http://127.0.0.1:{port} --unit <unit> --period <period>",
         args.data_dir.display(),
         args.bus.units.display()
     );

@@ -85,6 +85,12 @@ struct Args {
     /// `kpictl rebuild` on a running projector.
     #[arg(long)]
     rebuild: bool,
+    /// Serve the views in --data-dir as they are, without reading the
+    /// stream: a frozen audit copy (`kpictl replay --until N`), whose
+    /// answers stay at its stream sequence while the log goes on. GetCase
+    /// still reads events from the log.
+    #[arg(long, conflicts_with = "rebuild")]
+    frozen: bool,
 }
 
 /// Whether an error needs an operator rather than a restart
@@ -214,6 +220,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let checkpoint = store.checkpoint()?;
     tracing::info!(views = %views_dir.display(), checkpoint, units = units.len(), "views opened");
+    if args.frozen {
+        tracing::warn!(
+            checkpoint,
+            "frozen (--frozen): serving the views as they were at stream sequence {checkpoint}; \
+             the stream is not read, nothing will change them"
+        );
+    }
 
     let (stop_metrics, metrics_stopped) = watch::channel(false);
     let fold_metrics = match args.metrics_listen {
@@ -272,14 +285,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         layout,
         api.views(),
     );
-    let api = api.with_operations(Arc::new(Operations(supervisor.clone())));
+    let api = if args.frozen {
+        api.frozen()?
+    } else {
+        api.with_operations(Arc::new(Operations(supervisor.clone())))
+    };
     let (stop_server, server_stopped) = watch::channel(false);
     let mut server_stopped = server_stopped;
     let server = tokio::spawn(kpi_api::serve(listener, api, serving, async move {
         let _ = server_stopped.wait_for(|stopped| *stopped).await;
     }));
 
-    supervisor.start_live();
+    if !args.frozen {
+        supervisor.start_live();
+    }
     if args.rebuild {
         match supervisor.request_rebuild() {
             Ok(message) => tracing::info!("{message}"),
