@@ -74,7 +74,7 @@ pub enum BusError {
     },
     #[error(
         "NATS refused user `{user}` what it asked ({detail}): deploy/nats/users.conf does not \
-         allow it; this service runs as the wrong user, or the file is not this build's"
+         allow it; this service or command runs as the wrong user, or the file is not this build's"
     )]
     Violation { user: String, detail: String },
     #[error("reading stream {STREAM_NAME}: {0}")]
@@ -277,6 +277,8 @@ pub struct Bus {
     /// The first thing the server refused this connection's user
     /// (a permissions or authorization violation), if any.
     violations: tokio::sync::watch::Receiver<Option<String>>,
+    /// The server refused this user the creation of `CASES`.
+    may_not_create: Arc<std::sync::atomic::AtomicBool>,
     /// The user it logged in as, for messages.
     user: Arc<str>,
 }
@@ -338,6 +340,8 @@ impl Bus {
         let name = client_name.to_owned();
         let (violated, violations) = tokio::sync::watch::channel(None);
         let violated = Arc::new(violated);
+        let may_not_create = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let refused_creation = may_not_create.clone();
         let client = options
             .name(client_name)
             .connection_timeout(Duration::from_secs(5))
@@ -348,6 +352,7 @@ impl Bus {
             .event_callback(move |event| {
                 let name = name.clone();
                 let violated = violated.clone();
+                let refused_creation = refused_creation.clone();
                 async move {
                     match event {
                         async_nats::Event::Connected | async_nats::Event::Closed => {
@@ -364,6 +369,7 @@ impl Bus {
                             // goes on by itself.
                             let creating_the_stream = detail.contains("$JS.API.STREAM.CREATE.");
                             if violation && creating_the_stream {
+                                refused_creation.store(true, std::sync::atomic::Ordering::Relaxed);
                                 tracing::warn!(client = %name, %detail, "CASES is missing and this user may not create it: the operator creates it with `kpictl stream-init`");
                             } else if violation {
                                 tracing::error!(client = %name, %detail, "NATS refused this user");
@@ -395,6 +401,7 @@ impl Bus {
             replicas: replicas.max(1),
             duplicate_window: DUPLICATE_WINDOW,
             violations,
+            may_not_create,
             user: Arc::from("(no user)"),
         })
     }
@@ -408,6 +415,7 @@ impl Bus {
             replicas: self.replicas,
             duplicate_window: self.duplicate_window,
             violations: self.violations.clone(),
+            may_not_create: self.may_not_create.clone(),
             user: self.user.clone(),
         }
     }
@@ -517,6 +525,14 @@ impl Bus {
             }
             match self.jetstream.create_stream(wanted.clone()).await {
                 Ok(stream) => return Ok(stream),
+                Err(_) if self.may_not_create.load(std::sync::atomic::Ordering::Relaxed) => {
+                    return Err(BusError::Stream(format!(
+                        "it does not exist yet, and NATS user `{}` may not create it: create it once \
+                         as the operator user (`kpictl stream-init --nats-user operator`); this \
+                         service then goes on by itself",
+                        self.user
+                    )))
+                }
                 Err(err) if attempt >= ATTEMPTS => {
                     return Err(BusError::Stream(format!(
                         "it does not exist and could not be created ({err}); create it as the operator user (`kpictl stream-init`)"

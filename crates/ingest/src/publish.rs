@@ -93,6 +93,10 @@ pub async fn publish_until(
             Ok(Err(err)) => last_error = err,
             Err(_) => last_error = "no ack".to_owned(),
         }
+        // What the server refuses this user, retrying will not get.
+        if let Some(violation) = bus.violated() {
+            return Err(violation.to_string());
+        }
         let remaining = deadline.saturating_duration_since(Instant::now());
         tokio::time::sleep(backoff.min(remaining)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);

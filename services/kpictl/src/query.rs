@@ -63,16 +63,55 @@ pub async fn connect(api: &ApiArgs) -> anyhow::Result<Client> {
     } else if addr.starts_with("https:") {
         endpoint = endpoint.tls_config(ClientTlsConfig::new().with_native_roots())?;
     }
-    let channel = endpoint.connect().await.with_context(|| {
-        format!("cannot reach the KPI API at {addr} (is the projector running?)")
-    })?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|err| connect_error(addr, &err))?;
     let bearer =
         Bearer::new(api.token.as_deref()).map_err(|err| anyhow::anyhow!("--token: {err}"))?;
     Ok(KpiServiceClient::with_interceptor(channel, bearer))
 }
 
+/// Why `addr` could not be reached, with what to do about it: an untrusted
+/// certificate, TLS on one side only, or nothing listening.
+fn connect_error(addr: &str, err: &tonic::transport::Error) -> anyhow::Error {
+    let mut causes = Vec::new();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = cause {
+        causes.push(current.to_string());
+        cause = current.source();
+    }
+    let detail = causes.join(": ");
+    if detail.contains("invalid peer certificate") {
+        anyhow::anyhow!(
+            "the certificate of the KPI API at {addr} is not trusted ({detail}): pass --ca with the \
+             CA certificate that signed it (env KPI_CA)"
+        )
+    } else if detail.contains("InvalidContentType") || detail.contains("corrupt message") {
+        anyhow::anyhow!("the KPI API at {addr} does not speak TLS ({detail}): use http:// for it")
+    } else {
+        anyhow::anyhow!("cannot reach the KPI API at {addr} ({detail}): is the projector running?")
+    }
+}
+
+/// A refused or failed call as the user reads it: the server's own message,
+/// without the gRPC code's boilerplate; a broken connection says what
+/// usually breaks it.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}: {}", status.code().description(), status.message())
+    if status.code() == tonic::Code::Unknown && status.message().contains("transport error") {
+        return anyhow::anyhow!(
+            "the connection to the KPI API broke ({}): if that port speaks TLS (a projector \
+             started with --tls-cert), use https:// and --ca",
+            status.message()
+        );
+    }
+    if status.code() == tonic::Code::Unavailable {
+        return anyhow::anyhow!(
+            "the KPI API is unavailable ({}): is the projector running?",
+            status.message()
+        );
+    }
+    anyhow::anyhow!("{}", status.message())
 }
 
 pub async fn rates(args: RatesArgs) -> anyhow::Result<ExitCode> {
