@@ -143,4 +143,18 @@ async fn tls_mistakes_and_refusals_say_what_to_do_without_grpc_boilerplate() {
     assert!(said.contains("`9999`"), "{said}");
     assert!(!said.contains("Some requested entity"), "{said}");
     assert!(!said.contains("Client specified"), "{said}");
+
+    // `kpictl … --json | head`: the reader is gone before kpictl writes.
+    let mut piped = std::process::Command::new(&kpi_e2e::binaries().kpictl)
+        .args([
+            "rates", "--addr", &https, "--ca", ca_arg, "--unit", "51", "--period", "2025", "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(piped.stdout.take());
+    let output = piped.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

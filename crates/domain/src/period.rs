@@ -101,7 +101,15 @@ fn last_of_month(year: i32, month: u32) -> Result<NaiveDate, String> {
         .ok_or("the year is out of range")?)
 }
 
+/// The two characters after the year's dash, read as a month (`03`); a
+/// quarter or half that does not exist (`Q5`, `H3`) is named as such.
 fn month_number(text: &str) -> Result<u32, String> {
+    if text.starts_with('Q') {
+        return Err(format!("`{text}` is not a quarter: Q1 to Q4"));
+    }
+    if text.starts_with('H') {
+        return Err(format!("`{text}` is not a half-year: H1 or H2"));
+    }
     parse_number(text, 2)
         .filter(|month| (1..=12).contains(month))
         .ok_or_else(|| format!("`{text}` is not a month 01 to 12"))
@@ -153,6 +161,9 @@ fn reporting_span(text: &str) -> Result<(NaiveDate, NaiveDate), String> {
         "Q4" => months(10, 12),
         "6M" => months(1, 6),
         "9M" => months(1, 9),
+        _ if rest.starts_with('H') => Err(format!(
+            "`{rest}`: a reporting year has no halves; its first six months are R{year_text}-6M"
+        )),
         _ if rest.len() == 2 => {
             let month = month_number(rest)?;
             months(month, month)
@@ -212,6 +223,24 @@ mod tests {
             span("2024-03-15..2024-03-15"),
             pair("2024-03-15", "2024-03-15")
         );
+    }
+
+    #[test]
+    fn a_quarter_or_half_that_does_not_exist_is_not_called_a_month() {
+        for (bad, reason) in [
+            ("R2025-Q5", "`Q5` is not a quarter: Q1 to Q4"),
+            ("2025-Q0", "`Q0` is not a quarter: Q1 to Q4"),
+            ("2025-H3", "`H3` is not a half-year: H1 or H2"),
+            ("R2025-13", "`13` is not a month 01 to 12"),
+            ("R2025-H1", "its first six months are R2025-6M"),
+        ] {
+            let err = Period::parse(bad).expect_err(bad).to_string();
+            assert!(err.contains(reason), "{bad}: {err}");
+            assert!(
+                !err.contains("is not a month") || reason.contains("is not a month"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -98,16 +98,21 @@ fn connect_error(addr: &str, err: &tonic::transport::Error) -> anyhow::Error {
 /// without the gRPC code's boilerplate; a broken connection says what
 /// usually breaks it.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
-    if status.code() == tonic::Code::Unknown && status.message().contains("transport error") {
+    use tonic::Code;
+    // A connection that broke or never carried gRPC: the server is gone, or
+    // speaks TLS to a client that does not. The call then fails as Unknown
+    // ("transport error"), Internal ("h2 protocol error"), Cancelled or
+    // Unavailable, depending on timing; the API itself never answers with
+    // these but Internal, with its own message.
+    let broken = match status.code() {
+        Code::Unavailable | Code::Unknown | Code::Cancelled => true,
+        Code::Internal => status.message().starts_with("h2 protocol error"),
+        _ => false,
+    };
+    if broken {
         return anyhow::anyhow!(
-            "the connection to the KPI API broke ({}): if that port speaks TLS (a projector \
-             started with --tls-cert), use https:// and --ca",
-            status.message()
-        );
-    }
-    if status.code() == tonic::Code::Unavailable {
-        return anyhow::anyhow!(
-            "the KPI API is unavailable ({}): is the projector running?",
+            "the connection to the KPI API failed ({}): is the projector running? If its port \
+             speaks TLS (a projector started with --tls-cert), use https:// and --ca",
             status.message()
         );
     }
