@@ -3,6 +3,7 @@
 //! (senders, operators). The token is printed once and stored nowhere; the
 //! file keeps only its SHA-256.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -27,6 +28,10 @@ pub struct NewTokenArgs {
     /// Whom the token is for, as the server's logs and refusals name it.
     #[arg(long)]
     pub name: String,
+    /// The units file the servers load: the scope must be one of its
+    /// units (a tokens file naming another is refused by the servers).
+    #[arg(long, env = "KPI_UNITS")]
+    pub units: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -74,9 +79,27 @@ fn entry(token: &str, args: &NewTokenArgs) -> serde_json::Value {
     })
 }
 
+/// Whether `scope` is `*` or a unit of `units`; the error says what is.
+fn check_scope(scope: &str, units: &kpi_domain::UnitRegistry) -> anyhow::Result<()> {
+    if scope == "*" || units.find(scope).is_some() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "--scope `{scope}` is not a unit of the units file (nor `*`, every unit): \
+         `kpictl units` lists them"
+    )
+}
+
 pub fn run(command: TokenCommand) -> anyhow::Result<ExitCode> {
     match command {
         TokenCommand::New(args) => {
+            match &args.units {
+                Some(path) => check_scope(&args.scope, &crate::load_units(path)?)?,
+                None => eprintln!(
+                    "note: --scope `{}` not checked against a units file (pass --units or set KPI_UNITS)",
+                    args.scope
+                ),
+            }
             let token = new_token()?;
             println!("token (give it to {}; it is shown only now):", args.name);
             println!("{token}");
@@ -104,6 +127,7 @@ mod tests {
             scope: "51".into(),
             role: TokenRole::Reader,
             name: "Sở Nội vụ".into(),
+            units: None,
         };
         let line = entry(&a, &args);
         assert_eq!(line["sha256"], kpi_api::access::token_sha256(&a));
@@ -112,5 +136,18 @@ mod tests {
             !line.to_string().contains(&a[4..]),
             "the token itself is not in the line"
         );
+    }
+
+    #[test]
+    fn a_scope_outside_the_units_file_is_refused() {
+        let units = kpi_domain::UnitRegistry::from_json(
+            r#"{"units": [{"id": "51", "name": "Tỉnh Quảng Ngãi", "level": "province"}]}"#
+                .as_bytes(),
+        )
+        .unwrap();
+        assert!(check_scope("51", &units).is_ok());
+        assert!(check_scope("*", &units).is_ok());
+        let err = check_scope("9999", &units).unwrap_err().to_string();
+        assert!(err.contains("`9999` is not a unit"), "{err}");
     }
 }
