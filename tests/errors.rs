@@ -71,16 +71,7 @@ fn nats_mistakes_name_the_user_the_subject_and_the_command_that_fixes_them() {
     assert!(said.contains("may not create it"), "{said}");
     assert!(said.contains("kpictl stream-init"), "{said}");
 
-    let (code, said) = run(&[
-        "stream-init",
-        "--nats-url",
-        &nats.url(),
-        "--nats-user",
-        "operator",
-        "--nats-password",
-        "operator-secret",
-    ]);
-    assert_eq!(code, Some(0), "{said}");
+    kpi_e2e::stream_init_as_operator(&nats.url());
 
     // A user that may not publish the kind: the user and the subject, not
     // "NATS down or slow".

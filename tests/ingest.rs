@@ -455,20 +455,7 @@ async fn each_nats_user_may_publish_only_its_own_kinds() {
 
     // No user: refused. The operator creates the stream.
     assert!(Bus::connect(&nats.url(), "anonymous").await.is_err());
-    let output = kpi_e2e::kpictl(&[
-        "stream-init",
-        "--nats-url",
-        &nats.url(),
-        "--nats-user",
-        "operator",
-        "--nats-password",
-        "operator-secret",
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    kpi_e2e::stream_init_as_operator(&nats.url());
 
     let case = "000.00.31.H31-250305-0001";
     let subject = |kind: &str| format!("cases.{COMMUNE}.{kind}");

@@ -605,16 +605,7 @@ async fn a_service_the_bus_refuses_what_it_must_do_exits_78_naming_the_user() {
     let nats = kpi_e2e::nats_with_shipped_users();
     let dir = tempfile::tempdir().unwrap();
     let units = write(dir.path(), "units.json", UNITS);
-    let output = kpi_e2e::kpictl(&[
-        "stream-init",
-        "--nats-url",
-        &nats.url(),
-        "--nats-user",
-        "operator",
-        "--nats-password",
-        "operator-secret",
-    ]);
-    assert!(output.status.success(), "{output:?}");
+    kpi_e2e::stream_init_as_operator(&nats.url());
     // intake started as the feedback user: it may not publish case.received.
     let flags = kpi_e2e::nats_user_flags("feedback");
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();

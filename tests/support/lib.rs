@@ -599,6 +599,21 @@ pub fn nats_user_flags(user: &str) -> Vec<String> {
     ]
 }
 
+/// Creates `CASES` as the operator user of the shipped users.conf, as the
+/// README says to (`kpictl stream-init`); what kpictl printed.
+pub fn stream_init_as_operator(nats_url: &str) -> String {
+    let flags = nats_user_flags("operator");
+    let mut args = vec!["stream-init", "--nats-url", nats_url];
+    args.extend(flags.iter().map(String::as_str));
+    let output = kpictl(&args);
+    assert!(
+        output.status.success(),
+        "kpictl stream-init: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// A tokens file (CONTRACT §8) of `(name, token, scope, role)` entries.
 pub fn tokens_file(entries: &[(&str, &str, &str, &str)]) -> String {
     let entries: Vec<_> = entries

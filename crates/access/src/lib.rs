@@ -321,6 +321,37 @@ impl TokensFile {
     }
 }
 
+/// A server's tokens: none (every caller answered without one), or a tokens
+/// file in force, read again on demand. The API's access and the ingest
+/// services' senders are both one of these.
+#[derive(Clone, Default)]
+pub struct TokensInForce(Option<Arc<TokensFile>>);
+
+impl TokensInForce {
+    /// Callers need a token of the file at `path`.
+    pub fn from_file(path: &Path, units: Arc<UnitRegistry>) -> Result<Self, TokensError> {
+        Ok(TokensInForce(Some(Arc::new(TokensFile::load(
+            path, units,
+        )?))))
+    }
+
+    pub fn needs_tokens(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Reads the tokens file again (SIGHUP). A file that does not load
+    /// leaves the tokens in force as they were. Returns how many tokens
+    /// are in force (0 without a file).
+    pub fn reload(&self) -> Result<usize, TokensError> {
+        self.file().map_or(Ok(0), TokensFile::reload)
+    }
+
+    /// The tokens file, if callers need tokens.
+    pub fn file(&self) -> Option<&TokensFile> {
+        self.0.as_deref()
+    }
+}
+
 /// Refuses to send a bearer token to `url` in clear: over `http://` only
 /// to a loopback host (CONTRACT §8). The error says what to do.
 pub fn token_may_travel(url: &str, flag: &str) -> Result<(), String> {

@@ -22,7 +22,7 @@ use kpi_domain::{Day, UnitIdx, UnitRegistry};
 use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 use tonic::{Request, Status};
 
-use kpi_access::TokensFile;
+use kpi_access::TokensInForce;
 pub use kpi_access::{token_sha256, within, Caller, Role, Scope, Tokens, TokensError};
 
 use crate::KpiApi;
@@ -31,7 +31,7 @@ use crate::KpiApi;
 /// file, reloadable while serving.
 #[derive(Clone, Default)]
 pub struct Access {
-    file: Option<Arc<TokensFile>>,
+    tokens: TokensInForce,
 }
 
 impl Access {
@@ -43,34 +43,31 @@ impl Access {
     /// Calls need a token of the file at `path`.
     pub fn from_file(path: &Path, units: Arc<UnitRegistry>) -> Result<Access, TokensError> {
         Ok(Access {
-            file: Some(Arc::new(TokensFile::load(path, units)?)),
+            tokens: TokensInForce::from_file(path, units)?,
         })
     }
 
     pub fn needs_tokens(&self) -> bool {
-        self.file.is_some()
+        self.tokens.needs_tokens()
     }
 
     /// Reads the tokens file again (SIGHUP). A file that does not load
     /// leaves the tokens in force as they were. Returns how many tokens
     /// are in force.
     pub fn reload(&self) -> Result<usize, TokensError> {
-        match &self.file {
-            Some(file) => file.reload(),
-            None => Ok(0),
-        }
+        self.tokens.reload()
     }
 
     /// News of the tokens file being read again (never, without one).
     pub fn reloads(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        self.file.as_ref().map(|file| file.reloads())
+        self.tokens.file().map(|file| file.reloads())
     }
 
     /// Whether `caller`'s token is still in force with the same scope and
     /// role (an open stream of a revoked token ends).
     pub fn still_holds(&self, caller: &Caller) -> bool {
-        self.file
-            .as_ref()
+        self.tokens
+            .file()
             .is_none_or(|file| file.current().holds(caller))
     }
 
@@ -78,7 +75,7 @@ impl Access {
     /// UNAUTHENTICATED without a known one, PERMISSION_DENIED for a
     /// sender's token (it sends events, it does not read).
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Option<Caller>, Status> {
-        let Some(file) = &self.file else {
+        let Some(file) = self.tokens.file() else {
             return Ok(None);
         };
         let header = metadata.get("authorization").ok_or_else(|| {

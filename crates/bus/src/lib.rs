@@ -89,6 +89,17 @@ fn sender_header(sender: &str) -> async_nats::HeaderValue {
         .unwrap_or_else(|_| sender.replace(['\r', '\n'], " ").as_str().into())
 }
 
+/// The headers of a published event: its `Nats-Msg-Id` and, when known,
+/// who sent it ([`SENDER_HEADER`]).
+fn event_headers(message_id: &str, sender: Option<&str>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id);
+    if let Some(sender) = sender {
+        headers.insert(SENDER_HEADER, sender_header(sender));
+    }
+    headers
+}
+
 /// The `Nats-Msg-Id` of a message: the lowercase hex SHA-256 of its body,
 /// for every publisher (CONTRACT §2).
 pub fn message_id(payload: &[u8]) -> String {
@@ -577,11 +588,7 @@ impl Bus {
         subject: String,
         payload: Bytes,
     ) -> Result<PublishAckFuture, BusError> {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            message_id(&payload).as_str(),
-        );
+        let headers = event_headers(&message_id(&payload), None);
         self.publish_with_headers(subject, headers, payload).await
     }
 
@@ -593,12 +600,7 @@ impl Bus {
         payload: Bytes,
         sender: &str,
     ) -> Result<PublishAckFuture, BusError> {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            message_id(&payload).as_str(),
-        );
-        headers.insert(SENDER_HEADER, sender_header(sender));
+        let headers = event_headers(&message_id(&payload), Some(sender));
         self.publish_with_headers(subject, headers, payload).await
     }
 
@@ -615,13 +617,9 @@ impl Bus {
         payload: Bytes,
         sender: &str,
     ) -> Result<PublishAckFuture, BusError> {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            async_nats::header::NATS_MESSAGE_ID,
-            redrive_message_id(parked_sequence, &payload).as_str(),
-        );
+        let mut headers =
+            event_headers(&redrive_message_id(parked_sequence, &payload), Some(sender));
         headers.insert(REDRIVE_OF_HEADER, parked_sequence.to_string().as_str());
-        headers.insert(SENDER_HEADER, sender_header(sender));
         self.publish_with_headers(subject, headers, payload).await
     }
 

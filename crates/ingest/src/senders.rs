@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use kpi_access::{Caller, TokensError, TokensFile};
+use kpi_access::{Caller, TokensError, TokensFile, TokensInForce};
 use kpi_domain::{Day, Moment, UnitRegistry};
 use kpi_events::Event;
 
@@ -104,7 +104,7 @@ pub enum Refused {
 /// tokens file read again on SIGHUP.
 #[derive(Clone, Default)]
 pub struct Senders {
-    file: Option<Arc<TokensFile>>,
+    tokens: TokensInForce,
 }
 
 impl Senders {
@@ -114,25 +114,22 @@ impl Senders {
 
     pub fn from_file(path: &Path, units: Arc<UnitRegistry>) -> Result<Senders, TokensError> {
         Ok(Senders {
-            file: Some(Arc::new(TokensFile::load(path, units)?)),
+            tokens: TokensInForce::from_file(path, units)?,
         })
     }
 
     pub fn needs_tokens(&self) -> bool {
-        self.file.is_some()
+        self.tokens.needs_tokens()
     }
 
     /// Reads the tokens file again; how many tokens are in force.
     pub fn reload(&self) -> Result<usize, TokensError> {
-        match &self.file {
-            Some(file) => file.reload(),
-            None => Ok(0),
-        }
+        self.tokens.reload()
     }
 
     /// The sender of a post whose `Authorization` header is `header`.
     pub fn authenticate(&self, header: Option<&str>) -> Result<Sender, Refused> {
-        let Some(file) = &self.file else {
+        let Some(file) = self.tokens.file() else {
             return Ok(Sender::local());
         };
         let header = header.ok_or_else(|| {
@@ -151,7 +148,7 @@ impl Senders {
     /// The sender a token stands for (a DVCQG `session`, or a password
     /// at `/v1/dvcqg/auth`).
     pub fn token(&self, token: &str) -> Result<Sender, Refused> {
-        match &self.file {
+        match self.tokens.file() {
             None => Ok(Sender::local()),
             Some(file) => self.sender_of(file, token),
         }

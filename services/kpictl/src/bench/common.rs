@@ -86,3 +86,16 @@ pub(super) fn directory_size(dir: &Path) -> u64 {
         })
         .sum()
 }
+
+/// A process the benchmark started (a projector, intake), stopped with
+/// SIGTERM on drop.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}

@@ -15,7 +15,7 @@ use kpi_ingest::{Publisher, Service, DEFAULT_DEADLINE};
 use kpi_simulator::{vietnam_day, Simulator};
 
 use super::args::BenchArgs;
-use super::common::free_port;
+use super::common::{free_port, Running};
 use super::workload::working_days_of_2025;
 
 /// Lines in each NDJSON post of the ingest comparison.
@@ -38,18 +38,6 @@ struct Target {
     client: reqwest::Client,
     /// `Bearer <sender token>` when the intake takes tokens.
     authorization: Option<String>,
-}
-
-/// An intake process, stopped with SIGTERM on drop.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
 }
 
 fn start_intake(

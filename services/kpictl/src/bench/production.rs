@@ -10,7 +10,7 @@
 //!   order R1, R3, R3, R1.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -18,7 +18,7 @@ use kpi_api::pb::GetRatesRequest;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use super::calls::{calls_per_window, RawCall};
-use super::common::{connect_endpoint, free_port, settle_disk};
+use super::common::{connect_endpoint, free_port, settle_disk, Running};
 
 /// The files a TLS server with tokens (the projector, intake) is started
 /// with, and what a client needs.
@@ -77,18 +77,6 @@ pub struct Served<'a> {
     pub data_dir: &'a Path,
     pub cache_mb: u64,
     pub work: &'a Path,
-}
-
-/// A projector process, stopped with SIGTERM on drop.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
 }
 
 fn start(
