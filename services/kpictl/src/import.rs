@@ -209,7 +209,6 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     );
     let bus = args.nats.connect("kpictl-import").await?;
     bus.ensure_stream().await?;
-    let refusals = bus.clone();
     let ingestor = Ingestor::new(bus, units, Accepts::Any, args.publish_deadline);
     // kpictl publishes as its NATS user: the events say so (Kpi-Sender).
     let sender = Sender::named(&crate::publisher_name("import", &args.nats));
@@ -268,7 +267,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    if let Some(violation) = refusals.violated() {
+    if let Some(violation) = ingestor.bus().violated() {
         anyhow::bail!(
             "{} valid lines were not stored: {violation}. Import as a user that may publish \
              these events (the operator, or the service user of each kind)",
