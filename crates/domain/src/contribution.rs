@@ -279,7 +279,7 @@ impl Record {
 /// The due day of a case as it stood over time: from each day on (the
 /// received day, then each supplement request's day, earliest first), the
 /// day its due time falls on. Requests on one day: the last one stands.
-fn due_steps(received: &RecordedEvent, record: &Record) -> Vec<(Day, Day)> {
+pub(crate) fn due_steps(received: &RecordedEvent, record: &Record) -> Vec<(Day, Day)> {
     let Fact::Received { due_at, .. } = received.fact else {
         return Vec::new();
     };
@@ -306,7 +306,7 @@ fn due_steps(received: &RecordedEvent, record: &Record) -> Vec<(Day, Day)> {
 /// spans `[from, to)` (`to` absent while it still is): open from `opened`
 /// until `closed` (exclusive), past due from the day its due time (as it
 /// stood then, `steps`) falls on.
-fn overdue_spans(
+pub(crate) fn overdue_spans(
     opened: Day,
     steps: &[(Day, Day)],
     closed: Option<Day>,

@@ -17,6 +17,7 @@ use kpi_events::{ContentHash, Event};
 
 use crate::contribution::Contribution;
 use crate::counters::CounterDelta;
+use crate::flow::{FlowContribution, FlowRow, LateMark};
 use crate::record::{Folded, Record, RecordKey};
 use crate::time::{Day, Moment};
 use crate::units::{UnitIdx, UnitRegistry};
@@ -98,6 +99,34 @@ pub struct BatchChanges {
     /// Records whose held events changed: the new summary, or `None` when
     /// none is held any more.
     pub held: Vec<(RecordKey, Option<HeldEntry>)>,
+    /// Case-flow day changes per series and day, at the receiving unit
+    /// only (the report groups by the tree of a period's last day when
+    /// asked).
+    pub flow: BTreeMap<FlowKey, FlowRow>,
+    /// Late-case index entries to delete; applied before `late_added`.
+    pub late_removed: Vec<LateKey>,
+    pub late_added: Vec<LateKey>,
+}
+
+/// A series of the case-flow report on one day: the receiving unit, the
+/// case's field and procedure.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub unit: UnitIdx,
+    pub field: String,
+    pub procedure_code: String,
+    pub day: Day,
+}
+
+/// One entry of the late-case index: a case's [`LateMark`] at its
+/// receiving unit, with its field and procedure.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LateKey {
+    pub unit: UnitIdx,
+    pub mark: LateMark,
+    pub case_id: String,
+    pub field: String,
+    pub procedure_code: String,
 }
 
 /// A record whose events are held: its received event has not arrived.
@@ -215,6 +244,16 @@ impl<'a, S: RecordSource> BatchFold<'a, S> {
                     changes.add(units, self.live_day, &key, after, 1)?;
                 }
             }
+            let flow_before = touched.before.as_ref().and_then(Record::flow_contribution);
+            let flow_after = touched.after.flow_contribution();
+            if flow_before != flow_after {
+                if let Some(before) = &flow_before {
+                    changes.add_flow(units, &key, before, -1)?;
+                }
+                if let Some(after) = &flow_after {
+                    changes.add_flow(units, &key, after, 1)?;
+                }
+            }
             changes.records.push((key, touched.after));
         }
         changes.records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -223,6 +262,49 @@ impl<'a, S: RecordSource> BatchFold<'a, S> {
 }
 
 impl BatchChanges {
+    /// Adds `sign` times a case's part in the case-flow report.
+    pub fn add_flow(
+        &mut self,
+        units: &UnitRegistry,
+        key: &RecordKey,
+        contribution: &FlowContribution<'_>,
+        sign: i64,
+    ) -> Result<(), UnknownUnit> {
+        let unit = units
+            .find(contribution.unit_id)
+            .ok_or_else(|| UnknownUnit {
+                code: key.code().to_owned(),
+                unit_id: contribution.unit_id.to_owned(),
+            })?;
+        for &(day, column, by) in &contribution.changes {
+            let series = FlowKey {
+                unit,
+                field: contribution.field.to_owned(),
+                procedure_code: contribution.procedure_code.to_owned(),
+                day,
+            };
+            self.flow
+                .entry(series)
+                .or_default()
+                .change(column, by * sign);
+        }
+        for &mark in &contribution.late {
+            let entry = LateKey {
+                unit,
+                mark,
+                case_id: key.code().to_owned(),
+                field: contribution.field.to_owned(),
+                procedure_code: contribution.procedure_code.to_owned(),
+            };
+            if sign < 0 {
+                self.late_removed.push(entry);
+            } else {
+                self.late_added.push(entry);
+            }
+        }
+        Ok(())
+    }
+
     /// Adds `sign` times a contribution, to every unit credited with it:
     /// its counts by the tree of their day, its open case by the tree of
     /// `live_day`.

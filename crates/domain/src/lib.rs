@@ -17,6 +17,7 @@
 
 pub mod contribution;
 pub mod counters;
+pub mod flow;
 pub mod fold;
 pub mod kpi;
 pub mod naive;
@@ -30,8 +31,10 @@ pub mod units;
 
 pub use contribution::{LiveCounts, Timeliness};
 pub use counters::{Counter, CounterDelta, Counters};
+pub use flow::{CaseFlow, FlowColumn, FlowRow, LateCase, LateMark, CASE_FLOW_COLUMNS};
 pub use fold::{
-    BatchChanges, BatchFold, FoldError, HeldEntry, OpenDelta, OpenKey, RecordSource, UnknownUnit,
+    BatchChanges, BatchFold, FlowKey, FoldError, HeldEntry, LateKey, OpenDelta, OpenKey,
+    RecordSource, UnknownUnit,
 };
 pub use kpi::{rates, Kpi, Rate};
 pub use period::{Period, PeriodError, PERIOD_FORMS};

@@ -129,45 +129,17 @@ fn counts_before(a: &Event, b: &Event) -> bool {
 /// of, the unit itself first (a tree that does not change over time).
 pub fn naive_views(events: &[Event], ancestors: impl Fn(&str) -> Vec<String>) -> NaiveViews {
     let mut views = NaiveViews::default();
-    // Records: (feedback?, code) → events.
-    let mut records: BTreeMap<(bool, String), Vec<&Event>> = BTreeMap::new();
-    for event in events {
-        records
-            .entry((event.kind().is_feedback(), event.case_id.clone()))
-            .or_default()
-            .push(event);
-    }
-    for ((feedback, code), all) in records {
-        // Distinct contents per event id; the winner counts.
-        let mut by_id: BTreeMap<Uuid, Vec<&Event>> = BTreeMap::new();
-        for event in all {
-            let contents = by_id.entry(event.event_id).or_default();
-            if !contents.iter().any(|seen| same_content(seen, event)) {
-                contents.push(event);
-            }
-        }
-        let mut counting: Vec<&Event> = Vec::new();
-        for contents in by_id.values() {
-            let mut winner = contents[0];
-            for candidate in contents {
-                if counts_before(candidate, winner) {
-                    winner = candidate;
-                }
-            }
-            counting.push(winner);
-            for loser in contents {
-                if !std::ptr::eq(*loser, winner) {
-                    views.kept_aside.insert((
-                        feedback,
-                        code.clone(),
-                        loser.event_id,
-                        loser.kind().as_str(),
-                        loser.unit_id.clone(),
-                        loser.occurred_at.with_timezone(&Utc),
-                        loser.content_hash(),
-                    ));
-                }
-            }
+    for ((feedback, code), counting, losers) in naive_records(events) {
+        for loser in losers {
+            views.kept_aside.insert((
+                feedback,
+                code.clone(),
+                loser.event_id,
+                loser.kind().as_str(),
+                loser.unit_id.clone(),
+                loser.occurred_at.with_timezone(&Utc),
+                loser.content_hash(),
+            ));
         }
         let mut case = NaiveCase {
             events: counting,
@@ -197,6 +169,170 @@ pub fn naive_views(events: &[Event], ancestors: impl Fn(&str) -> Vec<String>) ->
         }
     }
     views
+}
+
+/// A record's key (feedback?, code), the events that count in it and the
+/// ones identity conflicts kept aside.
+type NaiveRecord<'e> = ((bool, String), Vec<&'e Event>, Vec<&'e Event>);
+
+/// Every record of `events`: §1.2's identity, decided per event id.
+fn naive_records(events: &[Event]) -> Vec<NaiveRecord<'_>> {
+    // Records: (feedback?, code) → events.
+    let mut records: BTreeMap<(bool, String), Vec<&Event>> = BTreeMap::new();
+    for event in events {
+        records
+            .entry((event.kind().is_feedback(), event.case_id.clone()))
+            .or_default()
+            .push(event);
+    }
+    let mut decided = Vec::new();
+    for (key, all) in records {
+        // Distinct contents per event id; the winner counts.
+        let mut by_id: BTreeMap<Uuid, Vec<&Event>> = BTreeMap::new();
+        for event in all {
+            let contents = by_id.entry(event.event_id).or_default();
+            if !contents.iter().any(|seen| same_content(seen, event)) {
+                contents.push(event);
+            }
+        }
+        let (mut counting, mut losers) = (Vec::new(), Vec::new());
+        for contents in by_id.values() {
+            let mut winner = contents[0];
+            for candidate in contents {
+                if counts_before(candidate, winner) {
+                    winner = candidate;
+                }
+            }
+            counting.push(winner);
+            losers.extend(
+                contents
+                    .iter()
+                    .copied()
+                    .filter(|loser| !std::ptr::eq(*loser, winner)),
+            );
+        }
+        decided.push((key, counting, losers));
+    }
+    decided
+}
+
+/// The case-flow report of CONTRACT §9 for the period `[start, end)`,
+/// straight from its table: per case, each column's condition on
+/// instants, no day buckets. `row_of` gives the row a case counts in
+/// from its counting `case.received` (`None`: not in the report). The
+/// columns are in the order of `kpi_domain::CASE_FLOW_COLUMNS`.
+pub fn naive_case_flow(
+    events: &[Event],
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    row_of: impl Fn(&Event) -> Option<String>,
+) -> BTreeMap<String, [u64; 16]> {
+    let mut rows: BTreeMap<String, [u64; 16]> = BTreeMap::new();
+    for ((feedback, _), counting, _) in naive_records(events) {
+        if feedback {
+            continue;
+        }
+        let case = NaiveCase {
+            events: counting,
+            counts: Vec::new(),
+            open: None,
+        };
+        let Some(received) = case.first("case.received") else {
+            continue;
+        };
+        let Some(row) = row_of(received) else {
+            continue;
+        };
+        let EventData::CaseReceived(data) = &received.data else {
+            continue;
+        };
+        let r = received.occurred_at.with_timezone(&Utc);
+        let supplements = case.of_kind("case.supplement_requested");
+        let due_of = |supplement: &Event| match supplement.data {
+            EventData::CaseSupplementRequested { due_at, .. } => due_at.with_timezone(&Utc),
+            _ => data.due_at.with_timezone(&Utc),
+        };
+        // D(t): the latest request made before t.
+        let due_before = |t: DateTime<Utc>| {
+            supplements
+                .iter()
+                .rfind(|s| s.occurred_at.with_timezone(&Utc) < t)
+                .map_or(data.due_at.with_timezone(&Utc), |s| due_of(s))
+        };
+        let due = supplements
+            .last()
+            .map_or(data.due_at.with_timezone(&Utc), |s| due_of(s));
+        let apology_before = |t: DateTime<Utc>| {
+            case.of_kind("case.apology_issued")
+                .iter()
+                .any(|a| a.occurred_at.with_timezone(&Utc) < t)
+        };
+        let withdrawal = case.first("case.withdrawn");
+        let resolution = case.first("case.resolved");
+        let finish = withdrawal
+            .or(resolution)
+            .map(|event| event.occurred_at.with_timezone(&Utc).max(r));
+        let open_at = |t: DateTime<Utc>| r < t && finish.is_none_or(|f| f >= t);
+        let in_period = |t: DateTime<Utc>| start <= t && t < end;
+
+        let mut c = [0u64; 16];
+        if open_at(start) && r < start {
+            c[0] = 1;
+        }
+        if in_period(r) {
+            match data.channel {
+                Channel::Online => c[1] = 1,
+                Channel::InPerson => c[2] = 1,
+                Channel::Postal => c[3] = 1,
+            }
+        }
+        c[4] = c[0] + c[1] + c[2] + c[3];
+        let mut late_resolved = false;
+        if let (None, Some(resolution), Some(f)) = (withdrawal, resolution, finish) {
+            if in_period(f) {
+                let at = resolution.occurred_at;
+                if local_date(at) < local_date(due.fixed_offset()) {
+                    c[5] = 1;
+                } else if at.with_timezone(&Utc) <= due {
+                    c[6] = 1;
+                } else {
+                    c[7] = 1;
+                    late_resolved = true;
+                }
+                c[8] = 1;
+                if matches!(
+                    resolution.data,
+                    EventData::CaseResolved {
+                        result: ResolutionResult::Rejected,
+                        ..
+                    }
+                ) {
+                    c[9] = 1;
+                }
+            }
+        }
+        if withdrawal.is_some() && finish.is_some_and(in_period) {
+            c[10] = 1;
+        }
+        if open_at(end) {
+            if due_before(end) < end {
+                c[12] = 1;
+            } else {
+                c[11] = 1;
+            }
+        }
+        c[13] = c[11] + c[12];
+        c[14] = c[7] + c[12];
+        if (late_resolved || c[12] == 1) && apology_before(end) {
+            c[15] = 1;
+        }
+        let sums = rows.entry(row).or_default();
+        for (sum, value) in sums.iter_mut().zip(c) {
+            *sum += value;
+        }
+    }
+    rows.retain(|_, columns| columns.iter().any(|value| *value > 0));
+    rows
 }
 
 /// One case's (or feedback's) counting events and what it counts.

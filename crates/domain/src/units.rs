@@ -775,6 +775,30 @@ impl UnitRegistry {
         found
     }
 
+    /// The units whose cases are in `unit`'s case-flow report for a period
+    /// ending on `last` (CONTRACT §9: the unit holding a unit's cases on
+    /// the last day is `unit` or under it in that day's tree), each with
+    /// the row it counts in when the report is by unit: the child of
+    /// `unit` on `last` that holds it, or `unit` itself.
+    pub fn report_rows(&self, unit: UnitIdx, last: Day) -> Vec<(UnitIdx, UnitIdx)> {
+        let mut rows = Vec::new();
+        for index in 0..self.units.len() {
+            let receiving = UnitIdx(index as u32);
+            let Some(holder) = self.holder(receiving, last) else {
+                continue;
+            };
+            let lineage = self.lineage_on(holder, last);
+            if let Some(position) = lineage.iter().position(|u| *u == unit) {
+                let row = match position {
+                    0 => unit,
+                    _ => lineage[position - 1],
+                };
+                rows.push((receiving, row));
+            }
+        }
+        rows
+    }
+
     /// The unit itself, then each ancestor up to the root, on `day`.
     pub fn lineage(&self, idx: UnitIdx, day: Day) -> Vec<UnitIdx> {
         self.lineage_on(idx, day)

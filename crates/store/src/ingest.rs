@@ -272,6 +272,7 @@ impl Store {
             }
         }
         self.write_rollups(self.rollups(), &mut batch, units, &changes)?;
+        self.write_flow(&mut batch, units, &changes)?;
         for event in &parked {
             let bytes = postcard::to_stdvec(event)
                 .map_err(|err| corrupt(&keys::parked(event.sequence), err))?;

@@ -22,6 +22,7 @@
 //! [`BatchFold`]: kpi_domain::fold::BatchFold
 
 mod error;
+mod flow;
 mod ingest;
 mod keys;
 mod queries;
@@ -39,6 +40,7 @@ use kpi_domain::{Record, RecordKey};
 use error::corrupt;
 
 pub use error::StoreError;
+pub use flow::{FlowGroup, FlowTable, LateList};
 pub use keys::VIEW_PREFIXES;
 pub use types::{
     content_of, BatchReport, Committed, ExportPart, FoldTotals, HeldPage, Incoming, OpenPage,
@@ -52,7 +54,7 @@ pub const FORMAT_VERSION: &str = "4";
 /// The counting rules this build folds with: bumped whenever what an event
 /// contributes changes, so that views folded by other rules are refused
 /// instead of mixed.
-pub const RULES_VERSION: &str = "5";
+pub const RULES_VERSION: &str = "6";
 
 /// The sled-backed views. One writer ([`Store::ingest`]), many readers.
 pub struct Store {

@@ -659,3 +659,87 @@ fn a_conflict_decided_by_data_is_the_same_in_both_orders() {
         .map(|(_, rate)| (rate.numerator, rate.denominator));
     assert_eq!(satisfaction, Some((1, 1)), "satisfied < unsatisfied");
 }
+
+#[test]
+fn the_example_scenario_gives_the_expected_case_flow_and_late_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    let units = UnitRegistry::from_json(kpi_testkit::UNITS_JSON).unwrap();
+    let store = open(dir.path());
+    store.adopt_units(&units, today()).unwrap();
+    ingest(&store, &units, &lines(), 64);
+    let now = at("2025-06-02T00:00:00+07:00");
+    let expected = kpi_testkit::expected();
+    assert!(!expected.case_flow.is_empty() && !expected.late.is_empty());
+    let mut differences = Vec::new();
+    for query in &expected.case_flow {
+        let period = Period::parse(&query.period).unwrap();
+        let group = match query.group_by.as_str() {
+            "unit" => kpi_store::FlowGroup::Unit,
+            "field" => kpi_store::FlowGroup::Field,
+            _ => kpi_store::FlowGroup::Procedure,
+        };
+        let table = store
+            .case_flow(
+                &units,
+                units.find(&query.unit_id).unwrap(),
+                Day::from_date(period.first_day),
+                Day::from_date(period.last_day),
+                now,
+                group,
+            )
+            .unwrap();
+        let rows: Vec<(String, kpi_testkit::FlowColumns)> = table
+            .rows
+            .iter()
+            .map(|(key, flow)| (key.clone(), kpi_testkit::flow_columns(flow)))
+            .collect();
+        for (key, flow) in table
+            .rows
+            .iter()
+            .chain([(&"total".to_owned(), &table.total)])
+        {
+            assert!(flow.balances(), "{key}: {flow:?}");
+        }
+        let as_of = table
+            .as_of
+            .to_utc()
+            .with_timezone(&kpi_domain::vietnam())
+            .to_rfc3339();
+        differences.extend(kpi_testkit::flow_differences(
+            query,
+            &as_of,
+            &rows,
+            &kpi_testkit::flow_columns(&table.total),
+        ));
+    }
+    for query in &expected.late {
+        let period = Period::parse(&query.period).unwrap();
+        let list = store
+            .late_cases(
+                &units,
+                units.find(&query.unit_id).unwrap(),
+                Day::from_date(period.first_day),
+                Day::from_date(period.last_day),
+                now,
+            )
+            .unwrap();
+        let mut found: Vec<kpi_testkit::ExpectedLateCase> = list
+            .cases
+            .iter()
+            .map(|(case_id, late)| kpi_testkit::ExpectedLateCase {
+                case_id: case_id.clone(),
+                days_late: late.days_late,
+            })
+            .collect();
+        found.sort();
+        let mut wanted = query.cases.clone();
+        wanted.sort();
+        if found != wanted {
+            differences.push(format!(
+                "late {} {}: {found:?}, expected {wanted:?}",
+                query.unit_id, query.period
+            ));
+        }
+    }
+    assert_eq!(differences, Vec::<String>::new());
+}

@@ -67,6 +67,92 @@ pub struct Expected {
     pub rejected_lines: usize,
     pub live_counts_assume_now_after: String,
     pub queries: Vec<ExpectedQuery>,
+    /// What `GetCaseFlow` answers (§9).
+    #[serde(default)]
+    pub case_flow: Vec<ExpectedCaseFlow>,
+    /// What `ListLate` lists (§9).
+    #[serde(default)]
+    pub late: Vec<ExpectedLate>,
+}
+
+/// One `GetCaseFlow` answer of the example.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ExpectedCaseFlow {
+    pub unit_id: String,
+    pub period: String,
+    /// `unit`, `field` or `procedure`.
+    pub group_by: String,
+    pub as_of: String,
+    pub rows: Vec<ExpectedFlowRow>,
+    pub total: FlowColumns,
+}
+
+/// A report's columns by their §9 names.
+pub type FlowColumns = std::collections::BTreeMap<String, u64>;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ExpectedFlowRow {
+    pub key: String,
+    pub flow: FlowColumns,
+}
+
+/// One `ListLate` answer of the example: the cases and their days late.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ExpectedLate {
+    pub unit_id: String,
+    pub period: String,
+    pub cases: Vec<ExpectedLateCase>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+pub struct ExpectedLateCase {
+    pub case_id: String,
+    pub days_late: u64,
+}
+
+/// A report's columns by name, as expected.json writes them.
+pub fn flow_columns(flow: &kpi_domain::CaseFlow) -> FlowColumns {
+    kpi_domain::CASE_FLOW_COLUMNS
+        .iter()
+        .zip(flow.values())
+        .map(|(name, value)| ((*name).to_owned(), value))
+        .collect()
+}
+
+/// What differs between an expected report and one answered as `as_of`,
+/// `rows` (key, columns) and `total`.
+pub fn flow_differences(
+    expected: &ExpectedCaseFlow,
+    as_of: &str,
+    rows: &[(String, FlowColumns)],
+    total: &FlowColumns,
+) -> Vec<String> {
+    let what = format!(
+        "{} {} by {}",
+        expected.unit_id, expected.period, expected.group_by
+    );
+    let mut differences = Vec::new();
+    if as_of != expected.as_of {
+        differences.push(format!(
+            "{what}: as_of {as_of}, expected {}",
+            expected.as_of
+        ));
+    }
+    let wanted: Vec<(String, FlowColumns)> = expected
+        .rows
+        .iter()
+        .map(|row| (row.key.clone(), row.flow.clone()))
+        .collect();
+    if rows != wanted.as_slice() {
+        differences.push(format!("{what}: rows {rows:?}, expected {wanted:?}"));
+    }
+    if *total != expected.total {
+        differences.push(format!(
+            "{what}: total {total:?}, expected {:?}",
+            expected.total
+        ));
+    }
+    differences
 }
 
 #[derive(Debug, Clone, Deserialize)]

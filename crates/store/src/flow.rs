@@ -1,0 +1,457 @@
+//! The case-flow report's views (CONTRACT §9): day changes per receiving
+//! unit, summed by year, month and day so that the stock at any boundary
+//! is a few short range scans, and the late-case index.
+//!
+//! | prefix | key after the prefix | value |
+//! |---|---|---|
+//! | `w` | unit, NUL, level (`Y`, `M`, `D`), time | [`FlowRow`] of every case of the unit |
+//! | `v` | unit, NUL, level, time, field, NUL, procedure | [`FlowRow`] of that series |
+//! | `l` | unit, NUL, `r` resolution day or `o` overdue-until day, case code | apology or overdue-from day, field, NUL, procedure |
+//!
+//! These depend on the log only, not on the unit registry: the report
+//! groups receiving units by the tree of the period's last day when it is
+//! asked, so a change of the units file needs no recomputation here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::Datelike;
+use kpi_domain::fold::{BatchChanges, LateKey};
+use kpi_domain::{
+    CaseFlow, Day, FlowRow, LateCase, LateMark, Moment, RecordKey, UnitIdx, UnitRegistry,
+};
+
+use crate::error::{corrupt, StoreError};
+use crate::writes::Writes;
+use crate::{keys, Store};
+
+pub const FLOW_UNIT: u8 = b'w';
+pub const FLOW_SERIES: u8 = b'v';
+pub const LATE: u8 = b'l';
+
+const YEAR: u8 = b'Y';
+const MONTH: u8 = b'M';
+const DAY: u8 = b'D';
+const RESOLVED_LATE: u8 = b'r';
+const OVERDUE_UNTIL: u8 = b'o';
+/// The overdue-until day of a case still overdue.
+const STILL: [u8; 4] = [0xff; 4];
+
+fn signed_key(value: i32) -> [u8; 4] {
+    ((value as u32) ^ 0x8000_0000).to_be_bytes()
+}
+
+fn year_of(day: Day) -> i32 {
+    day.to_date().year()
+}
+
+fn month_of(day: Day) -> i32 {
+    let date = day.to_date();
+    date.year() * 12 + date.month0() as i32
+}
+
+fn first_of_month(day: Day) -> Day {
+    Day::from_date(day.to_date().with_day(1).unwrap_or(day.to_date()))
+}
+
+fn next_day(day: Day) -> Day {
+    Day::from_date(day.to_date().succ_opt().unwrap_or(chrono::NaiveDate::MAX))
+}
+
+/// The start of the rows of `level` at `time` of a unit.
+fn row_key(prefix: u8, unit_id: &str, level: u8, time: [u8; 4]) -> Vec<u8> {
+    let mut key = keys::unit_prefix(prefix, unit_id);
+    key.push(level);
+    key.extend_from_slice(&time);
+    key
+}
+
+/// The three rows (year, month, day) a change on `day` adds to.
+fn rows_of(prefix: u8, unit_id: &str, day: Day, dims: &[u8]) -> [Vec<u8>; 3] {
+    [
+        (YEAR, signed_key(year_of(day))),
+        (MONTH, signed_key(month_of(day))),
+        (DAY, day.to_key()),
+    ]
+    .map(|(level, time)| {
+        let mut key = row_key(prefix, unit_id, level, time);
+        key.extend_from_slice(dims);
+        key
+    })
+}
+
+fn series_dims(field: &str, procedure_code: &str) -> Vec<u8> {
+    let mut dims = field.as_bytes().to_vec();
+    dims.push(0);
+    dims.extend_from_slice(procedure_code.as_bytes());
+    dims
+}
+
+fn late_key(units: &UnitRegistry, entry: &LateKey) -> Vec<u8> {
+    let mut key = keys::unit_prefix(LATE, &units.unit(entry.unit).id);
+    match entry.mark {
+        LateMark::Resolved { day, .. } => {
+            key.push(RESOLVED_LATE);
+            key.extend_from_slice(&day.to_key());
+        }
+        LateMark::Overdue { to, .. } => {
+            key.push(OVERDUE_UNTIL);
+            key.extend_from_slice(&to.map_or(STILL, Day::to_key));
+        }
+    }
+    key.extend_from_slice(entry.case_id.as_bytes());
+    key
+}
+
+fn late_value(entry: &LateKey) -> Vec<u8> {
+    let day = match entry.mark {
+        LateMark::Resolved { apology, .. } => apology,
+        LateMark::Overdue { from, .. } => Some(from),
+    };
+    let mut value = day.map_or(STILL, Day::to_key).to_vec();
+    value.extend_from_slice(&series_dims(&entry.field, &entry.procedure_code));
+    value
+}
+
+/// How the rows of a report are keyed (§9 `group_by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowGroup {
+    Unit,
+    Field,
+    Procedure,
+}
+
+/// A report as the views give it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowTable {
+    /// The stream sequence the views reflected.
+    pub sequence: u64,
+    /// E: the end of the period, or now while it runs.
+    pub as_of: Moment,
+    /// By key (a unit id, field or procedure code), rows with a count only.
+    pub rows: BTreeMap<String, CaseFlow>,
+    pub total: CaseFlow,
+}
+
+/// The late cases of a report, ordered by due time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LateList {
+    pub sequence: u64,
+    pub as_of: Moment,
+    pub cases: Vec<(String, LateCase)>,
+}
+
+/// One late-index entry read back.
+struct LateEntry {
+    case_id: String,
+    /// The apology day, or the overdue-from day.
+    other: Option<Day>,
+    field: String,
+    procedure_code: String,
+}
+
+/// S and E of a period as day boundaries, E as an instant, and whether
+/// the period still runs at `now` (then its rows are read to the end of
+/// today and corrected for cases due later today).
+struct Bounds {
+    start: Day,
+    end: Day,
+    as_of: Moment,
+    running: bool,
+}
+
+impl Bounds {
+    fn of(first: Day, last: Day, now: Moment) -> Bounds {
+        let today = now.local_day();
+        if last >= today {
+            Bounds {
+                start: first,
+                end: next_day(today),
+                as_of: now,
+                running: true,
+            }
+        } else {
+            let end = next_day(last);
+            Bounds {
+                start: first,
+                end,
+                as_of: Moment::start_of(end),
+                running: false,
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Adds the case-flow changes of a batch to `batch`.
+    pub(crate) fn write_flow(
+        &self,
+        batch: &mut Writes,
+        units: &UnitRegistry,
+        changes: &BatchChanges,
+    ) -> Result<(), StoreError> {
+        let mut rows: BTreeMap<Vec<u8>, FlowRow> = BTreeMap::new();
+        for (series, change) in &changes.flow {
+            if change.is_zero() {
+                continue;
+            }
+            let unit_id = &units.unit(series.unit).id;
+            let dims = series_dims(&series.field, &series.procedure_code);
+            let unit_rows = rows_of(FLOW_UNIT, unit_id, series.day, &[]);
+            let series_rows = rows_of(FLOW_SERIES, unit_id, series.day, &dims);
+            for key in unit_rows.into_iter().chain(series_rows) {
+                rows.entry(key).or_default().add(change);
+            }
+        }
+        for (key, change) in rows {
+            let mut row = match self.stored(&key)? {
+                None => FlowRow::default(),
+                Some(bytes) => {
+                    FlowRow::from_bytes(&bytes).map_err(|detail| corrupt(&key, detail))?
+                }
+            };
+            row.add(&change);
+            if row.is_zero() {
+                batch.remove(key);
+            } else {
+                batch.insert(key, row.to_bytes());
+            }
+        }
+        for entry in &changes.late_removed {
+            batch.remove(late_key(units, entry));
+        }
+        for entry in &changes.late_added {
+            batch.insert(late_key(units, entry), late_value(entry));
+        }
+        Ok(())
+    }
+
+    /// The sums of a unit's rows before the boundary `before` (00:00 of
+    /// that day), by the rows' dimensions (empty for `w` rows).
+    fn sums_before(
+        &self,
+        prefix: u8,
+        unit_id: &str,
+        before: Day,
+        sums: &mut BTreeMap<Vec<u8>, FlowRow>,
+    ) -> Result<(), StoreError> {
+        let year = year_of(before);
+        let month = month_of(before);
+        let ranges = [
+            (YEAR, signed_key(i32::MIN), signed_key(year)),
+            (MONTH, signed_key(year * 12), signed_key(month)),
+            (DAY, first_of_month(before).to_key(), before.to_key()),
+        ];
+        for (level, from, to) in ranges {
+            let start = row_key(prefix, unit_id, level, from);
+            let end = row_key(prefix, unit_id, level, to);
+            let dims_at = start.len();
+            for entry in self.views.range(start..end) {
+                let (key, value) = entry?;
+                let row = FlowRow::from_bytes(&value).map_err(|detail| corrupt(&key, detail))?;
+                sums.entry(key[dims_at..].to_vec()).or_default().add(&row);
+            }
+        }
+        Ok(())
+    }
+
+    /// A unit's late-index entries of one kind with days in `from..to`.
+    fn late_entries(
+        &self,
+        unit_id: &str,
+        kind: u8,
+        from: [u8; 4],
+        to: Option<Day>,
+    ) -> Result<Vec<LateEntry>, StoreError> {
+        let mut start = keys::unit_prefix(LATE, unit_id);
+        start.push(kind);
+        let mut end = start.clone();
+        start.extend_from_slice(&from);
+        match to {
+            Some(to) => end.extend_from_slice(&to.to_key()),
+            None => end = keys::prefix_end(&end),
+        }
+        let day_at = start.len() - 4;
+        let mut found = Vec::new();
+        for entry in self.views.range(start..end) {
+            let (key, value) = entry?;
+            let damaged = |detail: &str| corrupt(&key, detail);
+            let other: [u8; 4] = value
+                .get(..4)
+                .and_then(|bytes| bytes.try_into().ok())
+                .ok_or_else(|| damaged("short late-case entry"))?;
+            let dims = &value[4..];
+            let split = dims
+                .iter()
+                .position(|byte| *byte == 0)
+                .ok_or_else(|| damaged("no procedure in late-case entry"))?;
+            let text =
+                |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(|_| damaged("not UTF-8"));
+            let day_of = |bytes: [u8; 4]| (bytes != STILL).then(|| Day::from_key(bytes));
+            found.push(LateEntry {
+                case_id: text(&key[day_at + 4..])?,
+                other: day_of(other),
+                field: text(&dims[..split])?,
+                procedure_code: text(&dims[split + 1..])?,
+            });
+        }
+        Ok(found)
+    }
+
+    /// The resolved-late entries of `[start, end)` and the overdue entries
+    /// of cases overdue at the end of the day before `end`.
+    fn late_candidates(
+        &self,
+        unit_id: &str,
+        bounds: &Bounds,
+    ) -> Result<(Vec<LateEntry>, Vec<LateEntry>), StoreError> {
+        let resolved = self.late_entries(
+            unit_id,
+            RESOLVED_LATE,
+            bounds.start.to_key(),
+            Some(bounds.end),
+        )?;
+        let mut overdue = self.late_entries(unit_id, OVERDUE_UNTIL, bounds.end.to_key(), None)?;
+        overdue.retain(|entry| entry.other.is_some_and(|from| from < bounds.end));
+        Ok((resolved, overdue))
+    }
+
+    /// The case-flow report of `unit` for the days `first..=last`, at
+    /// `now` (CONTRACT §9), rows grouped by `group`.
+    pub fn case_flow(
+        &self,
+        units: &UnitRegistry,
+        unit: UnitIdx,
+        first: Day,
+        last: Day,
+        now: Moment,
+        group: FlowGroup,
+    ) -> Result<FlowTable, StoreError> {
+        let _shared = self
+            .commit
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let sequence = self.checkpoint()?;
+        let bounds = Bounds::of(first, last, now);
+        let prefix = match group {
+            FlowGroup::Unit => FLOW_UNIT,
+            FlowGroup::Field | FlowGroup::Procedure => FLOW_SERIES,
+        };
+        let row_of = |dims: &[u8], row_unit: UnitIdx| -> String {
+            let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+            let split = dims
+                .iter()
+                .position(|byte| *byte == 0)
+                .unwrap_or(dims.len());
+            match group {
+                FlowGroup::Unit => units.unit(row_unit).id.clone(),
+                FlowGroup::Field => text(&dims[..split]),
+                FlowGroup::Procedure => text(dims.get(split + 1..).unwrap_or_default()),
+            }
+        };
+        let mut rows: BTreeMap<String, CaseFlow> = BTreeMap::new();
+        for (receiving, row_unit) in units.report_rows(unit, last) {
+            let unit_id = &units.unit(receiving).id;
+            let (mut at_start, mut at_end) = (BTreeMap::new(), BTreeMap::new());
+            self.sums_before(prefix, unit_id, bounds.end, &mut at_end)?;
+            if bounds.end < bounds.start {
+                // A period not begun: nothing flowed yet, its stock is now's.
+                at_start = at_end.clone();
+            } else {
+                self.sums_before(prefix, unit_id, bounds.start, &mut at_start)?;
+            }
+            let mut apologized: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+            let (resolved, overdue) = self.late_candidates(unit_id, &bounds)?;
+            for entry in &resolved {
+                if entry.other.is_some_and(|apology| apology < bounds.end) {
+                    let dims = match prefix {
+                        FLOW_UNIT => Vec::new(),
+                        _ => series_dims(&entry.field, &entry.procedure_code),
+                    };
+                    *apologized.entry(dims).or_default() += 1;
+                }
+            }
+            let series: BTreeSet<&Vec<u8>> = at_start.keys().chain(at_end.keys()).collect();
+            let none = FlowRow::default();
+            for dims in series {
+                let flow = CaseFlow::from_sums(
+                    at_start.get(dims).unwrap_or(&none),
+                    at_end.get(dims).unwrap_or(&none),
+                    apologized.get(dims).copied().unwrap_or(0),
+                );
+                rows.entry(row_of(dims, row_unit)).or_default().add(&flow);
+            }
+            if bounds.running {
+                // Counted overdue at the end of today, yet due later today.
+                let today = now.local_day();
+                for entry in overdue.iter().filter(|entry| entry.other == Some(today)) {
+                    let key = RecordKey::Case(entry.case_id.clone());
+                    let Some(record) = self.load_record(&key)? else {
+                        continue;
+                    };
+                    if let Some(pending) = record.pending_at(now).filter(|p| !p.overdue) {
+                        let dims = series_dims(&entry.field, &entry.procedure_code);
+                        if let Some(row) = rows.get_mut(&row_of(&dims, row_unit)) {
+                            row.not_due_yet(pending.apology);
+                        }
+                    }
+                }
+            }
+        }
+        rows.retain(|_, row| !row.is_zero());
+        let mut total = CaseFlow::default();
+        for row in rows.values() {
+            total.add(row);
+        }
+        Ok(FlowTable {
+            sequence,
+            as_of: bounds.as_of,
+            rows,
+            total,
+        })
+    }
+
+    /// The late cases of `unit`'s report for `first..=last` at `now`
+    /// (§9 `ListLate`), ordered by due time, then case code.
+    pub fn late_cases(
+        &self,
+        units: &UnitRegistry,
+        unit: UnitIdx,
+        first: Day,
+        last: Day,
+        now: Moment,
+    ) -> Result<LateList, StoreError> {
+        let _shared = self
+            .commit
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let sequence = self.checkpoint()?;
+        let bounds = Bounds::of(first, last, now);
+        let start = Moment::start_of(first);
+        let mut codes = BTreeSet::new();
+        for (receiving, _) in units.report_rows(unit, last) {
+            let (resolved, overdue) = self.late_candidates(&units.unit(receiving).id, &bounds)?;
+            codes.extend(
+                resolved
+                    .into_iter()
+                    .chain(overdue)
+                    .map(|entry| entry.case_id),
+            );
+        }
+        let mut cases = Vec::new();
+        for code in codes {
+            let key = RecordKey::Case(code.clone());
+            let Some(record) = self.load_record(&key)? else {
+                continue;
+            };
+            if let Some(late) = record.late_case(start, bounds.as_of) {
+                cases.push((code, late));
+            }
+        }
+        cases.sort_by(|a, b| (a.1.due_at, &a.0).cmp(&(b.1.due_at, &b.0)));
+        Ok(LateList {
+            sequence,
+            as_of: bounds.as_of,
+            cases,
+        })
+    }
+}
