@@ -33,6 +33,26 @@ impl Log {
             .await
             .map_err(|err| err.to_string())
     }
+
+    /// The `data` of the events at `sequences`, read back at once; those
+    /// the log cannot give are left out.
+    pub async fn event_data(&self, sequences: &[u64]) -> Vec<(u64, serde_json::Value)> {
+        let Ok(bus) = self.bus().await else {
+            return Vec::new();
+        };
+        let messages =
+            futures::future::join_all(sequences.iter().map(|sequence| bus.message_at(*sequence)))
+                .await;
+        sequences
+            .iter()
+            .zip(messages)
+            .filter_map(|(sequence, message)| {
+                let message = message.ok()??;
+                let mut value: serde_json::Value = serde_json::from_slice(&message.payload).ok()?;
+                Some((*sequence, value["data"].take()))
+            })
+            .collect()
+    }
 }
 
 /// RFC 3339 in Vietnam time.

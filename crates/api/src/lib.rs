@@ -16,6 +16,7 @@ pub mod access;
 mod answers;
 mod case;
 mod export;
+mod flow;
 mod rates;
 mod risk;
 mod scores;
@@ -23,6 +24,7 @@ mod scores;
 use access::{caller_of, operator_scope};
 pub use access::{Access, Bearer, Caller, TokensError};
 pub use answers::{Hub, DEFAULT_ANSWER_CACHE_BYTES};
+pub use flow::{Catalogue, CatalogueError};
 pub use scores::{FactsError, ScoreFacts};
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
@@ -201,6 +203,8 @@ pub struct KpiApi {
     /// An audit copy that no fold moves on (`projector --frozen`): the
     /// stream sequence it reflects, for ever.
     frozen_at: Option<u64>,
+    /// Names of fields and procedures for the case-flow report's rows.
+    catalogue: Arc<Catalogue>,
 }
 
 impl KpiApi {
@@ -216,7 +220,14 @@ impl KpiApi {
             access: Access::open(),
             permits: Permits::new(&Limits::default()),
             frozen_at: None,
+            catalogue: Arc::new(Catalogue::default()),
         }
+    }
+
+    /// Names the case-flow report's fields and procedures from `catalogue`.
+    pub fn with_catalogue(mut self, catalogue: Catalogue) -> Self {
+        self.catalogue = Arc::new(catalogue);
+        self
     }
 
     /// Serves the views as they are, a frozen audit copy (`projector
@@ -336,6 +347,30 @@ impl KpiService for KpiApi {
         Ok(Response::new(
             rates::rank(self, caller.as_ref(), request.into_inner()).await?,
         ))
+    }
+
+    async fn get_case_flow(
+        &self,
+        request: Request<pb::GetCaseFlowRequest>,
+    ) -> Result<Response<pb::CaseFlowReply>, Status> {
+        let deadline = rates::deadline_of(request.metadata());
+        let caller = caller_of(&request);
+        let reply = self
+            .case_flow(caller.as_ref(), request.into_inner(), deadline)
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn list_late(
+        &self,
+        request: Request<pb::ListLateRequest>,
+    ) -> Result<Response<pb::ListLateReply>, Status> {
+        let deadline = rates::deadline_of(request.metadata());
+        let caller = caller_of(&request);
+        let reply = self
+            .late_list(caller.as_ref(), request.into_inner(), deadline)
+            .await?;
+        Ok(Response::new(reply))
     }
 
     async fn list_at_risk(

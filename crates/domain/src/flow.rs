@@ -148,9 +148,9 @@ pub struct LateCase {
     /// When it was resolved, for a case resolved in the period.
     pub resolved_at: Option<Moment>,
     pub days_late: u64,
-    /// Stream sequences of its apology letters issued before E, in time
-    /// order (their texts are in the log).
-    pub apologies: Vec<u64>,
+    /// Its apology letters issued before E, in time order: stream
+    /// sequence (their texts are in the log), when, the new due time.
+    pub apologies: Vec<(u64, Moment, Moment)>,
 }
 
 /// The finishing event of a case for §9: its withdrawal if it has one,
@@ -331,7 +331,15 @@ impl Record {
             due_at,
             resolved_at,
             days_late: days_late(due_at, late_at),
-            apologies: apologies.iter().map(|event| event.sequence).collect(),
+            apologies: apologies
+                .iter()
+                .filter_map(|event| match event.fact {
+                    Fact::ApologyIssued { new_due_at } => {
+                        Some((event.sequence, event.at, new_due_at))
+                    }
+                    _ => None,
+                })
+                .collect(),
         })
     }
 }

@@ -8,6 +8,7 @@
 
 mod audit;
 mod bench;
+mod flow;
 mod import;
 mod query;
 mod redrive;
@@ -70,6 +71,13 @@ enum Command {
     /// The monthly public page of progress, satisfaction and QĐ 766 results
     /// (HTML for A4 with charts, or CSV).
     Report(report::ReportArgs),
+    /// The quarterly case-flow report (Biểu 06): carried over, received,
+    /// finished early/on time/late, still open in time or overdue, as it
+    /// stood at the period's end; --out FILE.xlsx|.html|.csv for the filing.
+    Flow(flow::FlowArgs),
+    /// The late cases of a unit and period with their apology letters,
+    /// for publishing (--out FILE.html|.csv|.xlsx).
+    Late(flow::LateArgs),
     /// Send parked events again after a fix (they then count, once).
     Redrive(redrive::RedriveArgs),
     /// Make a bearer token for the projector's --tokens file (CONTRACT §8).
@@ -204,6 +212,8 @@ fn main() -> ExitCode {
             Command::Scores(args) => views::scores(args).await,
             Command::Targets(args) => views::targets(args).await,
             Command::Report(args) => report::run(args).await,
+            Command::Flow(args) => flow::flow(args).await,
+            Command::Late(args) => flow::late(args).await,
             Command::Redrive(args) => redrive::run(args).await,
             Command::Token(command) => token::run(command),
             Command::StreamInit(args) => stream_init(args).await,

@@ -44,6 +44,11 @@ struct Args {
     /// procedure catalogue's), by component, year and unit (JSON; README).
     #[arg(long, env = "KPI_SCORES_FACTS")]
     scores_facts: Option<PathBuf>,
+    /// Names of fields and procedures for the case-flow report's rows
+    /// (JSON `{"fields": {code: name}, "procedures": {code: name}}`;
+    /// `deploy/catalogue.json` names the common fields).
+    #[arg(long, env = "KPI_CATALOGUE")]
+    catalogue: Option<PathBuf>,
     /// Where the sled views live.
     #[arg(long, env = "KPI_DATA_DIR", default_value = "data/projector")]
     data_dir: PathBuf,
@@ -94,7 +99,7 @@ struct Args {
 }
 
 /// Whether an error needs an operator rather than a restart
-/// ([`kpi_bus::EXIT_NEEDS_OPERATOR`]): a units, targets or facts file that
+/// ([`kpi_bus::EXIT_NEEDS_OPERATOR`]): a units, targets, facts or catalogue file that
 /// does not load, a stream that is not this system's, views of another
 /// format or counting rule or that no longer match the stream, an
 /// unreadable or underflowing stored value. The message says what to do.
@@ -106,6 +111,7 @@ fn needs_operator(err: &anyhow::Error) -> bool {
             || cause.is::<kpi_api::TokensError>()
             || cause.is::<TlsFilesError>()
             || cause.is::<kpi_api::FactsError>()
+            || cause.is::<kpi_api::CatalogueError>()
             || cause.is::<kpi_projection::StreamLeftTheViews>()
             || matches!(
                 cause.downcast_ref::<kpi_bus::BusError>(),
@@ -273,6 +279,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let facts = kpi_api::ScoreFacts::from_json(&bytes, &units)
             .with_context(|| format!("scores facts file {}", path.display()))?;
         api = api.with_score_facts(facts);
+    }
+    if let Some(path) = &args.catalogue {
+        let catalogue = kpi_api::Catalogue::from_file(path)?;
+        api = api.with_catalogue(catalogue);
     }
     let (supervisor, mut failures) = Supervisor::new(
         Settings {
