@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use kpi_api::pb::GetRatesRequest;
+use kpi_api::pb::{self, GetCaseFlowRequest, GetRatesRequest};
 use kpi_bus::Bus;
 use kpi_e2e::{kpictl, Projector};
 use kpi_testkit::reform;
@@ -77,6 +77,61 @@ async fn the_reform_scenario_gives_the_hand_computed_figures_through_the_api() {
         }
     }
     assert_eq!(differences, Vec::<String>::new());
+
+    // The case-flow report groups by the tree of the period's last day:
+    // the province's R2025 table has a row per commune of 14 December
+    // 2025, the ward W carrying what B and C received before it existed
+    // (CONTRACT §9).
+    let report = client
+        .get_case_flow(GetCaseFlowRequest {
+            unit_id: "P".into(),
+            period: "R2025".into(),
+            group_by: pb::GroupBy::Unit as i32,
+            min_stream_sequence: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let rows: Vec<(&str, &str, [u64; 6])> = report
+        .rows
+        .iter()
+        .map(|row| {
+            let f = row.flow.unwrap();
+            let figures = [
+                f.to_handle,
+                f.resolved_early,
+                f.resolved_on_time,
+                f.resolved_late,
+                f.pending_overdue,
+                f.late_total,
+            ];
+            (row.key.as_str(), row.name.as_str(), figures)
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("A", "Xã An Khánh", [3, 2, 0, 1, 0, 1]),
+            ("W", "Phường Quyết Thắng", [6, 1, 3, 1, 1, 2]),
+        ]
+    );
+    assert_eq!(report.total.unwrap().to_handle, 9);
+    // The district ceased on 30 June: no report for the third quarter.
+    let status = client
+        .get_case_flow(GetCaseFlowRequest {
+            unit_id: "D".into(),
+            period: "2025-Q3".into(),
+            group_by: pb::GroupBy::Unit as i32,
+            min_stream_sequence: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("ceased on 2025-06-30"),
+        "{}",
+        status.message()
+    );
 
     // The tree of a day, before and after the reform.
     let tree = |as_of: &str| {
