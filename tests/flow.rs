@@ -7,7 +7,7 @@
 use calamine::{Data, DataType, Reader, Xlsx};
 use kpi_api::pb::{self, GetCaseFlowRequest, ListLateRequest};
 use kpi_bus::Bus;
-use kpi_e2e::{example_messages, kpictl, publish_all, tokens_file, Projector};
+use kpi_e2e::{chromium, example_messages, kpictl, publish_all, tokens_file, Projector};
 use local_nats::LocalNats;
 use tonic::metadata::MetadataValue;
 
@@ -307,6 +307,29 @@ async fn the_example_reports_its_case_flow_and_late_cases_and_files_them() {
         page.contains("rowspan=\"3\"") && page.contains("Tổng số"),
         "{page}"
     );
+    // Printable: headless Chromium makes a PDF of it.
+    let pdf = dir.path().join("bieu06.pdf");
+    let printed = std::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("chromium").display()
+        ))
+        .arg(format!("--print-to-pdf={}", pdf.display()))
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .unwrap();
+    assert!(
+        printed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    assert!(std::fs::read(&pdf).unwrap().starts_with(b"%PDF"));
     let csv_bytes = std::fs::read(&csv).unwrap();
     assert!(csv_bytes.starts_with("\u{feff}key,name,carried_over".as_bytes()));
 

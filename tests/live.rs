@@ -10,7 +10,7 @@ use kpi_api::pb::{
     GetRatesRequest, GetScoresRequest, ListAtRiskRequest, RankUnitsRequest, RatesReply,
 };
 use kpi_bus::Bus;
-use kpi_e2e::{example_messages, kpictl, publish_all, simulated_messages, Projector};
+use kpi_e2e::{chromium, example_messages, kpictl, publish_all, simulated_messages, Projector};
 use kpi_testkit::example_path;
 use local_nats::LocalNats;
 use serde_json::{json, Value};
@@ -21,11 +21,13 @@ const FOLD_TIMEOUT: Duration = Duration::from_secs(120);
 async fn example_stack() -> (LocalNats, Projector, Bus, tempfile::TempDir) {
     let nats = LocalNats::start().unwrap_or_else(|err| panic!("{err}"));
     let dir = tempfile::tempdir().unwrap();
+    let catalogue =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/catalogue.json");
     let mut projector = Projector::start(
         &nats.url(),
         &example_path("units.json"),
         &dir.path().join("views"),
-        &[],
+        &["--catalogue", catalogue.to_str().unwrap()],
     );
     let bus = Bus::connect(&nats.url(), "live-test").await.unwrap();
     bus.ensure_stream().await.unwrap();
@@ -594,21 +596,6 @@ async fn scores_match_the_components_worked_out_by_hand() {
     assert_eq!(json["points"], 30.04);
 }
 
-/// Chromium for the report test: Debian's, installed when missing.
-fn chromium() -> std::path::PathBuf {
-    let path = std::path::PathBuf::from("/usr/bin/chromium");
-    if !path.exists() {
-        let installed = std::process::Command::new("sh")
-            .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium"])
-            .status();
-        assert!(
-            installed.is_ok_and(|status| status.success()) && path.exists(),
-            "headless Chromium is needed: install it with `sudo apt-get install -y chromium`"
-        );
-    }
-    path
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_monthly_report_renders_in_chromium_with_every_unit_and_figure() {
     let (_nats, mut projector, _bus, dir) = example_stack().await;
@@ -808,4 +795,155 @@ async fn next_years_targets_follow_the_rule_and_load_as_a_targets_file() {
         .rates
         .iter()
         .all(|rate| rate.kpi == "late_rate" || rate.target_percent.is_some()));
+}
+
+/// Words of the project's own English (reasons, counters, KPI names) that
+/// must not reach a page people read.
+const PROJECT_ENGLISH: &[&str] = &[
+    "the",
+    "and",
+    "of",
+    "needs",
+    "facts",
+    "procedure",
+    "catalogue",
+    "which",
+    "are",
+    "not",
+    "case",
+    "cases",
+    "events",
+    "event",
+    "points",
+    "period",
+    "full",
+    "marks",
+    "from",
+    "no",
+    "dossier",
+    "payment",
+    "feedback",
+    "rate",
+    "target",
+    "met",
+    "missed",
+    "open",
+    "overdue",
+    "late",
+    "resolved",
+    "received",
+    "online",
+    "unit",
+    "stream",
+    "sequence",
+    "file",
+    "portal",
+    "true",
+    "false",
+    "none",
+    "null",
+];
+
+/// The text a reader sees: no styles, scripts or tags.
+fn visible_text(dom: &str) -> String {
+    let mut text = dom.to_owned();
+    for element in ["style", "script"] {
+        while let Some(start) = text.find(&format!("<{element}")) {
+            let end = text[start..]
+                .find(&format!("</{element}>"))
+                .map_or(text.len(), |end| start + end + element.len() + 3);
+            text.replace_range(start..end, " ");
+        }
+    }
+    let mut visible = String::with_capacity(text.len());
+    let mut in_tag = false;
+    for c in text.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => {
+                in_tag = false;
+                visible.push(' ');
+            }
+            _ if !in_tag => visible.push(c),
+            _ => {}
+        }
+    }
+    visible.replace("&nbsp;", " ").replace("&amp;", "&")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_monthly_page_fits_a4_and_speaks_only_vietnamese() {
+    let (_nats, projector, _bus, dir) = example_stack().await;
+    let report = dir.path().join("bao-cao-thang.html");
+    let output = kpictl(&[
+        "report",
+        "--unit",
+        "P46",
+        "--period",
+        "2025-03",
+        "--out",
+        report.to_str().unwrap(),
+        "--addr",
+        &projector.addr,
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let page = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        page.contains("Hồ sơ trễ hạn và văn bản xin lỗi"),
+        "the late cases"
+    );
+    assert!(page.contains("Biểu số 06/VPCP/KSTT"), "the Biểu 06 totals");
+
+    // Measured in Chromium at A4 width (210 mm at 96 dpi: 794 px).
+    let measured = page.replace(
+        "</body>",
+        "<script>document.body.setAttribute('data-fit', document.documentElement.scrollWidth + 'x' + window.innerWidth)</script></body>",
+    );
+    let probe = dir.path().join("probe.html");
+    std::fs::write(&probe, measured).unwrap();
+    let profile = dir.path().join("chromium-profile-a4");
+    let dom = std::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(["--window-size=794,1123", "--dump-dom"])
+        .arg(format!("file://{}", probe.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    let fit = dom
+        .split("data-fit=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("the probe did not run: {dom}"));
+    let (document, viewport) = fit.split_once('x').unwrap();
+    let (document, viewport): (u32, u32) = (document.parse().unwrap(), viewport.parse().unwrap());
+    assert!(
+        document <= viewport,
+        "the page is {document} px wide in a {viewport} px A4 viewport"
+    );
+
+    // Nothing of the project's own codes or English in what people read.
+    let text = visible_text(&dom);
+    let mut found: Vec<String> = Vec::new();
+    for word in text.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
+        let code = word.contains('_');
+        let english = PROJECT_ENGLISH.contains(&word.to_lowercase().as_str());
+        if (code || english) && !found.iter().any(|seen| seen == word) {
+            found.push(word.to_owned());
+        }
+    }
+    assert_eq!(
+        found,
+        Vec::<String>::new(),
+        "codes or English words on the page"
+    );
 }

@@ -779,3 +779,18 @@ pub fn views_of(dir: &Path) -> Views {
         store.checkpoint().unwrap(),
     )
 }
+
+/// Headless Chromium for the page tests: Debian's, installed when missing.
+pub fn chromium() -> std::path::PathBuf {
+    let path = std::path::PathBuf::from("/usr/bin/chromium");
+    if !path.exists() {
+        let installed = std::process::Command::new("sh")
+            .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium"])
+            .status();
+        assert!(
+            installed.is_ok_and(|status| status.success()) && path.exists(),
+            "headless Chromium is needed: install it with `sudo apt-get install -y chromium`"
+        );
+    }
+    path
+}

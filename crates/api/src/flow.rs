@@ -25,6 +25,18 @@ pub struct Catalogue {
     pub procedures: BTreeMap<String, String>,
 }
 
+impl Catalogue {
+    /// A field's name, else its code.
+    pub fn field_name<'a>(&'a self, code: &'a str) -> &'a str {
+        self.fields.get(code).map_or(code, String::as_str)
+    }
+
+    /// A procedure's name, else its code.
+    pub fn procedure_name<'a>(&'a self, code: &'a str) -> &'a str {
+        self.procedures.get(code).map_or(code, String::as_str)
+    }
+}
+
 /// A catalogue file that does not load: the operator must fix it.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -246,6 +258,11 @@ impl KpiApi {
                     })
                     .collect(),
                 unit_id,
+                field_name: self.catalogue.field_name(&case.field).to_owned(),
+                procedure_name: self
+                    .catalogue
+                    .procedure_name(&case.procedure_code)
+                    .to_owned(),
             });
         }
         let info = self.units.unit(unit);

@@ -309,6 +309,96 @@ fn missing(
     }
 }
 
+/// The portal's Vietnamese name of a component (SCORING-766.md, "Names
+/// people read"), for pages and sheets; the code when it has none.
+pub fn component_name_vi(code: &str) -> &str {
+    match code {
+        "PUBLISH_ON_TIME" => "Tỷ lệ TTHC công bố đúng hạn",
+        "PUBLIC_UPDATE_ON_TIME" => "Tỷ lệ TTHC cập nhật, công khai đúng hạn",
+        "PUBLIC_CONTENT_FULL" => "Tỷ lệ TTHC công khai đầy đủ nội dung",
+        "DOSSIER_SYNC" => {
+            "Tỷ lệ hồ sơ được đồng bộ trạng thái theo thời gian thực với Cổng DVC quốc gia"
+        }
+        "PROGRESS" => "Tỷ lệ hồ sơ xử lý đúng hạn (trước hạn, đúng hạn)",
+        "FULL_ONLINE" => "Tỷ lệ hồ sơ dịch vụ công trực tuyến toàn trình",
+        "ONLINE_PAYMENT" => "Tỷ lệ hồ sơ thanh toán trực tuyến",
+        "ONLINE_PAYMENT_CATALOGUE" => "Tỷ lệ TTHC có thanh toán trực tuyến",
+        "ORIGINAL_RESULT_AVAILABLE" => "Tỷ lệ hồ sơ có cấp kết quả giải quyết TTHC điện tử",
+        "SO_HOA_GIAY_TO_GIAI_QUYET" => "Tỷ lệ hồ sơ TTHC thực hiện số hóa hồ sơ",
+        "ELECTRONIC_CERTIFIED_COPY" => {
+            "Tỷ lệ cung cấp dịch vụ chứng thực bản sao điện tử từ bản chính"
+        }
+        "REUSED_DIGITIZED_DATA" => "Tỷ lệ hồ sơ khai thác, sử dụng lại thông tin, dữ liệu số hóa",
+        "SYNCED_WITH_DVCQG_PERSONAL_STORAGE" => {
+            "Tỷ lệ hồ sơ TTHC được số hóa có kết nối, chia sẻ dữ liệu phục vụ tái sử dụng"
+        }
+        "CITIZEN_DATA_CONNECTED_DOSSIER" => "Tỷ lệ hồ sơ TTHC có sử dụng thông tin, dữ liệu dân cư",
+        "CITIZEN_DATA_CONNECTED_FORMALITY" => {
+            "Tỷ lệ TTHC triển khai kết nối, chia sẻ dữ liệu dân cư phục vụ giải quyết TTHC"
+        }
+        "PETITION_PROCESSING_ON_TIME" => "Tỷ lệ phản ánh, kiến nghị xử lý đúng hạn",
+        "PETITION_HANDLING_SATISFACTION" => "Tỷ lệ hài lòng trong xử lý phản ánh, kiến nghị",
+        "DOSSIER_RECEIVING_SATISFACTION" => "Tỷ lệ hài lòng trong tiếp nhận, giải quyết TTHC",
+        other => other,
+    }
+}
+
+/// Every reason a component gives (English, for the API and logs) with
+/// the words people read on a page.
+const REASONS_VI: &[(&str, &str)] = &[
+    ("no dossier in the period: 0 points", "không có hồ sơ trong kỳ: 0 điểm"),
+    (
+        "no payment in the period: 0 points",
+        "không có hồ sơ thanh toán trong kỳ: 0 điểm",
+    ),
+    (
+        "the portal's conversion of full-online dossiers of eligible procedures is not public",
+        "Cổng DVC quốc gia chưa công bố cách quy đổi hồ sơ trực tuyến toàn trình của các TTHC đủ điều kiện",
+    ),
+    (
+        CATALOGUE,
+        "cần số liệu của Cơ sở dữ liệu quốc gia về TTHC, không có trong dữ liệu hồ sơ",
+    ),
+    (
+        "needs the e-certified copies issued, which are not case events",
+        "cần số bản sao điện tử đã chứng thực, không có trong dữ liệu hồ sơ",
+    ),
+    (
+        "needs the citizens' DVCQG data stores, which are not case events",
+        "cần dữ liệu kho lưu trữ cá nhân trên Cổng DVC quốc gia, không có trong dữ liệu hồ sơ",
+    ),
+    (
+        "needs the use of the national population database, which is not a case event",
+        "cần số liệu khai thác Cơ sở dữ liệu quốc gia về dân cư, không có trong dữ liệu hồ sơ",
+    ),
+    (
+        "needs the citizens' ratings of feedback handling, which are not case events",
+        "cần đánh giá của người dân về xử lý phản ánh, kiến nghị, không có trong dữ liệu hồ sơ",
+    ),
+    (
+        "no feedback in the period: 6 points, as the portal gives (the decision's text would share them out)",
+        "không có phản ánh, kiến nghị trong kỳ: 6 điểm, như Cổng DVC quốc gia tính",
+    ),
+    ("full marks from 80%", "đạt điểm tối đa từ 80%"),
+    ("full marks from 90%", "đạt điểm tối đa từ 90%"),
+    (
+        "from the facts file",
+        "theo số liệu cơ quan cung cấp (tệp số liệu bổ sung)",
+    ),
+];
+
+/// A component's reason in Vietnamese, for pages and sheets people read;
+/// `None` for a reason this build does not know.
+pub fn reason_vi(reason: &str) -> Option<&'static str> {
+    if reason.is_empty() {
+        return Some("");
+    }
+    REASONS_VI
+        .iter()
+        .find(|(english, _)| *english == reason)
+        .map(|(_, vietnamese)| *vietnamese)
+}
+
 /// Two decimals, as the portal shows points.
 pub fn round2(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
@@ -396,10 +486,38 @@ mod tests {
             Some(6.0)
         );
         // Facts are capped at the component's maximum.
+        for component in &components {
+            assert!(
+                reason_vi(&component.reason).is_some(),
+                "{}",
+                component.reason
+            );
+            assert_ne!(component_name_vi(component.code), component.code);
+        }
         let full_online = find(&components, "FULL_ONLINE");
         assert_eq!(
             (full_online.points, full_online.reason.as_str()),
             (Some(12.0), "from the facts file")
         );
+    }
+
+    #[test]
+    fn every_reason_has_its_vietnamese_words() {
+        let empty = Counters::default();
+        let inputs = ScoreInputs {
+            period: &empty,
+            through_end: &empty,
+            before_start: &empty,
+            now: None,
+        };
+        for facts in [&(|_: &str| None) as Facts<'_>, &|_: &str| Some(1.0)] {
+            for component in scores(&inputs, facts) {
+                assert!(
+                    reason_vi(&component.reason).is_some(),
+                    "{}",
+                    component.reason
+                );
+            }
+        }
     }
 }

@@ -143,7 +143,7 @@ fn date_vi(day: &str) -> String {
 }
 
 /// An RFC 3339 instant as `DD/MM/YYYY HH:MM`, Vietnam time.
-fn time_vi(text: &str) -> String {
+pub fn time_vi(text: &str) -> String {
     chrono::DateTime::parse_from_rfc3339(text)
         .map(|at| {
             at.with_timezone(&kpi_domain::vietnam())
@@ -702,10 +702,17 @@ fn late_cells(case: &pb::LateCase) -> [String; 8] {
             .collect::<Vec<_>>()
             .join("; ")
     };
+    let named = |name: &str, code: &str| {
+        if name.is_empty() || name == code {
+            code.to_owned()
+        } else {
+            name.to_owned()
+        }
+    };
     [
         case.case_id.clone(),
-        case.procedure_code.clone(),
-        case.field.clone(),
+        named(&case.procedure_name, &case.procedure_code),
+        named(&case.field_name, &case.field),
         time_vi(&case.received_at),
         time_vi(&case.due_at),
         case.resolved_at
@@ -718,7 +725,7 @@ fn late_cells(case: &pb::LateCase) -> [String; 8] {
 
 const LATE_HEADERS: [&str; 8] = [
     "Mã hồ sơ",
-    "Mã thủ tục",
+    "Thủ tục",
     "Lĩnh vực",
     "Ngày tiếp nhận",
     "Hạn trả kết quả",
@@ -786,7 +793,7 @@ fn late_html(reply: &ListLateReply) -> String {
 
 /// The late cases as an HTML table (also on the monthly page).
 pub fn late_table(cases: &[pb::LateCase]) -> String {
-    let mut table = String::from("<table>\n<thead><tr><th>STT</th>");
+    let mut table = String::from("<table class=\"late\">\n<thead><tr><th>STT</th>");
     for header in LATE_HEADERS {
         let _ = write!(table, "<th>{header}</th>");
     }

@@ -49,6 +49,9 @@ struct Figures {
     children: Vec<RatesReply>,
     /// The reporting year's months (`R2025-01` …), with their rates.
     trend: Vec<RatesReply>,
+    /// The period's Biểu 06 (CONTRACT §9) and its late cases.
+    flow: pb::CaseFlowReply,
+    late: pb::ListLateReply,
 }
 
 async fn rates(
@@ -111,11 +114,32 @@ async fn gather(args: &ReportArgs) -> anyhow::Result<Figures> {
     for month in 1..=12 {
         trend.push(rates(&mut client, &args.unit, &format!("R{year}-{month:02}")).await?);
     }
+    let flow = client
+        .get_case_flow(pb::GetCaseFlowRequest {
+            unit_id: args.unit.clone(),
+            period: args.period.clone(),
+            group_by: pb::GroupBy::Unit as i32,
+            min_stream_sequence: None,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let late = client
+        .list_late(pb::ListLateRequest {
+            unit_id: args.unit.clone(),
+            period: args.period.clone(),
+            min_stream_sequence: None,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
     Ok(Figures {
         main,
         scores,
         children,
         trend,
+        flow,
+        late,
     })
 }
 
@@ -185,7 +209,11 @@ h2 { font-size: 12.5pt; margin: 1.1em 0 0.4em; border-bottom: 1px solid #999; }
 table { border-collapse: collapse; width: 100%; margin: 0.3em 0; page-break-inside: avoid; }
 th, td { border: 1px solid #777; padding: 2px 5px; }
 th { background: #eee; }
+td { overflow-wrap: anywhere; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.why { font-size: 9pt; color: #444; }
+table.late { table-layout: fixed; font-size: 9pt; }
+table.late td.n { white-space: normal; }
 .met { color: #0a6b2b; font-weight: bold; } .missed { color: #a4161a; font-weight: bold; }
 .note { font-size: 9pt; color: #444; }
 svg { display: block; margin: 0.3em auto; page-break-inside: avoid; }
@@ -230,7 +258,33 @@ fn html(figures: &Figures, generated: &str) -> String {
         main.live.unwrap_or_default().open,
         main.live.unwrap_or_default().overdue_open,
     );
-    page.push_str("<h2>2. Các chỉ tiêu so với mục tiêu</h2>\n<table>\n<tr><th>Chỉ tiêu</th><th>Tỷ lệ</th><th>Tử số / mẫu số</th><th>Mục tiêu</th><th>Đánh giá</th></tr>\n");
+    let flow = figures.flow.total.unwrap_or_default();
+    let _ = write!(
+        page,
+        "<h2>2. Tình hình, kết quả giải quyết TTHC trong kỳ (Biểu số 06/VPCP/KSTT)</h2>\n<p class=\"note\">Số liệu tại thời điểm {as_of}.</p>\n<table>\n<tr><th>Nội dung</th><th>Số hồ sơ</th></tr>\n\
+         <tr><td>Tổng số hồ sơ nhận giải quyết</td><td class=\"n\">{}</td></tr>\n\
+         <tr><td>— từ kỳ trước chuyển qua</td><td class=\"n\">{}</td></tr>\n\
+         <tr><td>— mới tiếp nhận trực tuyến</td><td class=\"n\">{}</td></tr>\n\
+         <tr><td>— mới tiếp nhận trực tiếp và qua dịch vụ bưu chính công ích</td><td class=\"n\">{}</td></tr>\n\
+         <tr><td>Đã giải quyết: trước hạn / đúng hạn / quá hạn</td><td class=\"n\">{} / {} / {}</td></tr>\n\
+         <tr><td>Đang giải quyết: chưa đến hạn / quá hạn</td><td class=\"n\">{} / {}</td></tr>\n\
+         <tr><td>Rút hồ sơ</td><td class=\"n\">{}</td></tr>\n\
+         <tr><td>Tổng số hồ sơ trễ hạn / có văn bản xin lỗi</td><td class=\"n\">{} / {}</td></tr>\n</table>\n",
+        crate::flow::count_vi(flow.to_handle),
+        crate::flow::count_vi(flow.carried_over),
+        crate::flow::count_vi(flow.received_online),
+        crate::flow::count_vi(flow.received_in_person + flow.received_postal),
+        crate::flow::count_vi(flow.resolved_early),
+        crate::flow::count_vi(flow.resolved_on_time),
+        crate::flow::count_vi(flow.resolved_late),
+        crate::flow::count_vi(flow.pending_not_due),
+        crate::flow::count_vi(flow.pending_overdue),
+        crate::flow::count_vi(flow.withdrawn),
+        crate::flow::count_vi(flow.late_total),
+        crate::flow::count_vi(flow.late_with_apology),
+        as_of = encode_text(&crate::flow::time_vi(&figures.flow.as_of)),
+    );
+    page.push_str("<h2>3. Các chỉ tiêu so với mục tiêu</h2>\n<table>\n<tr><th>Chỉ tiêu</th><th>Tỷ lệ</th><th>Tử số / mẫu số</th><th>Mục tiêu</th><th>Đánh giá</th></tr>\n");
     for reply_rate in &main.rates {
         let title = kpi_title(&reply_rate.kpi);
         let class = match reply_rate.met {
@@ -260,29 +314,36 @@ fn html(figures: &Figures, generated: &str) -> String {
         .unwrap_or_default();
     let _ = writeln!(
         page,
-        "<h2>3. Diễn biến theo tháng báo cáo (năm {})</h2>",
+        "<h2>4. Diễn biến theo tháng báo cáo (năm {})</h2>",
         encode_text(year.get(1..5).unwrap_or_default())
     );
     page.push_str(&trend_svg(&figures.trend));
 
     // 4. QĐ 766.
     let scores = &figures.scores;
-    page.push_str("<h2>4. Kết quả đánh giá theo Quyết định số 766/QĐ-TTg</h2>\n<table>\n<tr><th>Nhóm</th><th>Thành phần</th><th>Tử số / mẫu số</th><th>Tỷ lệ</th><th>Điểm</th><th>Tối đa</th></tr>\n");
+    page.push_str("<h2>5. Kết quả đánh giá theo Quyết định số 766/QĐ-TTg</h2>\n<table>\n<tr><th>Nhóm</th><th>Thành phần</th><th>Tử số / mẫu số</th><th>Tỷ lệ</th><th>Điểm</th><th>Tối đa</th></tr>\n");
     for component in &scores.components {
         let _ = writeln!(
             page,
-            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"{}\">{}</td><td class=\"n\">{}</td></tr>",
             encode_text(&component.group),
-            encode_text(&component.code),
+            encode_text(kpi_domain::scores::component_name_vi(&component.code)),
             if component.points.is_some() && (component.denominator > 0 || component.numerator > 0) {
                 format!("{} / {}", component.numerator, component.denominator)
             } else {
                 String::new()
             },
             percent_vi(component.rate),
+            if component.points.is_some() { "n" } else { "why" },
             component
                 .points
-                .map_or_else(|| format!("— <span class=\"note\">{}</span>", encode_text(&component.reason)), |p| format!("{p:.2}").replace('.', ",")),
+                .map_or_else(
+                    || {
+                        let reason = kpi_domain::scores::reason_vi(&component.reason).unwrap_or("chưa tính được");
+                        format!("— <span class=\"note\">{}</span>", encode_text(reason))
+                    },
+                    |p| format!("{p:.2}").replace('.', ","),
+                ),
             format!("{}", component.max_points).replace('.', ","),
         );
     }
@@ -293,9 +354,18 @@ fn html(figures: &Figures, generated: &str) -> String {
         format!("{}", scores.max_points).replace('.', ",")
     );
 
-    // 5. The units under it.
+    // 6. The late cases and their letters (seed 001 asks to publish them).
+    let _ = writeln!(
+        page,
+        "<h2>6. Hồ sơ trễ hạn và văn bản xin lỗi</h2>\n<p class=\"note\">{} hồ sơ trễ hạn trong kỳ (đã trả quá hạn hoặc đang quá hạn), {} có văn bản xin lỗi.</p>",
+        crate::flow::count_vi(figures.late.cases.len() as u64),
+        crate::flow::count_vi(figures.late.cases.iter().filter(|case| !case.apologies.is_empty()).count() as u64),
+    );
+    page.push_str(&crate::flow::late_table(&figures.late.cases));
+
+    // 7. The units under it.
     if !figures.children.is_empty() {
-        page.push_str("<h2>5. Kết quả của các đơn vị trực thuộc</h2>\n<table>\n<tr><th>Đơn vị</th><th>Tiếp nhận</th><th>Đã giải quyết</th><th>Đúng hạn</th><th>Trễ hạn có thư xin lỗi</th><th>Hài lòng</th><th>Nộp trực tuyến</th></tr>\n");
+        page.push_str("<h2>7. Kết quả của các đơn vị trực thuộc</h2>\n<table>\n<tr><th>Đơn vị</th><th>Tiếp nhận</th><th>Đã giải quyết</th><th>Đúng hạn</th><th>Trễ hạn có thư xin lỗi</th><th>Hài lòng</th><th>Nộp trực tuyến</th></tr>\n");
         for child in &figures.children {
             let _ = writeln!(
                 page,
@@ -313,7 +383,7 @@ fn html(figures: &Figures, generated: &str) -> String {
     }
     let _ = write!(
         page,
-        "<p class=\"note\">Số liệu tính trực tiếp từ các sự kiện hồ sơ (luồng CASES đến số thứ tự {}), lập lúc {generated} (giờ Việt Nam). Tỷ lệ có mẫu số bằng 0 không có giá trị (—).</p>\n</body>\n</html>\n",
+        "<p class=\"note\">Số liệu tính trực tiếp từ nhật ký sự kiện hồ sơ (đến sự kiện số {}), lập lúc {generated} (giờ Việt Nam). Tỷ lệ có mẫu số bằng 0 không có giá trị (—).</p>\n</body>\n</html>\n",
         main.stream_sequence
     );
     page
@@ -510,6 +580,8 @@ mod tests {
             scores: pb::ScoresReply::default(),
             children: vec![reply],
             trend: Vec::new(),
+            flow: pb::CaseFlowReply::default(),
+            late: pb::ListLateReply::default(),
         };
         let page = html(&figures, "01/04/2025 08:00");
         assert!(!page.contains("<script>alert"), "names are escaped");
