@@ -330,7 +330,7 @@ fn flow_text(reply: &CaseFlowReply, by: By) -> String {
     }
     let _ = writeln!(
         out,
-        "(Tổng nhận = Kỳ trước + Trực tuyến + Trực tiếp, bưu chính = Đã giải quyết + Đang giải quyết + Rút; số thứ tự sau stream {})",
+        "(Tổng nhận = Kỳ trước + Trực tuyến + Trực tiếp, bưu chính = Đã giải quyết + Đang giải quyết + Rút; số liệu đến sự kiện số {})",
         reply.stream_sequence
     );
     out
@@ -510,7 +510,7 @@ th { background: #eee; font-weight: bold; font-size: 9pt; }
 tr.numbers td { text-align: center; font-style: italic; font-size: 8.5pt; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
 tr.total td { font-weight: bold; }
-col.stt { width: 7mm; } col.name { width: 52mm; }
+col.stt { width: 10mm; } col.name { width: 52mm; }
 "#;
 
 fn flow_html(reply: &CaseFlowReply, by: By) -> String {
