@@ -77,6 +77,34 @@ pub(super) fn print_summary(runs: &[serde_json::Value]) {
         "intake with TLS and a sender token / plain",
         "goal ≥ 80%",
     );
+    for (key, what, goal) in [
+        (
+            "get_case_flow_by_unit_p99_ms",
+            "GetCaseFlow by unit p99, 1 client",
+            20.0,
+        ),
+        (
+            "get_case_flow_by_field_p99_ms",
+            "GetCaseFlow by field p99, 1 client",
+            30.0,
+        ),
+        (
+            "get_case_flow_by_procedure_p99_ms",
+            "GetCaseFlow by procedure p99, 1 client",
+            100.0,
+        ),
+    ] {
+        if let Some((worst, median)) = spread(runs, &[key], false) {
+            println!(
+                "  {what:<44} worst {worst:>6.2} ms, median {median:>6.2} ms (goal < {goal} ms)"
+            );
+        }
+    }
+    ratio(
+        &["get_case_flow_vs_health_check"],
+        "GetCaseFlow by unit / health Check, 64 clients",
+        "goal ≥ 30%",
+    );
     if let Some((worst, median)) = spread(runs, &["get_scores_p99_ms"], false) {
         println!(
             "  {:<44} worst {worst:>6.3} ms, median {median:>6.3} ms (goal < 5 ms)",
@@ -175,6 +203,17 @@ pub(super) fn print_run(figures: &serde_json::Value, index: usize, repeat: usize
     println!(
         "  (GetRates measured with {} WatchRates watchers connected; goals: p99 < 2 ms, ≥ 60% of Check)",
         number(&["watchers"])
+    );
+    println!(
+        "  GetCaseFlow province, R2025, 1 client  p99 by unit {:.2} ms, by field {:.2} ms, by procedure {:.2} ms (goals < 20, 30, 100 ms)",
+        number(&["get_case_flow_by_unit_p99_ms"]),
+        number(&["get_case_flow_by_field_p99_ms"]),
+        number(&["get_case_flow_by_procedure_p99_ms"])
+    );
+    println!(
+        "  GetCaseFlow by unit, many clients    {:>12.0} calls/s   = {:.0}% of health Check (goal ≥ 30%)",
+        number(&["get_case_flow_calls_per_second"]),
+        100.0 * number(&["get_case_flow_vs_health_check"])
     );
     println!(
         "  GetScores province, R2025, 1 client  p50 {:.3} ms, p99 {:.3} ms (goal p99 < 5 ms)",

@@ -35,6 +35,23 @@ pub(super) struct Reads {
     /// GetRates calls/s with the clients decoding every reply.
     pub(super) decoded_rates_per_second: f64,
     pub(super) health_per_second: f64,
+    /// GetCaseFlow for the province over R2025, 1 client, p99 (ms): by
+    /// unit, by field, by procedure.
+    pub(super) flow_p99_ms: [f64; 3],
+    /// GetCaseFlow by unit from many clients, calls/s, and health Check in
+    /// the windows alternating with it.
+    pub(super) flow_per_second: f64,
+    pub(super) flow_health_per_second: f64,
+}
+
+/// GetCaseFlow of the province over the reporting year, grouped so.
+fn flow_request(group_by: kpi_api::pb::GroupBy) -> kpi_api::pb::GetCaseFlowRequest {
+    kpi_api::pb::GetCaseFlowRequest {
+        unit_id: "P00".into(),
+        period: "R2025".into(),
+        group_by: group_by as i32,
+        min_stream_sequence: None,
+    }
 }
 
 /// Measures the read path of the projector at `addr` (logging to `log`);
@@ -96,6 +113,43 @@ pub(super) async fn measure(
     )
     .await?;
     let decoded_rates_per_second = calls as f64 / seconds;
+
+    // GetCaseFlow: latency by each grouping from one client, then calls/s
+    // by unit from many against health Check.
+    let mut flow_p99_ms = [0.0; 3];
+    let groups = [
+        kpi_api::pb::GroupBy::Unit,
+        kpi_api::pb::GroupBy::Field,
+        kpi_api::pb::GroupBy::Procedure,
+    ];
+    for (slot, group) in flow_p99_ms.iter_mut().zip(groups) {
+        let request = flow_request(group);
+        for _ in 0..20 {
+            client.get_case_flow(request.clone()).await?;
+        }
+        let mut flow = hdrhistogram::Histogram::<u64>::new(3)?;
+        for _ in 0..args.calls.min(500) {
+            let call = Instant::now();
+            client.get_case_flow(request.clone()).await?;
+            flow.record(call.elapsed().as_micros() as u64)?;
+        }
+        *slot = flow.value_at_quantile(0.99) as f64 / 1000.0;
+    }
+    let (flow_health_per_second, flow_per_second) = alternating(
+        &channels,
+        RawCall::new(
+            "/grpc.health.v1.Health/Check",
+            HealthCheckRequest {
+                service: String::new(),
+            },
+        ),
+        RawCall::new(
+            "/kpi.v1.KpiService/GetCaseFlow",
+            flow_request(kpi_api::pb::GroupBy::Unit),
+        ),
+        Duration::from_secs_f64(args.seconds as f64 / 4.0),
+    )
+    .await?;
     drop(channels);
 
     // GetScores for the province over the reporting year.
@@ -152,5 +206,8 @@ pub(super) async fn measure(
         rates_per_second,
         decoded_rates_per_second,
         health_per_second,
+        flow_p99_ms,
+        flow_per_second,
+        flow_health_per_second,
     })
 }
