@@ -65,8 +65,21 @@ pub struct Hub {
     changed: Vec<watch::Sender<u64>>,
     /// Answers by (unit, period), bounded in bytes.
     answers: moka::sync::Cache<(UnitIdx, String), Cached>,
+    /// Case-flow answers by (unit, period, grouping), bounded in bytes.
+    flows: moka::sync::Cache<(UnitIdx, String, i32), CachedFlow>,
     /// Messages the stream held beyond the last commit.
     behind: AtomicU64,
+}
+
+/// A case-flow answer, with the receiving units whose changes end it.
+#[derive(Clone)]
+struct CachedFlow {
+    sequence: u64,
+    at: Instant,
+    /// A running period's answer depends on now: it lives [`LIVE_FOR`].
+    running: bool,
+    receiving: Arc<[UnitIdx]>,
+    reply: Arc<pb::CaseFlowReply>,
 }
 
 #[derive(Clone)]
@@ -87,10 +100,24 @@ impl Hub {
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
             .build();
+        let flows = moka::sync::Cache::builder()
+            .max_capacity(cache_bytes / 2)
+            .weigher(|key: &(UnitIdx, String, i32), cached: &CachedFlow| {
+                let rows: usize = cached
+                    .reply
+                    .rows
+                    .iter()
+                    .map(|row| row.key.capacity() + row.name.capacity() + 160)
+                    .sum();
+                let bytes = rows + key.1.capacity() + cached.receiving.len() * 4 + ENTRY_OVERHEAD;
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            })
+            .build();
         Arc::new(Hub {
             sequence: watch::channel(sequence).0,
             changed: (0..units).map(|_| watch::channel(sequence).0).collect(),
             answers,
+            flows,
             behind: AtomicU64::new(0),
         })
     }
@@ -109,6 +136,7 @@ impl Hub {
         if committed.all {
             self.changed.iter().for_each(mark);
             self.answers.invalidate_all();
+            self.flows.invalidate_all();
         } else {
             for unit in &committed.units {
                 if let Some(slot) = self.changed.get(unit.index()) {
@@ -191,6 +219,44 @@ impl Hub {
             Cached {
                 sequence: reply.stream_sequence,
                 at: Instant::now(),
+                reply,
+            },
+        );
+    }
+
+    /// A kept case-flow answer still good: none of its receiving units
+    /// changed since, it reflects at least `min_sequence`, and for a
+    /// running period it is less than a second old.
+    pub fn cached_flow(
+        &self,
+        key: &(UnitIdx, String, i32),
+        min_sequence: u64,
+    ) -> Option<Arc<pb::CaseFlowReply>> {
+        let entry = self.flows.get(key)?;
+        let fresh = entry.sequence >= min_sequence
+            && (!entry.running || entry.at.elapsed() < LIVE_FOR)
+            && entry
+                .receiving
+                .iter()
+                .all(|unit| self.changed_at(*unit) <= entry.sequence);
+        fresh.then_some(entry.reply)
+    }
+
+    /// Keeps a case-flow answer computed at its own stream sequence.
+    pub fn keep_flow(
+        &self,
+        key: (UnitIdx, String, i32),
+        running: bool,
+        receiving: Arc<[UnitIdx]>,
+        reply: Arc<pb::CaseFlowReply>,
+    ) {
+        self.flows.insert(
+            key,
+            CachedFlow {
+                sequence: reply.stream_sequence,
+                at: Instant::now(),
+                running,
+                receiving,
                 reply,
             },
         );

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use kpi_domain::{CaseFlow, Day, Moment, Period, UnitIdx};
 use kpi_store::FlowGroup;
@@ -156,7 +157,22 @@ impl KpiApi {
             self.wait_for_sequence(sequence, deadline).await?;
         }
         let _permit = self.permits.call().await?;
+        // Answers are shared until a unit of the report changes.
+        let hub = self.views.hub();
+        let key = (unit, period.label.clone(), request.group_by);
+        if let Some(reply) = hub.cached_flow(&key, request.min_stream_sequence.unwrap_or(0)) {
+            return Ok(Arc::unwrap_or_clone(reply));
+        }
+        let sequence_before = self.views.current().checkpoint().map_err(internal)?;
         let now = Moment::from((self.clock)());
+        let last = Day::from_date(period.last_day);
+        let receiving: Arc<[UnitIdx]> = self
+            .units
+            .report_rows(unit, last)
+            .into_iter()
+            .map(|(receiving, _)| receiving)
+            .collect();
+        let running = last >= now.local_day();
         let table = self
             .views
             .current()
@@ -181,7 +197,7 @@ impl KpiApi {
             named.unwrap_or_else(|| key.to_owned())
         };
         let info = self.units.unit(unit);
-        Ok(pb::CaseFlowReply {
+        let reply = pb::CaseFlowReply {
             unit_id: info.id.clone(),
             unit_name: info.name.clone(),
             period: period.label.clone(),
@@ -199,7 +215,13 @@ impl KpiApi {
                 .collect(),
             total: Some(flow_reply(&table.total)),
             stream_sequence: table.sequence,
-        })
+        };
+        // Kept only when no commit came between the check of the units and
+        // the read (the answer's sequence then says what it reflects).
+        if table.sequence == sequence_before {
+            hub.keep_flow(key, running, receiving, Arc::new(reply.clone()));
+        }
+        Ok(reply)
     }
 
     pub(crate) async fn late_list(

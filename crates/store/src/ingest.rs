@@ -296,6 +296,10 @@ impl Store {
             .keys()
             .map(|(unit, _)| *unit)
             .chain(changes.open_by_due_day.keys().map(|(unit, _)| *unit))
+            // The case-flow report's receiving units.
+            .chain(changes.flow.keys().map(|series| series.unit))
+            .chain(changes.late_added.iter().map(|entry| entry.unit))
+            .chain(changes.late_removed.iter().map(|entry| entry.unit))
             .collect();
         touched.sort_unstable();
         touched.dedup();
