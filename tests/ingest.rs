@@ -1061,7 +1061,7 @@ async fn the_readme_examples_are_accepted() {
         String::from_utf8_lossy(&output.stdout)
     );
     assert!(
-        String::from_utf8_lossy(&output.stdout).contains("3 events accepted"),
+        String::from_utf8_lossy(&output.stdout).contains("nhận 3 sự kiện"),
         "{}",
         String::from_utf8_lossy(&output.stdout)
     );

@@ -146,12 +146,17 @@ async fn the_reform_scenario_gives_the_hand_computed_figures_through_the_api() {
     let before = tree("2025-06-30");
     assert!(
         before.contains(
-            "\n  D Huyện Đồng Hỷ (thử nghiệm) [district] ..2025-06-30\n    A Xã An Khánh"
+            "\n  D Huyện Đồng Hỷ (thử nghiệm) [huyện] (đến 30/06/2025)\n    A Xã An Khánh"
         ),
         "{before}"
     );
     assert!(!before.contains("Phường Quyết Thắng"), "{before}");
     let after = tree("2025-07-01");
-    assert!(after.contains("\n  A Xã An Khánh [commune]\n  W Phường Quyết Thắng [commune] 2025-07-01.. (kế thừa / successor of B, C)"), "{after}");
+    assert!(
+        after.contains(
+            "\n  A Xã An Khánh [xã]\n  W Phường Quyết Thắng [xã] (từ 01/07/2025) (kế thừa B, C)"
+        ),
+        "{after}"
+    );
     assert!(!after.contains("Huyện Đồng Hỷ"), "{after}");
 }

@@ -54,15 +54,22 @@ pub async fn case(args: CaseArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let state = reply.state.clone().unwrap_or_default();
+    let time = |text: &str| {
+        if text.is_empty() {
+            String::new()
+        } else {
+            crate::flow::time_vi(text)
+        }
+    };
     println!(
-        "{} {} — {} (stream sequence {})",
+        "{} {} — {} (số liệu đến sự kiện số {})",
         if reply.feedback {
             "Phản ánh, kiến nghị"
         } else {
             "Hồ sơ"
         },
         reply.case_id,
-        state.status,
+        word_vi(&state.status),
         reply.stream_sequence
     );
     let line = |label: &str, value: &str| {
@@ -70,46 +77,50 @@ pub async fn case(args: CaseArgs) -> anyhow::Result<ExitCode> {
             println!("  {label:<28} {value}");
         }
     };
-    line("đơn vị (unit)", &state.unit_id);
-    line("tiếp nhận (received)", &state.received_at);
-    line("kênh (channel)", &state.channel);
-    line("lĩnh vực (field)", &state.field);
-    line("hạn ban đầu (first due)", &state.original_due_at);
-    line("hạn trả (due)", &state.due_at);
+    line("đơn vị", &state.unit_id);
+    line("tiếp nhận", &time(&state.received_at));
+    line("kênh", word_vi(&state.channel));
+    line("lĩnh vực", &state.field);
+    line("hạn ban đầu", &time(&state.original_due_at));
+    line("hạn trả kết quả", &time(&state.due_at));
     for supplement in &state.supplements {
         line(
-            "yêu cầu bổ sung (supplement)",
+            "yêu cầu bổ sung",
             &format!(
-                "{} → {}: {}",
-                supplement.requested_at, supplement.due_at, supplement.reason
+                "{} → hạn mới {}: {}",
+                time(&supplement.requested_at),
+                time(&supplement.due_at),
+                supplement.reason
             ),
         );
     }
     if let Some(apology) = &state.apology {
         line(
-            "thư xin lỗi (apology)",
+            "thư xin lỗi",
             &format!(
-                "{} {} (hẹn mới {})",
-                apology.issued_at, apology.letter_ref, apology.new_due_at
+                "{} số {} (hẹn mới {})",
+                time(&apology.issued_at),
+                apology.letter_ref,
+                time(&apology.new_due_at)
             ),
         );
     }
-    line("giải quyết (resolved)", &state.resolved_at);
-    line("kết quả (result)", &state.result);
-    line("đúng hạn? (timeliness)", &state.timeliness);
-    line("rút hồ sơ (withdrawn)", &state.withdrawn_at);
+    line("giải quyết", &time(&state.resolved_at));
+    line("kết quả", word_vi(&state.result));
+    line("tiến độ", word_vi(&state.timeliness));
+    line("rút hồ sơ", &time(&state.withdrawn_at));
     line(
-        "đánh giá (rating)",
-        format!("{} {}", state.rating, state.rated_at).trim(),
+        "đánh giá",
+        format!("{} {}", word_vi(&state.rating), time(&state.rated_at)).trim(),
     );
-    line("đồng bộ DVCQG (synced)", &state.synced_at);
+    line("đồng bộ Cổng DVC quốc gia", &time(&state.synced_at));
     for payment in &state.payments {
         line(
-            "thanh toán (paid)",
+            "thanh toán",
             &format!(
-                "{} {} VND{}",
-                payment.paid_at,
-                payment.amount_vnd,
+                "{} {} đồng{}",
+                time(&payment.paid_at),
+                crate::flow::count_vi(payment.amount_vnd),
                 if payment.online {
                     " trực tuyến"
                 } else {
@@ -120,21 +131,21 @@ pub async fn case(args: CaseArgs) -> anyhow::Result<ExitCode> {
     }
     if state.held_events > 0 {
         line(
-            "sự kiện chờ (held)",
-            &format!("{} (waiting for case.received)", state.held_events),
+            "sự kiện đang chờ",
+            &format!("{} (chờ sự kiện tiếp nhận hồ sơ)", state.held_events),
         );
     }
     if state.overdue {
-        line("quá hạn (overdue)", "yes");
+        line("quá hạn", "có");
     }
-    println!("  events, in stream order:");
+    println!("  các sự kiện, theo thứ tự trong nhật ký:");
     for event in &reply.events {
         println!(
-            "  #{:<8} {:<26} {:<26} {:<10} {}{}",
+            "  #{:<8} {:<22} {:<16} {:<12} {}{}",
             event.stream_sequence,
-            event.kind,
-            event.occurred_at,
-            event.status,
+            word_vi(&event.kind),
+            time(&event.occurred_at),
+            word_vi(&event.status),
             event.event_id,
             if event.reason.is_empty() {
                 String::new()
@@ -146,10 +157,48 @@ pub async fn case(args: CaseArgs) -> anyhow::Result<ExitCode> {
             println!("            người gửi: {}", event.sender);
         }
         if !event.payload_error.is_empty() {
-            println!("            (payload: {})", event.payload_error);
+            println!(
+                "            (không đọc được sự kiện: {})",
+                event.payload_error
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The words people read for a code of a case's state or events; the
+/// code itself when there are none.
+fn word_vi(code: &str) -> &str {
+    match code {
+        "open" => "đang giải quyết",
+        "resolved" => "đã giải quyết",
+        "withdrawn" => "đã rút",
+        "held" => "đang chờ",
+        "counts" => "được tính",
+        "kept_aside" => "để riêng",
+        "early" => "trước hạn",
+        "on_time" => "đúng hạn",
+        "late" => "trễ hạn",
+        "approved" => "chấp thuận",
+        "rejected" => "từ chối",
+        "online" => "trực tuyến",
+        "in_person" => "trực tiếp",
+        "postal" => "bưu chính",
+        "very_satisfied" => "rất hài lòng",
+        "satisfied" => "hài lòng",
+        "unsatisfied" => "không hài lòng",
+        "case.received" => "tiếp nhận",
+        "case.supplement_requested" => "yêu cầu bổ sung",
+        "case.apology_issued" => "thư xin lỗi",
+        "case.resolved" => "giải quyết",
+        "case.withdrawn" => "rút hồ sơ",
+        "case.paid" => "thanh toán",
+        "case.rated" => "đánh giá",
+        "case.synced" => "đồng bộ DVCQG",
+        "feedback.received" => "nhận phản ánh",
+        "feedback.resolved" => "trả lời phản ánh",
+        other => other,
+    }
 }
 
 fn case_json(reply: &pb::CaseReply) -> serde_json::Value {

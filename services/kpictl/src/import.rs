@@ -85,7 +85,7 @@ impl Tally {
         self.rejected_count += 1;
         if self.print_as_we_go {
             let what = what.map_or_else(String::new, |what| format!("{what}: "));
-            println!("line {line}: rejected: {what}{}", error.reason);
+            println!("dòng {line}: từ chối: {what}{}", error.reason);
             return;
         }
         let mut entry = json!({
@@ -101,7 +101,7 @@ impl Tally {
 
     fn not_stored(&mut self, line: usize, reason: String) {
         if self.print_as_we_go {
-            println!("line {line}: not stored by JetStream: {reason}");
+            println!("dòng {line}: chưa được JetStream lưu: {reason}");
         }
         self.not_stored
             .push(json!({"line": line, "reason": reason}));
@@ -156,9 +156,9 @@ fn progress_for(path: &Path) -> anyhow::Result<Option<ProgressBar>> {
         let consumed = buffer.len();
         reader.consume(consumed);
         if lines > PROGRESS_ABOVE_LINES {
-            let bar = ProgressBar::new(size).with_style(
+            let bar = ProgressBar::new(size).with_message("0 dòng").with_style(
                 ProgressStyle::with_template(
-                    "import [{bar:40}] {percent}% of {total_bytes}, {msg}, eta {eta}",
+                    "nhập [{bar:40}] {percent}% của {total_bytes}, {msg}, còn khoảng {eta}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
@@ -240,9 +240,9 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     }
 
     let unit = if format == Format::Dvcqg {
-        "dossiers"
+        "hồ sơ"
     } else {
-        "events"
+        "sự kiện"
     };
     if args.json {
         let report = json!({
@@ -255,7 +255,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "{} lines: {} {unit} accepted ({} already in the stream), {} rejected{}",
+            "{} dòng: nhận {} {unit} (trong đó {} đã có trong nhật ký từ trước), từ chối {} dòng{}",
             tally.lines,
             tally.accepted,
             tally.duplicates,
@@ -263,7 +263,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
             if tally.not_stored.is_empty() {
                 String::new()
             } else {
-                format!(", {} not stored", tally.not_stored.len())
+                format!(", {} dòng chưa được lưu", tally.not_stored.len())
             }
         );
     }
@@ -291,7 +291,7 @@ fn show_progress(bar: Option<&ProgressBar>, tally: &Tally) {
     if let Some(bar) = bar {
         if tally.lines.is_multiple_of(1000) {
             bar.set_message(format!(
-                "{} lines, {} rejected",
+                "{} dòng, {} dòng bị từ chối",
                 tally.lines, tally.rejected_count
             ));
         }

@@ -176,31 +176,56 @@ pub fn rates_json(reply: &RatesReply) -> Value {
 }
 
 fn percent(value: Option<f64>) -> String {
-    value.map_or_else(|| "—".to_owned(), |p| format!("{p:.2}%"))
+    crate::report::percent_vi(value)
 }
 
-/// A table for people, Vietnamese titles first.
+/// A target as people write it: `97%`, `76,67%`.
+pub fn target_vi(target: f64) -> String {
+    if target.fract() == 0.0 {
+        format!("{target:.0}%")
+    } else {
+        format!("{target:.2}%").replace('.', ",")
+    }
+}
+
+/// `text` padded with spaces to `width` characters (not bytes).
+fn pad_to(text: &str, width: usize) -> String {
+    let length = text.chars().count();
+    format!("{text}{}", " ".repeat(width.saturating_sub(length)))
+}
+
+/// `YYYY-MM-DD` as `DD/MM/YYYY`.
+fn day_vi(day: &str) -> String {
+    chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
+        .map(|date| date.format("%d/%m/%Y").to_string())
+        .unwrap_or_else(|_| day.to_owned())
+}
+
+/// A table for people, in Vietnamese (codes are in `--json`).
 pub fn rates_table(reply: &RatesReply) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} ({}) — {}: {} … {} — chỉ tiêu năm {} — stream sequence {}",
+        "{} ({}) — kỳ {}: {} … {} — mục tiêu năm {} — số liệu đến sự kiện số {}",
         reply.unit_name,
         reply.unit_id,
         reply.period,
-        reply.first_day,
-        reply.last_day,
+        day_vi(&reply.first_day),
+        day_vi(&reply.last_day),
         reply.target_year,
         reply.stream_sequence
     );
     let _ = writeln!(
         out,
-        "{:<38} {:<26} {:>9} {:>13} {:>8}  Đạt",
-        "Chỉ tiêu", "KPI", "Tỷ lệ", "Tử/Mẫu", "Mục tiêu"
+        "{:<44} {:>9} {:>13} {:>9}  Đánh giá",
+        "Chỉ tiêu", "Tỷ lệ", "Tử số/Mẫu số", "Mục tiêu"
     );
     for rate in &reply.rates {
-        let title = Kpi::parse(&rate.kpi).map_or("", Kpi::title_vi);
+        let title: &str = match Kpi::parse(&rate.kpi) {
+            Some(kpi) => kpi.title_vi(),
+            None => &rate.kpi,
+        };
         let met = match rate.met {
             Some(true) => "đạt",
             Some(false) => "chưa đạt",
@@ -208,20 +233,19 @@ pub fn rates_table(reply: &RatesReply) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<38} {:<26} {:>9} {:>13} {:>8}  {}",
-            title,
-            rate.kpi,
+            "{:<44} {:>9} {:>13} {:>9}  {}",
+            pad_to(title, 44),
             percent(rate.percent),
             format!("{}/{}", rate.numerator, rate.denominator),
             rate.target_percent
-                .map_or_else(|| "—".to_owned(), |t| format!("{t}%")),
+                .map_or_else(|| "—".to_owned(), target_vi),
             met
         );
     }
     let live = reply.live.unwrap_or_default();
     let _ = writeln!(
         out,
-        "Đang xử lý (open): {} — quá hạn (overdue): {} — quá hạn chưa có thư xin lỗi: {}",
+        "Hồ sơ đang giải quyết (hiện nay): {} — quá hạn: {} — quá hạn chưa có thư xin lỗi: {}",
         live.open, live.overdue_open, live.overdue_without_apology
     );
     out
@@ -257,14 +281,16 @@ pub async fn rejected(args: RejectedArgs) -> anyhow::Result<ExitCode> {
     } else {
         for event in &reply.events {
             println!(
-                "#{} {} {}",
-                event.stream_sequence, event.published_at, event.subject
+                "#{} lúc {} {}",
+                event.stream_sequence,
+                crate::flow::time_vi(&event.published_at),
+                event.subject
             );
-            println!("  reason: {}", event.reason);
-            println!("  event:  {}", String::from_utf8_lossy(&event.payload));
+            println!("  lý do:   {}", event.reason);
+            println!("  sự kiện: {}", String::from_utf8_lossy(&event.payload));
         }
         println!(
-            "{} shown, {} rejected in all",
+            "hiển thị {}, tổng số sự kiện bị từ chối {}",
             reply.events.len(),
             reply.total_rejected
         );
@@ -295,20 +321,57 @@ pub async fn units(args: UnitsArgs) -> anyhow::Result<ExitCode> {
     let (listed_day, walked) = walk_units(&mut client, args.root.as_deref(), &as_of).await?;
     let mut rows = Vec::new();
     if let Some(root) = &args.root {
-        rows.push((0, json!({"id": root})));
+        let found = find_unit(&mut client, root, &as_of).await?;
+        rows.push((
+            0,
+            found
+                .as_ref()
+                .map_or_else(|| json!({"id": root}), unit_json),
+        ));
     }
     let shift = usize::from(args.root.is_some());
     for (depth, unit) in walked {
-        rows.push((
-            depth + shift,
-            json!({
-                "id": unit.id, "name": unit.name, "level": unit.level,
-                "parent_id": unit.parent_id, "valid_from": unit.valid_from,
-                "valid_to": unit.valid_to, "successor_of": unit.successor_of,
-            }),
-        ));
+        rows.push((depth + shift, unit_json(&unit)));
     }
     print_tree(&listed_day, rows, args.json)
+}
+
+fn unit_json(unit: &pb::Unit) -> Value {
+    json!({
+        "id": unit.id, "name": unit.name, "level": unit.level,
+        "parent_id": unit.parent_id, "valid_from": unit.valid_from,
+        "valid_to": unit.valid_to, "successor_of": unit.successor_of,
+    })
+}
+
+/// A unit of the tree of a day, looked up from the roots down, level by
+/// level (a province, its districts, their communes): ListUnits lists
+/// children only.
+async fn find_unit(
+    client: &mut crate::query::Client,
+    id: &str,
+    as_of: &str,
+) -> anyhow::Result<Option<pb::Unit>> {
+    let mut level = vec![String::new()];
+    for _ in 0..4 {
+        let mut next = Vec::new();
+        for parent_id in level {
+            let listed = client
+                .list_units(ListUnitsRequest {
+                    parent_id,
+                    as_of: as_of.to_owned(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if let Some(unit) = listed.units.iter().find(|unit| unit.id == id) {
+                return Ok(Some(unit.clone()));
+            }
+            next.extend(listed.units.into_iter().map(|unit| unit.id));
+        }
+        level = next;
+    }
+    Ok(None)
 }
 
 /// The tree of units of a day (`as_of`, empty for today), under `root` or
@@ -380,23 +443,34 @@ fn print_tree(as_of: &str, rows: Vec<(usize, Value)>, as_json: bool) -> anyhow::
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!("Đơn vị hành chính ngày {as_of} (units as of {as_of})");
+    println!("Đơn vị hành chính ngày {}", day_vi(as_of));
     for (depth, unit) in rows {
         let text = |key: &str| unit[key].as_str().unwrap_or_default().to_owned();
         let mut line = format!("{}{} {}", "  ".repeat(depth), text("id"), text("name"));
-        if !text("level").is_empty() {
-            line.push_str(&format!(" [{}]", text("level")));
+        let level = match text("level").as_str() {
+            "province" => "tỉnh",
+            "district" => "huyện",
+            "commune" => "xã",
+            _ => "",
+        };
+        if !level.is_empty() {
+            line.push_str(&format!(" [{level}]"));
         }
         let (from, to) = (text("valid_from"), text("valid_to"));
-        if !from.is_empty() || !to.is_empty() {
-            line.push_str(&format!(" {from}..{to}"));
+        match (from.is_empty(), to.is_empty()) {
+            (false, false) => {
+                line.push_str(&format!(" (từ {} đến {})", day_vi(&from), day_vi(&to)))
+            }
+            (false, true) => line.push_str(&format!(" (từ {})", day_vi(&from))),
+            (true, false) => line.push_str(&format!(" (đến {})", day_vi(&to))),
+            (true, true) => {}
         }
         if let Some(predecessors) = unit["successor_of"]
             .as_array()
             .filter(|list| !list.is_empty())
         {
             let ids: Vec<&str> = predecessors.iter().filter_map(Value::as_str).collect();
-            line.push_str(&format!(" (kế thừa / successor of {})", ids.join(", ")));
+            line.push_str(&format!(" (kế thừa {})", ids.join(", ")));
         }
         println!("{line}");
     }

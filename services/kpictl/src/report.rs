@@ -148,7 +148,8 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let generated = chrono::Utc::now().with_timezone(&kpi_domain::vietnam());
     let text = match args.format {
         Format::Html => html(&figures, &generated.format("%d/%m/%Y %H:%M").to_string()),
-        Format::Csv => csv(&figures)?,
+        // A byte-order mark, so that Excel reads the diacritics.
+        Format::Csv => format!("\u{feff}{}", csv(&figures)?),
     };
     std::fs::write(&args.out, text)?;
     println!(

@@ -76,7 +76,7 @@ pub struct RankArgs {
 }
 
 fn percent(value: Option<f64>) -> String {
-    value.map_or_else(|| "—".to_owned(), |p| format!("{p:.2}%"))
+    crate::report::percent_vi(value)
 }
 
 pub async fn rank(args: RankArgs) -> anyhow::Result<ExitCode> {
@@ -331,7 +331,20 @@ pub async fn targets(args: TargetsArgs) -> anyhow::Result<ExitCode> {
             else {
                 continue;
             };
-            let target = next_year_target(central, rate.percent);
+            // Two decimals, as the targets are written by people.
+            let target = kpi_domain::scores::round2(next_year_target(central, rate.percent));
+            let central_vi = crate::query::target_vi(central);
+            let rule_vi = match rate.percent {
+                None => format!("chưa có kết quả: lấy mục tiêu chung {central_vi}"),
+                Some(result) if result < central => format!(
+                    "{} thấp hơn mục tiêu chung {central_vi}: lấy mục tiêu chung",
+                    percent(Some(result))
+                ),
+                Some(result) if result + 10.0 > 100.0 => {
+                    format!("{} + 10 điểm, tối đa 100%", percent(Some(result)))
+                }
+                Some(result) => format!("{} + 10 điểm", percent(Some(result))),
+            };
             let rule = match rate.percent {
                 None => "no result: the central target".to_owned(),
                 Some(result) if result < central => {
@@ -344,7 +357,8 @@ pub async fn targets(args: TargetsArgs) -> anyhow::Result<ExitCode> {
             };
             shown.push(
                 json!({"unit_id": unit, "unit_name": this_year.unit_name, "kpi": rate.kpi,
-                "result": rate.percent, "central": central, "target": target, "rule": rule}),
+                "result": rate.percent, "central": central, "target": target, "rule": rule,
+                "rule_vi": rule_vi}),
             );
             rates.insert(rate.kpi.clone(), json!(target));
         }
@@ -361,18 +375,22 @@ pub async fn targets(args: TargetsArgs) -> anyhow::Result<ExitCode> {
         );
     } else {
         for row in &shown {
+            let kpi = row["kpi"].as_str().unwrap_or_default();
             println!(
-                "{:<12} {:<28} {:<26} → {:>6.2}%  ({})",
+                "{:<12} {} — {} → {}  ({})",
                 row["unit_id"].as_str().unwrap_or_default(),
                 row["unit_name"].as_str().unwrap_or_default(),
-                row["kpi"].as_str().unwrap_or_default(),
-                row["target"].as_f64().unwrap_or_default(),
-                row["rule"].as_str().unwrap_or_default()
+                match kpi_domain::Kpi::parse(kpi) {
+                    Some(kpi) => kpi.title_vi(),
+                    None => kpi,
+                },
+                crate::query::target_vi(row["target"].as_f64().unwrap_or_default()),
+                row["rule_vi"].as_str().unwrap_or_default()
             );
         }
         if let Some(path) = &args.out {
             println!(
-                "targets for {next} written to {} (use it as the projector's --targets)",
+                "đã ghi mục tiêu năm {next} vào {} (dùng làm --targets của projector)",
                 path.display()
             );
         }
