@@ -165,14 +165,7 @@ impl KpiApi {
         }
         let sequence_before = self.views.current().checkpoint().map_err(internal)?;
         let now = Moment::from((self.clock)());
-        let last = Day::from_date(period.last_day);
-        let receiving: Arc<[UnitIdx]> = self
-            .units
-            .report_rows(unit, last)
-            .into_iter()
-            .map(|(receiving, _)| receiving)
-            .collect();
-        let running = last >= now.local_day();
+        let running = Day::from_date(period.last_day) >= now.local_day();
         let table = self
             .views
             .current()
@@ -219,7 +212,12 @@ impl KpiApi {
         // Kept only when no commit came between the check of the units and
         // the read (the answer's sequence then says what it reflects).
         if table.sequence == sequence_before {
-            hub.keep_flow(key, running, receiving, Arc::new(reply.clone()));
+            hub.keep_flow(
+                key,
+                running,
+                table.receiving.into(),
+                Arc::new(reply.clone()),
+            );
         }
         Ok(reply)
     }
@@ -236,8 +234,9 @@ impl KpiApi {
         }
         let _permit = self.permits.call().await?;
         let now = Moment::from((self.clock)());
-        let store = self.views.current();
-        let list = store
+        let list = self
+            .views
+            .current()
             .late_cases(
                 &self.units,
                 unit,
@@ -254,14 +253,6 @@ impl KpiApi {
         let letters = letter_refs(self.log.as_ref(), &sequences).await;
         let mut cases = Vec::with_capacity(list.cases.len());
         for (case_id, case) in &list.cases {
-            let record = store
-                .load_record(&kpi_domain::RecordKey::Case(case_id.clone()))
-                .map_err(internal)?;
-            let unit_id = record
-                .as_ref()
-                .and_then(|record| record.case_state().received)
-                .map(|received| received.unit_id.clone())
-                .unwrap_or_default();
             cases.push(pb::LateCase {
                 case_id: case_id.clone(),
                 procedure_code: case.procedure_code.clone(),
@@ -279,7 +270,7 @@ impl KpiApi {
                         new_due_at: rfc3339(*new_due_at),
                     })
                     .collect(),
-                unit_id,
+                unit_id: case.unit_id.clone(),
                 field_name: self.catalogue.field_name(&case.field).to_owned(),
                 procedure_name: self
                     .catalogue

@@ -140,6 +140,8 @@ pub struct Pending {
 /// A case of the public list of late cases (§9 `ListLate`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LateCase {
+    /// The unit that received it.
+    pub unit_id: String,
     pub procedure_code: String,
     pub field: String,
     pub received_at: Moment,
@@ -325,6 +327,7 @@ impl Record {
             .collect();
         apologies.sort_by_key(|event| event.stamp());
         Some(LateCase {
+            unit_id: received.unit_id.clone(),
             procedure_code: procedure_code.clone(),
             field: field.clone(),
             received_at: received.at,

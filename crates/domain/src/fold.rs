@@ -261,6 +261,18 @@ impl<'a, S: RecordSource> BatchFold<'a, S> {
     }
 }
 
+/// The registry's unit a record's contribution names.
+fn known_unit(
+    units: &UnitRegistry,
+    key: &RecordKey,
+    unit_id: &str,
+) -> Result<UnitIdx, UnknownUnit> {
+    units.find(unit_id).ok_or_else(|| UnknownUnit {
+        code: key.code().to_owned(),
+        unit_id: unit_id.to_owned(),
+    })
+}
+
 impl BatchChanges {
     /// Adds `sign` times a case's part in the case-flow report.
     pub fn add_flow(
@@ -270,12 +282,7 @@ impl BatchChanges {
         contribution: &FlowContribution<'_>,
         sign: i64,
     ) -> Result<(), UnknownUnit> {
-        let unit = units
-            .find(contribution.unit_id)
-            .ok_or_else(|| UnknownUnit {
-                code: key.code().to_owned(),
-                unit_id: contribution.unit_id.to_owned(),
-            })?;
+        let unit = known_unit(units, key, contribution.unit_id)?;
         for &(day, column, by) in &contribution.changes {
             let series = FlowKey {
                 unit,
@@ -316,12 +323,7 @@ impl BatchChanges {
         contribution: &Contribution<'_>,
         sign: i64,
     ) -> Result<(), UnknownUnit> {
-        let unit = units
-            .find(contribution.unit_id)
-            .ok_or_else(|| UnknownUnit {
-                code: key.code().to_owned(),
-                unit_id: contribution.unit_id.to_owned(),
-            })?;
+        let unit = known_unit(units, key, contribution.unit_id)?;
         for &(day, counter) in &contribution.counts {
             for &credited in units.credited(unit, day) {
                 self.counters

@@ -130,6 +130,9 @@ pub struct FlowTable {
     /// By key (a unit id, field or procedure code), rows with a count only.
     pub rows: BTreeMap<String, CaseFlow>,
     pub total: CaseFlow,
+    /// The receiving units whose cases the report holds: a change to any
+    /// of them changes it.
+    pub receiving: Vec<UnitIdx>,
 }
 
 /// The late cases of a report, ordered by due time.
@@ -349,7 +352,8 @@ impl Store {
             }
         };
         let mut rows: BTreeMap<String, CaseFlow> = BTreeMap::new();
-        for (receiving, row_unit) in units.report_rows(unit, last) {
+        let report_rows = units.report_rows(unit, last);
+        for &(receiving, row_unit) in &report_rows {
             let unit_id = &units.unit(receiving).id;
             let (mut at_start, mut at_end) = (BTreeMap::new(), BTreeMap::new());
             self.sums_before(prefix, unit_id, bounds.end, &mut at_end)?;
@@ -407,6 +411,10 @@ impl Store {
             as_of: bounds.as_of,
             rows,
             total,
+            receiving: report_rows
+                .into_iter()
+                .map(|(receiving, _)| receiving)
+                .collect(),
         })
     }
 
