@@ -7,7 +7,7 @@
 use calamine::{Data, DataType, Reader, Xlsx};
 use kpi_api::pb::{self, GetCaseFlowRequest, ListLateRequest};
 use kpi_bus::Bus;
-use kpi_e2e::{chromium, example_messages, kpictl, publish_all, tokens_file, Projector};
+use kpi_e2e::{example_messages, headless_chromium, kpictl, publish_all, tokens_file, Projector};
 use local_nats::LocalNats;
 use tonic::metadata::MetadataValue;
 
@@ -143,27 +143,17 @@ async fn the_example_reports_its_case_flow_and_late_cases_and_files_them() {
             .await
             .unwrap()
             .into_inner();
-        let mut found: Vec<kpi_testkit::ExpectedLateCase> = reply
-            .cases
-            .iter()
-            .map(|case| kpi_testkit::ExpectedLateCase {
-                case_id: case.case_id.clone(),
-                days_late: case.days_late,
-            })
-            .collect();
         let due: Vec<&String> = reply.cases.iter().map(|case| &case.due_at).collect();
         let mut sorted = due.clone();
         sorted.sort_by_key(|text| chrono::DateTime::parse_from_rfc3339(text).unwrap());
         assert_eq!(due, sorted, "ordered by due time");
-        found.sort();
-        let mut wanted = query.cases.clone();
-        wanted.sort();
-        if found != wanted {
-            differences.push(format!(
-                "late {} {}: {found:?}, expected {wanted:?}",
-                query.unit_id, query.period
-            ));
-        }
+        differences.extend(kpi_testkit::late_differences(
+            query,
+            reply
+                .cases
+                .iter()
+                .map(|case| (case.case_id.clone(), case.days_late)),
+        ));
         // Letters read back from the log carry their number.
         for case in &reply.cases {
             for letter in &case.apologies {
@@ -309,17 +299,7 @@ async fn the_example_reports_its_case_flow_and_late_cases_and_files_them() {
     );
     // Printable: headless Chromium makes a PDF of it.
     let pdf = dir.path().join("bieu06.pdf");
-    let printed = std::process::Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-        ])
-        .arg(format!(
-            "--user-data-dir={}",
-            dir.path().join("chromium").display()
-        ))
+    let printed = headless_chromium(&dir.path().join("chromium"))
         .arg(format!("--print-to-pdf={}", pdf.display()))
         .arg(format!("file://{}", html.display()))
         .output()

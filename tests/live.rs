@@ -10,7 +10,9 @@ use kpi_api::pb::{
     GetRatesRequest, GetScoresRequest, ListAtRiskRequest, RankUnitsRequest, RatesReply,
 };
 use kpi_bus::Bus;
-use kpi_e2e::{chromium, example_messages, kpictl, publish_all, simulated_messages, Projector};
+use kpi_e2e::{
+    example_messages, headless_chromium, kpictl, publish_all, simulated_messages, Projector,
+};
 use kpi_testkit::example_path;
 use local_nats::LocalNats;
 use serde_json::{json, Value};
@@ -617,22 +619,9 @@ async fn the_monthly_report_renders_in_chromium_with_every_unit_and_figure() {
         String::from_utf8_lossy(&output.stderr)
     );
 
-    let chromium = chromium();
-    let flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ];
     let profile = dir.path().join("chromium-profile");
     let url = format!("file://{}", report.display());
-    let dom = std::process::Command::new(&chromium)
-        .args(flags)
-        .arg(format!("--user-data-dir={}", profile.display()))
+    let dom = headless_chromium(&profile)
         .args(["--dump-dom", &url])
         .output()
         .unwrap();
@@ -643,9 +632,7 @@ async fn the_monthly_report_renders_in_chromium_with_every_unit_and_figure() {
     );
     let text = String::from_utf8_lossy(&dom.stdout);
     let screenshot = dir.path().join("bao-cao.png");
-    let shot = std::process::Command::new(&chromium)
-        .args(flags)
-        .arg(format!("--user-data-dir={}", profile.display()))
+    let shot = headless_chromium(&profile)
         .arg(format!("--screenshot={}", screenshot.display()))
         .args(["--window-size=1240,1754", &url])
         .output()
@@ -909,14 +896,7 @@ async fn the_monthly_page_fits_a4_and_speaks_only_vietnamese() {
     let probe = dir.path().join("probe.html");
     std::fs::write(&probe, measured).unwrap();
     let profile = dir.path().join("chromium-profile-a4");
-    let dom = std::process::Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
+    let dom = headless_chromium(&profile)
         .args(["--window-size=794,1123", "--dump-dom"])
         .arg(format!("file://{}", probe.display()))
         .output()

@@ -794,3 +794,22 @@ pub fn chromium() -> std::path::PathBuf {
     }
     path
 }
+
+/// Headless Chromium with its own profile under `profile`, kept off the
+/// network, ready for the arguments of one run.
+pub fn headless_chromium(profile: &Path) -> Command {
+    let mut command = Command::new(chromium());
+    command
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()));
+    command
+}

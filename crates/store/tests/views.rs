@@ -723,23 +723,12 @@ fn the_example_scenario_gives_the_expected_case_flow_and_late_cases() {
                 now,
             )
             .unwrap();
-        let mut found: Vec<kpi_testkit::ExpectedLateCase> = list
-            .cases
-            .iter()
-            .map(|(case_id, late)| kpi_testkit::ExpectedLateCase {
-                case_id: case_id.clone(),
-                days_late: late.days_late,
-            })
-            .collect();
-        found.sort();
-        let mut wanted = query.cases.clone();
-        wanted.sort();
-        if found != wanted {
-            differences.push(format!(
-                "late {} {}: {found:?}, expected {wanted:?}",
-                query.unit_id, query.period
-            ));
-        }
+        differences.extend(kpi_testkit::late_differences(
+            query,
+            list.cases
+                .iter()
+                .map(|(case_id, late)| (case_id.clone(), late.days_late)),
+        ));
     }
     assert_eq!(differences, Vec::<String>::new());
 }

@@ -110,6 +110,28 @@ pub struct ExpectedLateCase {
     pub days_late: u64,
 }
 
+/// What differs between an expected late list and the (case, days late)
+/// pairs answered, in any order.
+pub fn late_differences(
+    expected: &ExpectedLate,
+    found: impl IntoIterator<Item = (String, u64)>,
+) -> Vec<String> {
+    let mut found: Vec<ExpectedLateCase> = found
+        .into_iter()
+        .map(|(case_id, days_late)| ExpectedLateCase { case_id, days_late })
+        .collect();
+    found.sort();
+    let mut wanted = expected.cases.clone();
+    wanted.sort();
+    if found == wanted {
+        return Vec::new();
+    }
+    vec![format!(
+        "late {} {}: {found:?}, expected {wanted:?}",
+        expected.unit_id, expected.period
+    )]
+}
+
 /// A report's columns by name, as expected.json writes them.
 pub fn flow_columns(flow: &kpi_domain::CaseFlow) -> FlowColumns {
     kpi_domain::CASE_FLOW_COLUMNS

@@ -136,7 +136,7 @@ pub fn count_vi(value: u64) -> String {
 }
 
 /// `YYYY-MM-DD` as `DD/MM/YYYY`.
-fn date_vi(day: &str) -> String {
+pub fn date_vi(day: &str) -> String {
     chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
         .map(|date| date.format("%d/%m/%Y").to_string())
         .unwrap_or_else(|_| day.to_owned())
@@ -303,10 +303,7 @@ fn flow_text(reply: &CaseFlowReply, by: By) -> String {
         .max()
         .unwrap_or(10)
         .min(48);
-    let pad = |text: &str, width: usize| {
-        let length = text.chars().count();
-        format!("{text}{}", " ".repeat(width.saturating_sub(length)))
-    };
+    let pad = crate::query::pad_to;
     let right = |text: &str, width: usize| {
         let length = text.chars().count();
         format!("{}{text}", " ".repeat(width.saturating_sub(length)))
@@ -513,13 +510,19 @@ tr.total td { font-weight: bold; }
 col.stt { width: 10mm; } col.name { width: 52mm; }
 "#;
 
+/// The start of a self-contained Vietnamese page: `title` (escaped here)
+/// and its `style`, up to the opened body.
+pub fn page_start(title: &str, style: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"vi\">\n<head>\n<meta charset=\"utf-8\">\n<title>{}</title>\n<style>{style}</style>\n</head>\n<body>\n",
+        encode_text(title)
+    )
+}
+
 fn flow_html(reply: &CaseFlowReply, by: By) -> String {
-    let mut page = String::new();
-    let _ = write!(
-        page,
-        "<!DOCTYPE html>\n<html lang=\"vi\">\n<head>\n<meta charset=\"utf-8\">\n<title>Biểu 06 — {} — {}</title>\n<style>{FORM_STYLE}</style>\n</head>\n<body>\n",
-        encode_text(&reply.unit_name),
-        encode_text(&reply.period)
+    let mut page = page_start(
+        &format!("Biểu 06 — {} — {}", reply.unit_name, reply.period),
+        FORM_STYLE,
     );
     let _ = writeln!(page, "<p class=\"form\">Biểu số 06/VPCP/KSTT</p>");
     let _ = writeln!(page, "<h1>{HEADING}</h1>");
@@ -767,12 +770,9 @@ fn late_text(reply: &ListLateReply) -> String {
 }
 
 fn late_html(reply: &ListLateReply) -> String {
-    let mut page = String::new();
-    let _ = write!(
-        page,
-        "<!DOCTYPE html>\n<html lang=\"vi\">\n<head>\n<meta charset=\"utf-8\">\n<title>Hồ sơ trễ hạn — {} — {}</title>\n<style>{FORM_STYLE}</style>\n</head>\n<body>\n",
-        encode_text(&reply.unit_name),
-        encode_text(&reply.period)
+    let mut page = page_start(
+        &format!("Hồ sơ trễ hạn — {} — {}", reply.unit_name, reply.period),
+        FORM_STYLE,
     );
     let _ = writeln!(page, "<h1>{LATE_HEADING}</h1>");
     let _ = writeln!(

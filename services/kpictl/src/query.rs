@@ -175,10 +175,6 @@ pub fn rates_json(reply: &RatesReply) -> Value {
     })
 }
 
-fn percent(value: Option<f64>) -> String {
-    crate::report::percent_vi(value)
-}
-
 /// A target as people write it: `97%`, `76,67%`.
 pub fn target_vi(target: f64) -> String {
     if target.fract() == 0.0 {
@@ -189,16 +185,9 @@ pub fn target_vi(target: f64) -> String {
 }
 
 /// `text` padded with spaces to `width` characters (not bytes).
-fn pad_to(text: &str, width: usize) -> String {
+pub fn pad_to(text: &str, width: usize) -> String {
     let length = text.chars().count();
     format!("{text}{}", " ".repeat(width.saturating_sub(length)))
-}
-
-/// `YYYY-MM-DD` as `DD/MM/YYYY`.
-fn day_vi(day: &str) -> String {
-    chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
-        .map(|date| date.format("%d/%m/%Y").to_string())
-        .unwrap_or_else(|_| day.to_owned())
 }
 
 /// A table for people, in Vietnamese (codes are in `--json`).
@@ -211,8 +200,8 @@ pub fn rates_table(reply: &RatesReply) -> String {
         reply.unit_name,
         reply.unit_id,
         reply.period,
-        day_vi(&reply.first_day),
-        day_vi(&reply.last_day),
+        crate::flow::date_vi(&reply.first_day),
+        crate::flow::date_vi(&reply.last_day),
         reply.target_year,
         reply.stream_sequence
     );
@@ -235,7 +224,7 @@ pub fn rates_table(reply: &RatesReply) -> String {
             out,
             "{:<44} {:>9} {:>13} {:>9}  {}",
             pad_to(title, 44),
-            percent(rate.percent),
+            crate::report::percent_vi(rate.percent),
             format!("{}/{}", rate.numerator, rate.denominator),
             rate.target_percent
                 .map_or_else(|| "—".to_owned(), target_vi),
@@ -443,7 +432,7 @@ fn print_tree(as_of: &str, rows: Vec<(usize, Value)>, as_json: bool) -> anyhow::
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!("Đơn vị hành chính ngày {}", day_vi(as_of));
+    println!("Đơn vị hành chính ngày {}", crate::flow::date_vi(as_of));
     for (depth, unit) in rows {
         let text = |key: &str| unit[key].as_str().unwrap_or_default().to_owned();
         let mut line = format!("{}{} {}", "  ".repeat(depth), text("id"), text("name"));
@@ -458,11 +447,13 @@ fn print_tree(as_of: &str, rows: Vec<(usize, Value)>, as_json: bool) -> anyhow::
         }
         let (from, to) = (text("valid_from"), text("valid_to"));
         match (from.is_empty(), to.is_empty()) {
-            (false, false) => {
-                line.push_str(&format!(" (từ {} đến {})", day_vi(&from), day_vi(&to)))
-            }
-            (false, true) => line.push_str(&format!(" (từ {})", day_vi(&from))),
-            (true, false) => line.push_str(&format!(" (đến {})", day_vi(&to))),
+            (false, false) => line.push_str(&format!(
+                " (từ {} đến {})",
+                crate::flow::date_vi(&from),
+                crate::flow::date_vi(&to)
+            )),
+            (false, true) => line.push_str(&format!(" (từ {})", crate::flow::date_vi(&from))),
+            (true, false) => line.push_str(&format!(" (đến {})", crate::flow::date_vi(&to))),
             (true, true) => {}
         }
         if let Some(predecessors) = unit["successor_of"]

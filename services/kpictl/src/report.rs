@@ -194,13 +194,6 @@ fn met_vi(met: Option<bool>) -> &'static str {
     }
 }
 
-/// The day `YYYY-MM-DD` as `DD/MM/YYYY`.
-fn day_vi(day: &str) -> String {
-    chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
-        .map(|date| date.format("%d/%m/%Y").to_string())
-        .unwrap_or_else(|_| day.to_owned())
-}
-
 const STYLE: &str = r#"
 @page { size: A4; margin: 14mm; }
 body { font-family: "Times New Roman", "Liberation Serif", serif; font-size: 11pt; color: #111; max-width: 190mm; margin: 0 auto; }
@@ -223,18 +216,19 @@ svg { display: block; margin: 0.3em auto; page-break-inside: avoid; }
 fn html(figures: &Figures, generated: &str) -> String {
     let main = &figures.main;
     let name = encode_text(&main.unit_name);
-    let mut page = String::new();
-    let _ = write!(
-        page,
-        "<!DOCTYPE html>\n<html lang=\"vi\">\n<head>\n<meta charset=\"utf-8\">\n<title>Kết quả giải quyết TTHC — {name} — {period}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n",
-        period = encode_text(&main.period),
+    let mut page = crate::flow::page_start(
+        &format!(
+            "Kết quả giải quyết TTHC — {} — {}",
+            main.unit_name, main.period
+        ),
+        STYLE,
     );
     let _ = write!(
         page,
         "<h1>KẾT QUẢ GIẢI QUYẾT THỦ TỤC HÀNH CHÍNH VÀ MỨC ĐỘ HÀI LÒNG</h1>\n<p class=\"sub\"><b>{name}</b><br>Kỳ báo cáo {period}: từ {first} đến {last} — chỉ tiêu năm {year}</p>\n",
         period = encode_text(&main.period),
-        first = day_vi(&main.first_day),
-        last = day_vi(&main.last_day),
+        first = crate::flow::date_vi(&main.first_day),
+        last = crate::flow::date_vi(&main.last_day),
         year = main.target_year,
     );
 

@@ -75,10 +75,6 @@ pub struct RankArgs {
     pub json: bool,
 }
 
-fn percent(value: Option<f64>) -> String {
-    crate::report::percent_vi(value)
-}
-
 pub async fn rank(args: RankArgs) -> anyhow::Result<ExitCode> {
     let mut client = connect(&args.api).await?;
     let reply = client
@@ -123,7 +119,7 @@ pub async fn rank(args: RankArgs) -> anyhow::Result<ExitCode> {
             unit.rank,
             unit.unit_id,
             unit.unit_name,
-            percent(rate.percent),
+            crate::report::percent_vi(rate.percent),
             format!("{}/{}", rate.numerator, rate.denominator)
         );
     }
@@ -264,7 +260,7 @@ pub async fn scores(args: ScoresArgs) -> anyhow::Result<ExitCode> {
             } else {
                 String::new()
             },
-            percent(c.rate),
+            crate::report::percent_vi(c.rate),
             c.points
                 .map_or_else(|| "—".to_owned(), |p| format!("{p:.2}")),
             c.max_points,
@@ -338,12 +334,15 @@ pub async fn targets(args: TargetsArgs) -> anyhow::Result<ExitCode> {
                 None => format!("chưa có kết quả: lấy mục tiêu chung {central_vi}"),
                 Some(result) if result < central => format!(
                     "{} thấp hơn mục tiêu chung {central_vi}: lấy mục tiêu chung",
-                    percent(Some(result))
+                    crate::report::percent_vi(Some(result))
                 ),
                 Some(result) if result + 10.0 > 100.0 => {
-                    format!("{} + 10 điểm, tối đa 100%", percent(Some(result)))
+                    format!(
+                        "{} + 10 điểm, tối đa 100%",
+                        crate::report::percent_vi(Some(result))
+                    )
                 }
-                Some(result) => format!("{} + 10 điểm", percent(Some(result))),
+                Some(result) => format!("{} + 10 điểm", crate::report::percent_vi(Some(result))),
             };
             let rule = match rate.percent {
                 None => "no result: the central target".to_owned(),
