@@ -16,6 +16,8 @@ use kpi_bus::Bus;
 use kpi_testkit::{Answer, ExpectedLive, ExpectedRate};
 use tonic::transport::Channel;
 
+pub mod demo;
+
 /// The service binaries, built once per test process in the profile the
 /// tests were built in.
 pub struct Binaries {

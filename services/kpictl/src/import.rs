@@ -168,6 +168,64 @@ fn progress_for(path: &Path) -> anyhow::Result<Option<ProgressBar>> {
     Ok(None)
 }
 
+/// The largest file read whole as one JSON document.
+const DOCUMENT_MAX_BYTES: u64 = 16 << 20;
+
+/// A file that is one JSON document over several lines (pretty-printed,
+/// as `deploy/examples/event.json` is) rather than one a line: its events
+/// (or DVCQG envelopes) one a line, and a note on stderr saying so. An
+/// array gives one line per element, numbered as the elements are. `None`
+/// for a file whose first line is a JSON value of its own (NDJSON), for
+/// standard input, and for a file over [`DOCUMENT_MAX_BYTES`].
+fn one_document(path: &Path, format: Format) -> anyhow::Result<Option<Vec<u8>>> {
+    if path.as_os_str() == "-" {
+        return Ok(None);
+    }
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("opening {}", path.display()))?
+        .len();
+    if size > DOCUMENT_MAX_BYTES {
+        return Ok(None);
+    }
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let first_line = text
+        .split(|byte| *byte == b'\n')
+        .find(|line| !line.iter().all(u8::is_ascii_whitespace));
+    let Some(first_line) = first_line else {
+        return Ok(None);
+    };
+    if first_line.len() == text.trim_ascii().len()
+        || serde_json::from_slice::<serde::de::IgnoredAny>(first_line).is_ok()
+    {
+        return Ok(None);
+    }
+    let Ok(document) = serde_json::from_slice::<Value>(&text) else {
+        return Ok(None);
+    };
+    // A DVCQG payload may itself be a bare array of dossiers: one line.
+    let items = match document {
+        Value::Array(items) if format == Format::Ndjson => items,
+        other => vec![other],
+    };
+    let mut lines = Vec::with_capacity(text.len());
+    for item in &items {
+        serde_json::to_writer(&mut lines, item)?;
+        lines.push(b'\n');
+    }
+    eprintln!(
+        "{} là một tài liệu JSON nhiều dòng, không phải mỗi dòng một {}: đọc cả tệp, {} mục \
+         (số dòng trong báo cáo là số thứ tự của mục)",
+        path.display(),
+        if format == Format::Dvcqg {
+            "gói DVCQG"
+        } else {
+            "sự kiện"
+        },
+        items.len()
+    );
+    Ok(Some(lines))
+}
+
 /// Counts the bytes read, for the progress bar.
 struct Counted<R> {
     inner: R,
@@ -191,8 +249,17 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
         Format::Dvcqg => Some(load_field_map(args.field_map.as_deref())?),
         _ => None,
     };
-    let bar = progress_for(&args.file)?;
-    let input: Box<dyn Read> = if args.file.as_os_str() == "-" {
+    let document = match format {
+        Format::Ndjson | Format::Dvcqg => one_document(&args.file, format)?,
+        Format::Csv => None,
+    };
+    let bar = match document {
+        Some(_) => None,
+        None => progress_for(&args.file)?,
+    };
+    let input: Box<dyn Read> = if let Some(lines) = document {
+        Box::new(std::io::Cursor::new(lines))
+    } else if args.file.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
         Box::new(
@@ -407,4 +474,47 @@ async fn import_dvcqg(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("file.json");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn a_pretty_printed_event_is_read_as_one_line() {
+        let (_dir, path) =
+            written("{\n  \"kind\": \"case.received\",\n  \"data\": {\"field\": \"x\"}\n}\n");
+        let lines = one_document(&path, Format::Ndjson).unwrap().unwrap();
+        assert_eq!(
+            String::from_utf8(lines).unwrap(),
+            "{\"data\":{\"field\":\"x\"},\"kind\":\"case.received\"}\n"
+        );
+    }
+
+    #[test]
+    fn a_pretty_printed_array_gives_a_line_per_element_but_a_dvcqg_array_stays_whole() {
+        let (_dir, path) = written("[\n  {\"a\": 1},\n  {\"b\": 2}\n]\n");
+        let lines = one_document(&path, Format::Ndjson).unwrap().unwrap();
+        assert_eq!(String::from_utf8(lines).unwrap(), "{\"a\":1}\n{\"b\":2}\n");
+        let lines = one_document(&path, Format::Dvcqg).unwrap().unwrap();
+        assert_eq!(String::from_utf8(lines).unwrap(), "[{\"a\":1},{\"b\":2}]\n");
+    }
+
+    #[test]
+    fn ndjson_and_broken_files_are_read_line_by_line() {
+        let (_dir, path) = written("{\"a\": 1}\n{\"b\": 2}\n");
+        assert!(one_document(&path, Format::Ndjson).unwrap().is_none());
+        let (_dir, path) = written("{\"a\": 1}\n");
+        assert!(one_document(&path, Format::Ndjson).unwrap().is_none());
+        // Not one document either: the lines get their own errors.
+        let (_dir, path) = written("{\n\"a\": \n");
+        assert!(one_document(&path, Format::Ndjson).unwrap().is_none());
+    }
 }

@@ -55,13 +55,21 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub via_services: bool,
     /// The intake service, with --via-services.
-    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    #[arg(long, env = "KPI_INTAKE_URL", default_value = "http://127.0.0.1:8081")]
     pub intake_url: String,
     /// The resolution service, with --via-services.
-    #[arg(long, default_value = "http://127.0.0.1:8082")]
+    #[arg(
+        long,
+        env = "KPI_RESOLUTION_URL",
+        default_value = "http://127.0.0.1:8082"
+    )]
     pub resolution_url: String,
     /// The feedback service, with --via-services.
-    #[arg(long, default_value = "http://127.0.0.1:8083")]
+    #[arg(
+        long,
+        env = "KPI_FEEDBACK_URL",
+        default_value = "http://127.0.0.1:8083"
+    )]
     pub feedback_url: String,
     /// A sender token (`kpictl token new --role sender`), for ingest
     /// services started with --tokens (CONTRACT §8.1); with --via-services.
