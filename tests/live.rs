@@ -332,6 +332,50 @@ async fn watch_rates_answers_at_once_follows_a_late_rating_and_never_piles_up() 
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn kpictl_watch_redraws_a_past_period_when_it_is_revised_not_under_live_traffic() {
+    let (_nats, projector, bus, _dir) = example_stack().await;
+    let mut watch = std::process::Command::new(&kpi_e2e::binaries().kpictl)
+        .args(["watch", "--unit", "P46", "--period", "2025-Q1", "--addr", &projector.addr])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kpictl watch");
+    let received = |index: usize, day: &str| {
+        let case = format!("000.00.29.H42-LIVE{index:03}");
+        let event = json!({"event_id": format!("99999999-9999-4999-8999-{index:012}"),
+            "kind": "case.received", "case_id": case, "unit_id": "C46-1-1",
+            "occurred_at": format!("{day}T09:00:00+07:00"),
+            "data": {"procedure_code": "1.001", "field": "ho_tich", "channel": "online",
+                     "due_at": "2030-01-10T17:00:00+07:00"}});
+        (
+            "cases.C46-1-1.case.received".to_owned(),
+            event.to_string().into_bytes(),
+        )
+    };
+    // Live traffic of today for 4 s: the open cases move, 2025-Q1 does not.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let today = chrono::Utc::now()
+        .with_timezone(&chrono::FixedOffset::east_opt(7 * 3600).unwrap())
+        .date_naive()
+        .to_string();
+    for index in 0..16 {
+        publish_all(&bus, [received(index, &today)]).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // A late event of February 2025 revises the period: one more table.
+    publish_all(&bus, [received(100, "2025-02-12")]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = watch.kill();
+    let output = watch.wait_with_output().unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let tables = printed.matches("— kỳ 2025-Q1:").count();
+    assert_eq!(
+        tables, 2,
+        "one table at once and one for the revision, none for the live traffic:\n{printed}"
+    );
+}
+
 /// One commune's March and April 2025, written for the scores (see
 /// `scores_match_the_components_worked_out_by_hand`).
 fn scores_events() -> Vec<Value> {

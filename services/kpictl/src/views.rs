@@ -28,7 +28,21 @@ pub struct WatchArgs {
     pub json: bool,
 }
 
-/// Follows `WatchRates`, redrawing the table on a terminal.
+/// How long the table stays as drawn while only its live block (open
+/// cases now, which move with every case received anywhere below the
+/// unit) changes: a past period's table is redrawn when a late event
+/// revises it, not once a second under live traffic.
+const LIVE_ONLY_REDRAW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether two answers give the same figures for the period (rates and
+/// counts), whatever their live block and stream sequence.
+fn same_period_figures(a: &pb::RatesReply, b: &pb::RatesReply) -> bool {
+    a.rates == b.rates && a.counts == b.counts && a.unit_name == b.unit_name
+}
+
+/// Follows `WatchRates`, redrawing the table on a terminal when the
+/// period's figures change (its live block at most every
+/// [`LIVE_ONLY_REDRAW`]); `--json` prints every answer.
 pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let mut client = connect(&args.api).await?;
     let mut answers = client
@@ -41,12 +55,20 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
         .map_err(status_error)?
         .into_inner();
     let terminal = std::io::stdout().is_terminal();
+    let mut drawn: Option<(pb::RatesReply, std::time::Instant)> = None;
     while let Some(answer) = answers.next().await {
         let reply = answer.map_err(status_error)?;
         let mut out = std::io::stdout().lock();
         if args.json {
             writeln!(out, "{}", rates_json(&reply))?;
         } else {
+            let live_only = drawn.as_ref().is_some_and(|(last, at)| {
+                at.elapsed() < LIVE_ONLY_REDRAW && same_period_figures(last, &reply)
+            });
+            if live_only {
+                continue;
+            }
+            drawn = Some((reply.clone(), std::time::Instant::now()));
             if terminal {
                 // Clear the screen and go home: the table is redrawn.
                 write!(out, "\x1b[2J\x1b[H")?;
