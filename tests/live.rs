@@ -336,7 +336,15 @@ async fn watch_rates_answers_at_once_follows_a_late_rating_and_never_piles_up() 
 async fn kpictl_watch_redraws_a_past_period_when_it_is_revised_not_under_live_traffic() {
     let (_nats, projector, bus, _dir) = example_stack().await;
     let mut watch = std::process::Command::new(&kpi_e2e::binaries().kpictl)
-        .args(["watch", "--unit", "P46", "--period", "2025-Q1", "--addr", &projector.addr])
+        .args([
+            "watch",
+            "--unit",
+            "P46",
+            "--period",
+            "2025-Q1",
+            "--addr",
+            &projector.addr,
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -133,6 +133,57 @@ async fn the_reform_scenario_gives_the_hand_computed_figures_through_the_api() {
         status.message()
     );
 
+    // A unit that did not exist for the whole period: its table says so
+    // and names who carries its cases (none for one that did).
+    let notice = |unit: &str, period: &str| {
+        let output = kpictl(&[
+            "rates",
+            "--unit",
+            unit,
+            "--period",
+            period,
+            "--addr",
+            &projector.addr,
+        ]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let printed = String::from_utf8(output.stdout).unwrap();
+        printed
+            .lines()
+            .filter(|line| line.starts_with("Lưu ý: "))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let ceased = notice("B", "2025-Q4");
+    assert_eq!(ceased.len(), 1, "{ceased:?}");
+    assert!(
+        ceased[0].contains("không tồn tại trong kỳ 2025-Q4"),
+        "{ceased:?}"
+    );
+    assert!(
+        ceased[0].contains("nay thuộc Phường Quyết Thắng (W)"),
+        "{ceased:?}"
+    );
+    let ceasing = notice("B", "2025");
+    assert!(
+        ceasing[0].contains("không còn từ sau ngày 30/06/2025"),
+        "{ceasing:?}"
+    );
+    assert!(
+        ceasing[0].contains("nay thuộc Phường Quyết Thắng (W)"),
+        "{ceasing:?}"
+    );
+    let formed = notice("W", "2025");
+    assert!(
+        formed[0].contains("được thành lập ngày 01/07/2025 từ B, C"),
+        "{formed:?}"
+    );
+    assert_eq!(notice("A", "2025"), Vec::<String>::new());
+    assert_eq!(notice("W", "2025-Q4"), Vec::<String>::new());
+
     // The tree of a day, before and after the reform.
     let tree = |as_of: &str| {
         let output = kpictl(&["units", "--as-of", as_of, "--addr", &projector.addr]);

@@ -134,8 +134,67 @@ pub async fn rates(args: RatesArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rates_json(&reply))?);
     } else {
         print!("{}", rates_table(&reply));
+        if let Some(notice) = existence_notice(&mut client, &reply).await? {
+            println!("{notice}");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A note for people when the unit did not exist for the whole period
+/// (CONTRACT §1.1: a ward merged, a district ended, a unit formed in it):
+/// its table then counts only the days it existed, and the note says
+/// which and who carries its cases since. `None` when it existed
+/// throughout.
+async fn existence_notice(
+    client: &mut Client,
+    reply: &RatesReply,
+) -> anyhow::Result<Option<String>> {
+    use crate::flow::date_vi;
+    let named = |unit: &pb::Unit| format!("{} ({})", unit.name, unit.id);
+    let at_end = find_unit(client, &reply.unit_id, &reply.last_day).await?;
+    if let Some(unit) = &at_end {
+        if unit.valid_from.is_empty() || unit.valid_from <= reply.first_day {
+            return Ok(None);
+        }
+        let mut note = format!(
+            "Lưu ý: {} được thành lập ngày {}",
+            named(unit),
+            date_vi(&unit.valid_from)
+        );
+        if !unit.successor_of.is_empty() {
+            note.push_str(&format!(" từ {}", unit.successor_of.join(", ")));
+        }
+        note.push_str("; bảng chỉ tính từ ngày đó, trước đó hồ sơ thuộc các đơn vị cũ.");
+        return Ok(Some(note));
+    }
+    let (_, tree) = walk_units(client, None, &reply.last_day).await?;
+    let successors: Vec<String> = tree
+        .iter()
+        .filter(|(_, unit)| unit.successor_of.contains(&reply.unit_id))
+        .map(|(_, unit)| named(unit))
+        .collect();
+    let carried = if successors.is_empty() {
+        String::new()
+    } else {
+        format!(" Hồ sơ của đơn vị này nay thuộc {}.", successors.join(", "))
+    };
+    let note = match find_unit(client, &reply.unit_id, &reply.first_day).await? {
+        Some(unit) if !unit.valid_to.is_empty() => format!(
+            "Lưu ý: {} không còn từ sau ngày {}; bảng chỉ tính đến ngày đó.{carried}",
+            named(&unit),
+            date_vi(&unit.valid_to)
+        ),
+        _ => format!(
+            "Lưu ý: {} ({}) không tồn tại trong kỳ {} ({} … {}): bảng không có hồ sơ nào.{carried}",
+            reply.unit_name,
+            reply.unit_id,
+            reply.period,
+            date_vi(&reply.first_day),
+            date_vi(&reply.last_day)
+        ),
+    };
+    Ok(Some(note))
 }
 
 /// The answer in the shape of the scenario's expected.json.
