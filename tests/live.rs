@@ -839,6 +839,68 @@ async fn next_years_targets_follow_the_rule_and_load_as_a_targets_file() {
         .all(|rate| rate.kpi == "late_rate" || rate.target_percent.is_some()));
 }
 
+/// The words of `text` that are codes (`_`) or the project's own English.
+fn codes_and_english(text: &str) -> Vec<String> {
+    let mut found: Vec<String> = Vec::new();
+    for word in text.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
+        let code = word.contains('_');
+        let english = PROJECT_ENGLISH.contains(&word.to_lowercase().as_str());
+        if (code || english) && !found.iter().any(|seen| seen == word) {
+            found.push(word.to_owned());
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kpictl_tables_for_people_carry_no_english_of_the_project() {
+    let (nats, projector, _bus, dir) = example_stack().await;
+    let printed = |args: &[&str]| {
+        let output = kpictl(args);
+        assert!(
+            output.status.success(),
+            "kpictl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let addr = projector.addr.as_str();
+    let rates = printed(&["rates", "--unit", "P46", "--period", "2025", "--addr", addr]);
+    // An open case, and one resolved late with an apology letter.
+    let case = printed(&["case", "000.00.29.H42-000017/7", "--addr", addr])
+        + &printed(&["case", "000.00.91.H21-000029/9", "--addr", addr]);
+    // The example's first lines again: the summary counts them as already
+    // in the log.
+    let file = dir.path().join("again.ndjson");
+    let lines: Vec<&str> = std::str::from_utf8(kpi_testkit::EVENTS_NDJSON)
+        .unwrap()
+        .lines()
+        .take(5)
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let units = example_path("units.json");
+    let import = printed(&[
+        "import",
+        file.to_str().unwrap(),
+        "--nats-url",
+        &nats.url(),
+        "--units",
+        units.to_str().unwrap(),
+    ]);
+    for (what, text) in [("rates", &rates), ("case", &case), ("import", &import)] {
+        assert_eq!(
+            codes_and_english(text),
+            Vec::<String>::new(),
+            "codes or English words in kpictl {what}:\n{text}"
+        );
+    }
+    // --json keeps the codes, for scripts.
+    let json = printed(&[
+        "rates", "--unit", "P46", "--period", "2025", "--addr", addr, "--json",
+    ]);
+    assert!(json.contains("\"on_time_rate\""), "{json}");
+}
+
 /// Words of the project's own English (reasons, counters, KPI names) that
 /// must not reach a page people read.
 const PROJECT_ENGLISH: &[&str] = &[
@@ -967,17 +1029,8 @@ async fn the_monthly_page_fits_a4_and_speaks_only_vietnamese() {
     );
 
     // Nothing of the project's own codes or English in what people read.
-    let text = visible_text(&dom);
-    let mut found: Vec<String> = Vec::new();
-    for word in text.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
-        let code = word.contains('_');
-        let english = PROJECT_ENGLISH.contains(&word.to_lowercase().as_str());
-        if (code || english) && !found.iter().any(|seen| seen == word) {
-            found.push(word.to_owned());
-        }
-    }
     assert_eq!(
-        found,
+        codes_and_english(&visible_text(&dom)),
         Vec::<String>::new(),
         "codes or English words on the page"
     );

@@ -32,6 +32,16 @@ impl Catalogue {
         self.fields.get(code).map_or(code, String::as_str)
     }
 
+    /// A field's name, else empty.
+    pub fn known_field(&self, code: &str) -> &str {
+        self.fields.get(code).map_or("", String::as_str)
+    }
+
+    /// A procedure's name, else empty.
+    pub fn known_procedure(&self, code: &str) -> &str {
+        self.procedures.get(code).map_or("", String::as_str)
+    }
+
     /// A procedure's name, else its code.
     pub fn procedure_name<'a>(&'a self, code: &'a str) -> &'a str {
         self.procedures.get(code).map_or(code, String::as_str)

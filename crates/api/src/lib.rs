@@ -567,7 +567,14 @@ impl KpiService for KpiApi {
                         "case `{case_id}` is not of a unit in the token's scope"
                     )));
                 }
-                let reply = case::reply(&key, &record, sequence, now, self.log.as_ref()).await;
+                let mut reply = case::reply(&key, &record, sequence, now, self.log.as_ref()).await;
+                if let Some(state) = &mut reply.state {
+                    state.field_name = self.catalogue.known_field(&state.field).to_owned();
+                    state.procedure_name = self
+                        .catalogue
+                        .known_procedure(&state.procedure_code)
+                        .to_owned();
+                }
                 return Ok(Response::new(reply));
             }
         }

@@ -80,7 +80,19 @@ pub async fn case(args: CaseArgs) -> anyhow::Result<ExitCode> {
     line("đơn vị", &state.unit_id);
     line("tiếp nhận", &time(&state.received_at));
     line("kênh", word_vi(&state.channel));
-    line("lĩnh vực", &state.field);
+    // Names when the projector's catalogue has them, else the codes.
+    let or_code = |name: &str, code: &str| {
+        if name.is_empty() {
+            code.to_owned()
+        } else {
+            name.to_owned()
+        }
+    };
+    line("lĩnh vực", &or_code(&state.field_name, &state.field));
+    line(
+        "thủ tục",
+        &or_code(&state.procedure_name, &state.procedure_code),
+    );
     line("hạn ban đầu", &time(&state.original_due_at));
     line("hạn trả kết quả", &time(&state.due_at));
     for supplement in &state.supplements {
