@@ -178,39 +178,46 @@ pub async fn case(args: CaseArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The Vietnamese of the codes `kpictl case` shows (statuses, results,
+/// timeliness, channels, ratings, event kinds): README.md's table of terms
+/// lists the same pairs.
+pub const CASE_WORDS: &[(&str, &str)] = &[
+    ("open", "đang giải quyết"),
+    ("resolved", "đã giải quyết"),
+    ("withdrawn", "đã rút"),
+    ("held", "đang chờ"),
+    ("counts", "được tính"),
+    ("kept_aside", "để riêng"),
+    ("early", "trước hạn"),
+    ("on_time", "đúng hạn"),
+    ("late", "trễ hạn"),
+    ("approved", "chấp thuận"),
+    ("rejected", "từ chối"),
+    ("online", "trực tuyến"),
+    ("in_person", "trực tiếp"),
+    ("postal", "bưu chính"),
+    ("very_satisfied", "rất hài lòng"),
+    ("satisfied", "hài lòng"),
+    ("unsatisfied", "không hài lòng"),
+    ("case.received", "tiếp nhận"),
+    ("case.supplement_requested", "yêu cầu bổ sung"),
+    ("case.apology_issued", "thư xin lỗi"),
+    ("case.resolved", "giải quyết"),
+    ("case.withdrawn", "rút hồ sơ"),
+    ("case.paid", "thanh toán"),
+    ("case.rated", "đánh giá"),
+    ("case.synced", "đồng bộ DVCQG"),
+    ("feedback.received", "nhận phản ánh"),
+    ("feedback.resolved", "trả lời phản ánh"),
+];
+
 /// The words people read for a code of a case's state or events; the
 /// code itself when there are none.
 fn word_vi(code: &str) -> &str {
-    match code {
-        "open" => "đang giải quyết",
-        "resolved" => "đã giải quyết",
-        "withdrawn" => "đã rút",
-        "held" => "đang chờ",
-        "counts" => "được tính",
-        "kept_aside" => "để riêng",
-        "early" => "trước hạn",
-        "on_time" => "đúng hạn",
-        "late" => "trễ hạn",
-        "approved" => "chấp thuận",
-        "rejected" => "từ chối",
-        "online" => "trực tuyến",
-        "in_person" => "trực tiếp",
-        "postal" => "bưu chính",
-        "very_satisfied" => "rất hài lòng",
-        "satisfied" => "hài lòng",
-        "unsatisfied" => "không hài lòng",
-        "case.received" => "tiếp nhận",
-        "case.supplement_requested" => "yêu cầu bổ sung",
-        "case.apology_issued" => "thư xin lỗi",
-        "case.resolved" => "giải quyết",
-        "case.withdrawn" => "rút hồ sơ",
-        "case.paid" => "thanh toán",
-        "case.rated" => "đánh giá",
-        "case.synced" => "đồng bộ DVCQG",
-        "feedback.received" => "nhận phản ánh",
-        "feedback.resolved" => "trả lời phản ánh",
-        other => other,
-    }
+    CASE_WORDS
+        .iter()
+        .find(|(known, _)| *known == code)
+        .map_or(code, |(_, words)| words)
 }
 
 fn case_json(reply: &pb::CaseReply) -> serde_json::Value {
@@ -766,4 +773,31 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<ExitCode> {
         .into_inner();
     println!("{}", reply.message);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CASE_WORDS;
+    use kpi_domain::Kpi;
+
+    const README: &str = include_str!("../../../README.md");
+
+    /// README.md's table of terms says what `kpictl` prints for each code.
+    #[test]
+    fn the_readme_lists_the_words_kpictl_prints_for_each_code() {
+        let terms = README
+            .split("### The words on the tables")
+            .nth(1)
+            .and_then(|rest| rest.split("\n### ").next())
+            .expect("README.md has a section of terms");
+        let mut missing = Vec::new();
+        let kpis = Kpi::ALL.iter().map(|kpi| (kpi.name(), kpi.title_vi()));
+        for (code, words) in CASE_WORDS.iter().copied().chain(kpis) {
+            let row = format!("| `{code}` | {words} |");
+            if !terms.contains(&row) {
+                missing.push(row);
+            }
+        }
+        assert_eq!(missing, Vec::<String>::new(), "rows missing from README.md");
+    }
 }
