@@ -869,17 +869,23 @@ async fn kpictl_tables_for_people_carry_no_english_of_the_project() {
     // An open case, and one resolved late with an apology letter.
     let case = printed(&["case", "000.00.29.H42-000017/7", "--addr", addr])
         + &printed(&["case", "000.00.91.H21-000029/9", "--addr", addr]);
-    // The example's first lines again: the summary counts them as already
-    // in the log.
+    // The example's first lines again (the summary counts them as already
+    // in the log), and a line of an envelope version to come: refused,
+    // with its reason in Vietnamese.
     let file = dir.path().join("again.ndjson");
-    let lines: Vec<&str> = std::str::from_utf8(kpi_testkit::EVENTS_NDJSON)
+    let mut lines: Vec<String> = std::str::from_utf8(kpi_testkit::EVENTS_NDJSON)
         .unwrap()
         .lines()
         .take(5)
+        .map(str::to_owned)
         .collect();
+    let mut future: Value = serde_json::from_str(&lines[0]).unwrap();
+    future["schema"] = json!(9);
+    future["event_id"] = json!("99999999-9999-4999-8999-000000000009");
+    lines.push(future.to_string());
     std::fs::write(&file, lines.join("\n")).unwrap();
     let units = example_path("units.json");
-    let import = printed(&[
+    let output = kpictl(&[
         "import",
         file.to_str().unwrap(),
         "--nats-url",
@@ -887,6 +893,12 @@ async fn kpictl_tables_for_people_carry_no_english_of_the_project() {
         "--units",
         units.to_str().unwrap(),
     ]);
+    assert_eq!(output.status.code(), Some(1), "a line is refused");
+    let import = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        import.contains("dòng 6: từ chối: trường `schema`: phiên bản 9"),
+        "{import}"
+    );
     for (what, text) in [("rates", &rates), ("case", &case), ("import", &import)] {
         assert_eq!(
             codes_and_english(text),

@@ -85,7 +85,10 @@ impl Tally {
         self.rejected_count += 1;
         if self.print_as_we_go {
             let what = what.map_or_else(String::new, |what| format!("{what}: "));
-            println!("dòng {line}: từ chối: {what}{}", error.reason);
+            println!(
+                "dòng {line}: từ chối: {what}{}",
+                crate::vietnamese::reason_vi(&error.reason)
+            );
             return;
         }
         let mut entry = json!({

@@ -15,6 +15,7 @@ mod redrive;
 mod report;
 mod simulate;
 mod token;
+mod vietnamese;
 mod views;
 
 use std::path::PathBuf;

@@ -334,7 +334,7 @@ pub async fn rejected(args: RejectedArgs) -> anyhow::Result<ExitCode> {
                 crate::flow::time_vi(&event.published_at),
                 event.subject
             );
-            println!("  lý do:   {}", event.reason);
+            println!("  lý do:   {}", crate::vietnamese::reason_vi(&event.reason));
             println!("  sự kiện: {}", String::from_utf8_lossy(&event.payload));
         }
         println!(

@@ -171,7 +171,10 @@ pub async fn run(args: RedriveArgs) -> anyhow::Result<ExitCode> {
             }
         }
         for (sequence, reason) in &still_invalid {
-            println!("sequence {sequence}: still invalid: {reason}");
+            println!(
+                "sự kiện số {sequence}: vẫn chưa hợp lệ: {}",
+                crate::vietnamese::reason_vi(reason)
+            );
         }
         for sequence in &unknown {
             println!(
