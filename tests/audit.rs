@@ -294,7 +294,7 @@ async fn replay_and_verify_agree_with_the_live_views_and_find_a_damaged_counter(
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("the live views equal the log"));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("số liệu đang chạy khớp với nhật ký"));
 
     // Replay up to the middle reproduces the answers given then.
     let replayed = dir.path().join("replayed");
@@ -341,11 +341,11 @@ async fn replay_and_verify_agree_with_the_live_views_and_find_a_damaged_counter(
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(
         stdout.contains(&format!(
-            "differs: unit {unit} day {day} counter received: live "
+            "khác nhau: đơn vị {unit} ngày {day} chỉ số received: đang chạy "
         )),
         "{stdout}"
     );
-    assert!(!stdout.contains("cause: under the units file"), "{stdout}");
+    assert!(!stdout.contains("nguyên nhân: theo tệp đơn vị"), "{stdout}");
 
     // verify given a units file that ends C31_2 before its events: the
     // differences are named as the units file's doing.
@@ -370,7 +370,7 @@ async fn replay_and_verify_agree_with_the_live_views_and_find_a_damaged_counter(
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(
-        stdout.contains("cause: under the units file") && stdout.contains("of unit C31_2"),
+        stdout.contains("nguyên nhân: theo tệp đơn vị") && stdout.contains("của đơn vị C31_2"),
         "{stdout}"
     );
 

@@ -436,7 +436,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let totals = store.totals()?;
     let events = totals.folded + totals.duplicates + totals.parked;
     println!(
-        "replayed sequences 1..{checkpoint} into {} in {seconds:.1} s ({:.0} events/s): {} folded, {} duplicates, {} parked, {} identity conflicts",
+        "đã dựng lại sự kiện số 1..{checkpoint} vào {} trong {seconds:.1} giây ({:.0} sự kiện/giây): {} được tính, {} trùng lặp, {} để riêng vì không hợp lệ, {} trùng mã khác nội dung",
         args.data_dir.display(),
         events as f64 / seconds.max(1e-3),
         totals.folded,
@@ -449,9 +449,9 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         .and_then(|listener| listener.local_addr())
         .map_or(50052, |address| address.port());
     println!(
-        "serve them as they are (the stream is not read, the figures stay at sequence {checkpoint}): \
+        "phục vụ bản này đúng như vậy (không đọc nhật ký, số liệu dừng ở sự kiện số {checkpoint}): \
          projector --frozen --data-dir {} --units {} --listen 127.0.0.1:{port}\n\
-         then ask them: kpictl rates --addr http://127.0.0.1:{port} --unit <unit> --period <period>",
+         rồi hỏi: kpictl rates --addr http://127.0.0.1:{port} --unit <đơn vị> --period <kỳ>",
         args.data_dir.display(),
         args.bus.units.display()
     );
@@ -632,7 +632,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let units = Arc::new(crate::load_units(&args.bus.units)?);
     let live = live_export(&args.api).await?;
     if live.checkpoint == 0 {
-        println!("the live views reflect no event yet: nothing to verify");
+        println!("số liệu đang chạy chưa có sự kiện nào: không có gì để kiểm tra");
         return Ok(ExitCode::SUCCESS);
     }
     let temporary;
@@ -646,7 +646,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let views_dir = work.join("views");
     let live_day = live.live_day.unwrap_or_else(today);
     eprintln!(
-        "verify: rebuilding from the log up to the live views' stream sequence {} in {}",
+        "verify: dựng lại từ nhật ký đến sự kiện số {} của số liệu đang chạy, vào {}",
         live.checkpoint,
         views_dir.display()
     );
@@ -690,36 +690,36 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         for (id, cases) in &reused {
             println!(
-                "warning: event_id {id} is used in {} cases ({}): it counts in each",
+                "cảnh báo: event_id {id} được dùng trong {} hồ sơ ({}): được tính ở mỗi hồ sơ",
                 cases.len(),
                 cases.join(", ")
             );
         }
         for d in &found {
             println!(
-                "differs: unit {} day {} counter {}: live {}, rebuilt {}",
+                "khác nhau: đơn vị {} ngày {} chỉ số {}: đang chạy {}, dựng lại {}",
                 d.unit, d.day, d.counter, d.live, d.rebuilt
             );
         }
         for (unit, events) in &units_cause {
             println!(
-                "cause: under the units file {}, the rebuild keeps {events} events of unit {unit} aside \
-                 (the unit does not exist on their days) that the live views count: the projector \
-                 folded them under another units file, or one whose dates changed since. Give the \
-                 projector and verify the same units file; if this one is right, rebuild the views",
+                "nguyên nhân: theo tệp đơn vị {}, bản dựng lại để riêng {events} sự kiện của đơn vị {unit} \
+                 (đơn vị không tồn tại vào ngày của chúng) mà số liệu đang chạy vẫn tính: projector đã \
+                 tính chúng theo một tệp đơn vị khác, hoặc một tệp đã đổi ngày từ đó. Cho projector và \
+                 verify dùng cùng một tệp đơn vị; nếu tệp này đúng, dựng lại số liệu (kpictl rebuild)",
                 args.bus.units.display()
             );
         }
         println!(
-            "verify: {} day rows and {} units' open cases compared at stream sequence {} (rebuilt in {seconds:.1} s): {}",
+            "verify: đã so {} dòng theo ngày và hồ sơ đang mở của {} đơn vị tại sự kiện số {} (dựng lại trong {seconds:.1} giây): {}",
             rebuilt.days.len().max(live.days.len()),
             rebuilt.open.len().max(live.open.len()),
             live.checkpoint,
             if found.is_empty() {
-                "the live views equal the log".to_owned()
+                "số liệu đang chạy khớp với nhật ký".to_owned()
             } else {
                 format!(
-                    "{} counters differ: rebuild the views (`kpictl rebuild`; README, Rebuilding the views)",
+                    "{} chỉ số khác nhau: dựng lại số liệu (`kpictl rebuild`; README, Rebuilding the views)",
                     found.len()
                 )
             }

@@ -143,15 +143,15 @@ async fn stream_init(args: StreamInitArgs) -> anyhow::Result<ExitCode> {
     let state = bus.stream_state().await?;
     let window = humantime::format_duration(args.nats.duplicate_window);
     println!(
-        "stream {} ready: file storage, kept for ever, no deletes or purges; sequences {}..{}; \
-         re-sends answered as duplicates for {window}{}",
+        "nhật ký {} sẵn sàng: lưu trên đĩa, giữ mãi mãi, không xóa; sự kiện số {}..{}; \
+         gửi lại trong vòng {window} được trả lời là trùng lặp{}",
         kpi_bus::STREAM_NAME,
         state.first_sequence,
         state.last_sequence,
         if window_before == args.nats.duplicate_window {
             String::new()
         } else {
-            format!(" (was {})", humantime::format_duration(window_before))
+            format!(" (trước đây {})", humantime::format_duration(window_before))
         }
     );
     Ok(ExitCode::SUCCESS)

@@ -165,9 +165,9 @@ pub async fn run(args: RedriveArgs) -> anyhow::Result<ExitCode> {
         for (parked, subject, sequence) in &sent {
             match sequence {
                 Some(sequence) => {
-                    println!("sequence {parked}: sent again on {subject} as sequence {sequence}")
+                    println!("sự kiện số {parked}: đã gửi lại trên {subject}, thành sự kiện số {sequence}")
                 }
-                None => println!("sequence {parked}: would be sent again on {subject}"),
+                None => println!("sự kiện số {parked}: sẽ được gửi lại trên {subject}"),
             }
         }
         for (sequence, reason) in &still_invalid {
@@ -178,33 +178,33 @@ pub async fn run(args: RedriveArgs) -> anyhow::Result<ExitCode> {
         }
         for sequence in &unknown {
             println!(
-                "sequence {sequence}: not among the events kept aside (already redriven, or never parked)"
+                "sự kiện số {sequence}: không nằm trong các sự kiện để riêng (đã gửi lại rồi, hoặc chưa từng bị để riêng)"
             );
         }
         for (sequence, cause) in &not_redrivable {
             let why = match cause.as_str() {
-                "conflict" => "it lost an identity conflict and never counts",
-                _ => "its case already holds as much as one case may",
+                "conflict" => {
+                    "nó thua trong một lần trùng mã khác nội dung và không bao giờ được tính"
+                }
+                _ => "hồ sơ của nó đã đạt mức tối đa cho một hồ sơ",
             };
-            println!(
-                "sequence {sequence}: not sent: {why}; sent again it would be kept aside again"
-            );
+            println!("sự kiện số {sequence}: không gửi: {why}; gửi lại thì nó lại bị để riêng");
         }
         for (sequence, stored) in &held_by_stream {
             println!(
-                "sequence {sequence}: already sent again (stream sequence {stored}); the projector \
-                 has not folded it yet: look again in a moment"
+                "sự kiện số {sequence}: đã được gửi lại (sự kiện số {stored}); projector chưa tính \
+                 nó: xem lại sau giây lát"
             );
         }
         println!(
-            "{} sent again, {} still invalid, {} not sent (kept aside for a cap or a conflict){}",
+            "{} đã gửi lại, {} vẫn chưa hợp lệ, {} không gửi (để riêng vì giới hạn hoặc trùng mã){}",
             sent.len(),
             still_invalid.len(),
             not_redrivable.len(),
             if unknown.is_empty() {
                 String::new()
             } else {
-                format!(", {} not parked", unknown.len())
+                format!(", {} không bị để riêng", unknown.len())
             }
         );
     }

@@ -53,9 +53,9 @@ impl TokenRole {
     /// Whose `--tokens` file the line goes into.
     fn servers(self) -> &'static str {
         match self {
-            TokenRole::Reader => "the projector's",
-            TokenRole::Operator => "the projector's (and the ingest services', to send)",
-            TokenRole::Sender => "the ingest services' (intake, resolution, feedback)",
+            TokenRole::Reader => "projector",
+            TokenRole::Operator => "projector (và của các dịch vụ nhận sự kiện, để gửi)",
+            TokenRole::Sender => "các dịch vụ nhận sự kiện (intake, resolution, feedback)",
         }
     }
 }
@@ -96,16 +96,16 @@ pub fn run(command: TokenCommand) -> anyhow::Result<ExitCode> {
             match &args.units {
                 Some(path) => check_scope(&args.scope, &crate::load_units(path)?)?,
                 None => eprintln!(
-                    "note: --scope `{}` not checked against a units file (pass --units or set KPI_UNITS)",
+                    "lưu ý: --scope `{}` chưa được đối chiếu với tệp đơn vị (dùng --units hoặc đặt KPI_UNITS)",
                     args.scope
                 ),
             }
             let token = new_token()?;
-            println!("token (give it to {}; it is shown only now):", args.name);
+            println!("token (trao cho {}; chỉ hiện một lần này):", args.name);
             println!("{token}");
             println!();
             println!(
-                "line for {} --tokens file (then SIGHUP them):",
+                "dòng cho tệp --tokens của {} (rồi gửi SIGHUP cho chúng):",
                 args.role.servers()
             );
             println!("{}", entry(&token, &args));
