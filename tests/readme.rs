@@ -128,6 +128,24 @@ fn readme_commands(readme: &str) -> (Vec<ReadmeCommand>, Vec<SkippedBlock>) {
     (commands, skipped)
 }
 
+/// What some commands must print, beyond ending well: a command of the
+/// README containing the first text must print the second.
+const PRINTS: &[(&str, &str)] = &[
+    ("kpictl units --root 51", "Tỉnh Quảng Ngãi"),
+    ("kpictl rates --unit 5101234", "Phường Đức Phổ (5101234)"),
+    (
+        "kpictl import deploy/examples/event.json",
+        "tài liệu JSON nhiều dòng",
+    ),
+    ("dvcqg-progress.json", "không sinh sự kiện nào"),
+    (
+        "kpictl case 000.00.31.H31-250314-0021",
+        "Hồ sơ 000.00.31.H31-250314-0021",
+    ),
+    ("kpictl verify", "khớp với nhật ký"),
+    ("healthz", "\"status\":\"ok\""),
+];
+
 /// Whether a command runs until it is stopped.
 fn runs_until_stopped(command: &str) -> bool {
     command.starts_with("kpictl watch ")
@@ -289,7 +307,15 @@ fn every_readme_command_runs_as_written_beside_the_demo() {
             Some(status) if !status.success() => Some(format!("it ended with {status}")),
             Some(_) => out_file(&text)
                 .filter(|file| !work.path().join(file).is_file())
-                .map(|file| format!("it wrote no {file}")),
+                .map(|file| format!("it wrote no {file}"))
+                .or_else(|| {
+                    PRINTS
+                        .iter()
+                        .find(|(command, printed)| {
+                            text.contains(command) && !said.contains(printed)
+                        })
+                        .map(|(_, printed)| format!("it did not print `{printed}`"))
+                }),
         };
         eprintln!(
             "README.md line {}: `{}` — {} ({:.1} s)",

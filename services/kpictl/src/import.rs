@@ -450,6 +450,16 @@ async fn import_dvcqg(
             Err(error) => tally.reject(number, None, error),
             Ok(report) => {
                 for dossier in report.accepted {
+                    if dossier.events.is_empty() && tally.print_as_we_go {
+                        // A progress step (CapNhatTienDoHoSoMC) other than
+                        // a withdrawal: valid, and nothing to count.
+                        println!(
+                            "dòng {number}, hồ sơ {}: hợp lệ, không sinh sự kiện nào (trong các \
+                             bước xử lý chỉ việc rút hồ sơ được tính; tiếp nhận, bổ sung và trả \
+                             kết quả đến từ DongBoHoSoMC)",
+                            dossier.case_id.as_deref().unwrap_or("?")
+                        );
+                    }
                     tally.accepted += 1;
                     if dossier.events.iter().all(|event| event.duplicate) {
                         tally.duplicates += 1;
