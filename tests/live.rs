@@ -855,15 +855,7 @@ fn codes_and_english(text: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn kpictl_tables_for_people_carry_no_english_of_the_project() {
     let (nats, projector, _bus, dir) = example_stack().await;
-    let printed = |args: &[&str]| {
-        let output = kpictl(args);
-        assert!(
-            output.status.success(),
-            "kpictl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    };
+    let printed = kpi_e2e::kpictl_printed;
     let addr = projector.addr.as_str();
     let rates = printed(&["rates", "--unit", "P46", "--period", "2025", "--addr", addr]);
     // An open case, and one resolved late with an apology letter.

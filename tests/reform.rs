@@ -136,7 +136,7 @@ async fn the_reform_scenario_gives_the_hand_computed_figures_through_the_api() {
     // A unit that did not exist for the whole period: its table says so
     // and names who carries its cases (none for one that did).
     let notice = |unit: &str, period: &str| {
-        let output = kpictl(&[
+        kpi_e2e::kpictl_printed(&[
             "rates",
             "--unit",
             unit,
@@ -144,18 +144,11 @@ async fn the_reform_scenario_gives_the_hand_computed_figures_through_the_api() {
             period,
             "--addr",
             &projector.addr,
-        ]);
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let printed = String::from_utf8(output.stdout).unwrap();
-        printed
-            .lines()
-            .filter(|line| line.starts_with("Lưu ý: "))
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
+        ])
+        .lines()
+        .filter(|line| line.starts_with("Lưu ý: "))
+        .map(str::to_owned)
+        .collect::<Vec<_>>()
     };
     let ceased = notice("B", "2025-Q4");
     assert_eq!(ceased.len(), 1, "{ceased:?}");

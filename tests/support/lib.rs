@@ -649,6 +649,18 @@ pub fn kpictl(args: &[&str]) -> Output {
         .expect("running kpictl")
 }
 
+/// What `kpictl` printed on stdout, after checking it ended well (else
+/// panics with its stderr).
+pub fn kpictl_printed(args: &[&str]) -> String {
+    let output = kpictl(args);
+    assert!(
+        output.status.success(),
+        "kpictl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("kpictl prints UTF-8")
+}
+
 /// The first `count` events of a simulated history from 2 January 2025
 /// (`days` days, `cases_per_commune_day` cases a commune a day), as
 /// messages for [`publish_all`].
