@@ -295,6 +295,10 @@ async fn replay_and_verify_agree_with_the_live_views_and_find_a_damaged_counter(
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("số liệu đang chạy khớp với nhật ký"));
+    // Its log lines, beside the report in a file or a pipe, are plain.
+    let logged = String::from_utf8_lossy(&output.stderr);
+    assert!(logged.contains("verify: "), "{logged}");
+    assert!(!logged.contains('\u{1b}'), "colour codes in: {logged:?}");
 
     // Replay up to the middle reproduces the answers given then.
     let replayed = dir.path().join("replayed");

@@ -521,6 +521,15 @@ mod tests {
     }
 
     #[test]
+    fn the_progress_bar_of_a_long_file_names_its_lines_from_the_start() {
+        let (_dir, path) = written(&"{}\n".repeat(PROGRESS_ABOVE_LINES + 1));
+        let bar = progress_for(&path).unwrap().expect("a bar for a long file");
+        assert_eq!(bar.message(), "0 dòng");
+        let (_dir, path) = written("{}\n{}\n");
+        assert!(progress_for(&path).unwrap().is_none());
+    }
+
+    #[test]
     fn ndjson_and_broken_files_are_read_line_by_line() {
         let (_dir, path) = written("{\"a\": 1}\n{\"b\": 2}\n");
         assert!(one_document(&path, Format::Ndjson).unwrap().is_none());
