@@ -68,6 +68,39 @@ fn main() {
         size / (1024 * 1024),
         size as f64 / events
     );
+    // The case-flow report of the province for R2025, computed afresh
+    // (a day shorter each time, as the bench asks), by each grouping.
+    let province = units.find("P00").expect("the synthetic province");
+    let now = kpi_domain::Moment::from(Utc::now().fixed_offset());
+    let period = kpi_domain::Period::parse("R2025").unwrap();
+    for group in [
+        kpi_store::FlowGroup::Unit,
+        kpi_store::FlowGroup::Field,
+        kpi_store::FlowGroup::Procedure,
+    ] {
+        let calls: i64 = std::env::var("REPORTS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(20);
+        let started = Instant::now();
+        for call in 0..calls {
+            let last = period.last_day - chrono::Duration::days(call % 30);
+            store
+                .case_flow(
+                    &units,
+                    province,
+                    kpi_domain::Day::from_date(period.first_day),
+                    kpi_domain::Day::from_date(last),
+                    now,
+                    group,
+                )
+                .unwrap();
+        }
+        println!(
+            "GetCaseFlow {group:?} for P00, R2025, afresh: {:.1} ms a report",
+            started.elapsed().as_secs_f64() * 1e3 / calls as f64
+        );
+    }
 }
 
 fn walk(dir: &std::path::Path) -> u64 {

@@ -148,8 +148,8 @@ struct LateEntry {
     case_id: String,
     /// The apology day, or the overdue-from day.
     other: Option<Day>,
-    field: String,
-    procedure_code: String,
+    /// The field, NUL, the procedure: as the `v` series' keys end.
+    dims: Vec<u8>,
 }
 
 /// S and E of a period as day boundaries, E as an instant, and whether
@@ -181,6 +181,25 @@ impl Bounds {
                 running: false,
             }
         }
+    }
+}
+
+/// The name of the row a series of `row_unit` adds to, in a report
+/// grouped by `group`: borrowed from its dims where it can be.
+fn row_name<'a>(
+    units: &UnitRegistry,
+    group: FlowGroup,
+    dims: &'a [u8],
+    row_unit: UnitIdx,
+) -> std::borrow::Cow<'a, str> {
+    let split = dims
+        .iter()
+        .position(|byte| *byte == 0)
+        .unwrap_or(dims.len());
+    match group {
+        FlowGroup::Unit => std::borrow::Cow::Owned(units.unit(row_unit).id.clone()),
+        FlowGroup::Field => String::from_utf8_lossy(&dims[..split]),
+        FlowGroup::Procedure => String::from_utf8_lossy(dims.get(split + 1..).unwrap_or_default()),
     }
 }
 
@@ -251,20 +270,28 @@ impl Store {
             for entry in self.views.range(start..end) {
                 let (key, value) = entry?;
                 let row = FlowRow::from_bytes(&value).map_err(|detail| corrupt(&key, detail))?;
-                sums.entry(key[dims_at..].to_vec()).or_default().add(&row);
+                match sums.get_mut(&key[dims_at..]) {
+                    Some(sum) => sum.add(&row),
+                    None => {
+                        sums.insert(key[dims_at..].to_vec(), row);
+                    }
+                }
             }
         }
         Ok(())
     }
 
-    /// A unit's late-index entries of one kind with days in `from..to`.
-    fn late_entries(
+    /// Calls `visit` with each of a unit's late-index entries of one kind
+    /// with days in `from..to`: its case code, its other day (the apology
+    /// day, or the overdue-from day) and its dims (field, NUL, procedure).
+    fn visit_late(
         &self,
         unit_id: &str,
         kind: u8,
         from: [u8; 4],
         to: Option<Day>,
-    ) -> Result<Vec<LateEntry>, StoreError> {
+        mut visit: impl FnMut(&[u8], Option<Day>, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let mut start = keys::unit_prefix(LATE, unit_id);
         start.push(kind);
         let mut end = start.clone();
@@ -274,48 +301,48 @@ impl Store {
             None => end = keys::prefix_end(&end),
         }
         let day_at = start.len() - 4;
-        let mut found = Vec::new();
         for entry in self.views.range(start..end) {
             let (key, value) = entry?;
-            let damaged = |detail: &str| corrupt(&key, detail);
             let other: [u8; 4] = value
                 .get(..4)
                 .and_then(|bytes| bytes.try_into().ok())
-                .ok_or_else(|| damaged("short late-case entry"))?;
+                .ok_or_else(|| corrupt(&key, "short late-case entry"))?;
             let dims = &value[4..];
-            let split = dims
-                .iter()
-                .position(|byte| *byte == 0)
-                .ok_or_else(|| damaged("no procedure in late-case entry"))?;
-            let text =
-                |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(|_| damaged("not UTF-8"));
-            let day_of = |bytes: [u8; 4]| (bytes != STILL).then(|| Day::from_key(bytes));
-            found.push(LateEntry {
-                case_id: text(&key[day_at + 4..])?,
-                other: day_of(other),
-                field: text(&dims[..split])?,
-                procedure_code: text(&dims[split + 1..])?,
-            });
+            if !dims.contains(&0) {
+                return Err(corrupt(&key, "no procedure in late-case entry"));
+            }
+            let other = (other != STILL).then(|| Day::from_key(other));
+            visit(&key[day_at + 4..], other, dims)?;
         }
+        Ok(())
+    }
+
+    /// [`Store::visit_late`]'s entries, kept.
+    fn late_entries(
+        &self,
+        unit_id: &str,
+        kind: u8,
+        from: [u8; 4],
+        to: Option<Day>,
+    ) -> Result<Vec<LateEntry>, StoreError> {
+        let mut found = Vec::new();
+        self.visit_late(unit_id, kind, from, to, |case_id, other, dims| {
+            found.push(LateEntry {
+                case_id: String::from_utf8(case_id.to_vec())
+                    .map_err(|_| corrupt(case_id, "a case code not in UTF-8"))?,
+                other,
+                dims: dims.to_vec(),
+            });
+            Ok(())
+        })?;
         Ok(found)
     }
 
-    /// The resolved-late entries of `[start, end)` and the overdue entries
-    /// of cases overdue at the end of the day before `end`.
-    fn late_candidates(
-        &self,
-        unit_id: &str,
-        bounds: &Bounds,
-    ) -> Result<(Vec<LateEntry>, Vec<LateEntry>), StoreError> {
-        let resolved = self.late_entries(
-            unit_id,
-            RESOLVED_LATE,
-            bounds.start.to_key(),
-            Some(bounds.end),
-        )?;
+    /// The entries of cases overdue at the end of the day before `end`.
+    fn overdue_at_end(&self, unit_id: &str, bounds: &Bounds) -> Result<Vec<LateEntry>, StoreError> {
         let mut overdue = self.late_entries(unit_id, OVERDUE_UNTIL, bounds.end.to_key(), None)?;
         overdue.retain(|entry| entry.other.is_some_and(|from| from < bounds.end));
-        Ok((resolved, overdue))
+        Ok(overdue)
     }
 
     /// The case-flow report of `unit` for the days `first..=last`, at
@@ -339,18 +366,6 @@ impl Store {
             FlowGroup::Unit => FLOW_UNIT,
             FlowGroup::Field | FlowGroup::Procedure => FLOW_SERIES,
         };
-        let row_of = |dims: &[u8], row_unit: UnitIdx| -> String {
-            let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-            let split = dims
-                .iter()
-                .position(|byte| *byte == 0)
-                .unwrap_or(dims.len());
-            match group {
-                FlowGroup::Unit => units.unit(row_unit).id.clone(),
-                FlowGroup::Field => text(&dims[..split]),
-                FlowGroup::Procedure => text(dims.get(split + 1..).unwrap_or_default()),
-            }
-        };
         let mut rows: BTreeMap<String, CaseFlow> = BTreeMap::new();
         let report_rows = units.report_rows(unit, last);
         for &(receiving, row_unit) in &report_rows {
@@ -363,17 +378,26 @@ impl Store {
             } else {
                 self.sums_before(prefix, unit_id, bounds.start, &mut at_start)?;
             }
+            // Late resolutions of the period with a letter by E, by series.
             let mut apologized: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
-            let (resolved, overdue) = self.late_candidates(unit_id, &bounds)?;
-            for entry in &resolved {
-                if entry.other.is_some_and(|apology| apology < bounds.end) {
-                    let dims = match prefix {
-                        FLOW_UNIT => Vec::new(),
-                        _ => series_dims(&entry.field, &entry.procedure_code),
-                    };
-                    *apologized.entry(dims).or_default() += 1;
-                }
-            }
+            self.visit_late(
+                unit_id,
+                RESOLVED_LATE,
+                bounds.start.to_key(),
+                Some(bounds.end),
+                |_, apology, dims| {
+                    if apology.is_some_and(|apology| apology < bounds.end) {
+                        let dims = if prefix == FLOW_UNIT { &[][..] } else { dims };
+                        match apologized.get_mut(dims) {
+                            Some(count) => *count += 1,
+                            None => {
+                                apologized.insert(dims.to_vec(), 1);
+                            }
+                        }
+                    }
+                    Ok(())
+                },
+            )?;
             let series: BTreeSet<&Vec<u8>> = at_start.keys().chain(at_end.keys()).collect();
             let none = FlowRow::default();
             for dims in series {
@@ -382,19 +406,27 @@ impl Store {
                     at_end.get(dims).unwrap_or(&none),
                     apologized.get(dims).copied().unwrap_or(0),
                 );
-                rows.entry(row_of(dims, row_unit)).or_default().add(&flow);
+                let name = row_name(units, group, dims, row_unit);
+                match rows.get_mut(name.as_ref()) {
+                    Some(row) => row.add(&flow),
+                    None => {
+                        rows.insert(name.into_owned(), flow);
+                    }
+                }
             }
             if bounds.running {
                 // Counted overdue at the end of today, yet due later today.
                 let today = now.local_day();
+                let overdue = self.overdue_at_end(unit_id, &bounds)?;
                 for entry in overdue.iter().filter(|entry| entry.other == Some(today)) {
                     let key = RecordKey::Case(entry.case_id.clone());
                     let Some(record) = self.load_record(&key)? else {
                         continue;
                     };
                     if let Some(pending) = record.pending_at(now).filter(|p| !p.overdue) {
-                        let dims = series_dims(&entry.field, &entry.procedure_code);
-                        if let Some(row) = rows.get_mut(&row_of(&dims, row_unit)) {
+                        if let Some(row) =
+                            rows.get_mut(row_name(units, group, &entry.dims, row_unit).as_ref())
+                        {
                             row.not_due_yet(pending.apology);
                         }
                     }
@@ -437,7 +469,14 @@ impl Store {
         let start = Moment::start_of(first);
         let mut codes = BTreeSet::new();
         for (receiving, _) in units.report_rows(unit, last) {
-            let (resolved, overdue) = self.late_candidates(&units.unit(receiving).id, &bounds)?;
+            let unit_id = &units.unit(receiving).id;
+            let resolved = self.late_entries(
+                unit_id,
+                RESOLVED_LATE,
+                bounds.start.to_key(),
+                Some(bounds.end),
+            )?;
+            let overdue = self.overdue_at_end(unit_id, &bounds)?;
             codes.extend(
                 resolved
                     .into_iter()
