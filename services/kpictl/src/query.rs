@@ -134,8 +134,12 @@ pub async fn rates(args: RatesArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rates_json(&reply))?);
     } else {
         print!("{}", rates_table(&reply));
-        if let Some(notice) = existence_notice(&mut client, &reply).await? {
-            println!("{notice}");
+        // The table stands on its own: a note that cannot be made (the
+        // units listed are the token's only) is left out, not an error.
+        match existence_notice(&mut client, &reply).await {
+            Ok(Some(notice)) => println!("{notice}"),
+            Ok(None) => {}
+            Err(err) => tracing::debug!(error = %err, "no note on the unit's days"),
         }
     }
     Ok(ExitCode::SUCCESS)
