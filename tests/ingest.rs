@@ -1373,7 +1373,7 @@ async fn the_duplicate_window_ends_where_stream_init_sets_it() {
     };
     let said = stream_init("3s");
     assert!(
-        said.contains("re-sends answered as duplicates for 3s"),
+        said.contains("gửi lại trong vòng 3s được trả lời là trùng lặp"),
         "{said}"
     );
     let intake = IngestService::start("intake", &nats.url(), &units, dir.path(), &[]).await;
@@ -1395,7 +1395,10 @@ async fn the_duplicate_window_ends_where_stream_init_sets_it() {
 
     // Back to the default: a day, on the same stream.
     let said = stream_init("24h");
-    assert!(said.contains("for 1day (was 3s)"), "{said}");
+    assert!(
+        said.contains("trong vòng 1day được trả lời là trùng lặp (trước đây 3s)"),
+        "{said}"
+    );
     let bus = Bus::connect(&nats.url(), "window-test").await.unwrap();
     let info = bus
         .jetstream()
