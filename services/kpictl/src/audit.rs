@@ -54,13 +54,8 @@ pub async fn case(args: CaseArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let state = reply.state.clone().unwrap_or_default();
-    let time = |text: &str| {
-        if text.is_empty() {
-            String::new()
-        } else {
-            crate::flow::time_vi(text)
-        }
-    };
+    // An empty time stays empty.
+    let time = crate::flow::time_vi;
     println!(
         "{} {} — {} (số liệu đến sự kiện số {})",
         if reply.feedback {

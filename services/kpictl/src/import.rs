@@ -190,16 +190,25 @@ fn one_document(path: &Path, format: Format) -> anyhow::Result<Option<Vec<u8>>> 
     if size > DOCUMENT_MAX_BYTES {
         return Ok(None);
     }
-    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let first_line = text
-        .split(|byte| *byte == b'\n')
-        .find(|line| !line.iter().all(u8::is_ascii_whitespace));
-    let Some(first_line) = first_line else {
+    // The first line that is not blank decides: a JSON value of its own
+    // is NDJSON, read as a stream; only otherwise is the whole file read.
+    let reading = |err| anyhow::anyhow!("reading {}: {err}", path.display());
+    let mut lines = std::io::BufReader::new(
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
+    );
+    let mut first_line = Vec::new();
+    while first_line.iter().all(u8::is_ascii_whitespace) {
+        first_line.clear();
+        if lines.read_until(b'\n', &mut first_line).map_err(reading)? == 0 {
+            return Ok(None);
+        }
+    }
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&first_line).is_ok() {
         return Ok(None);
-    };
-    if first_line.len() == text.trim_ascii().len()
-        || serde_json::from_slice::<serde::de::IgnoredAny>(first_line).is_ok()
-    {
+    }
+    let text = std::fs::read(path).map_err(reading)?;
+    if first_line.trim_ascii().len() == text.trim_ascii().len() {
+        // One line that is not JSON: its own error, line by line.
         return Ok(None);
     }
     let Ok(document) = serde_json::from_slice::<Value>(&text) else {

@@ -156,8 +156,14 @@ async fn existence_notice(
 ) -> anyhow::Result<Option<String>> {
     use crate::flow::date_vi;
     let named = |unit: &pb::Unit| format!("{} ({})", unit.name, unit.id);
-    let at_end = find_unit(client, &reply.unit_id, &reply.last_day).await?;
-    if let Some(unit) = &at_end {
+    // The tree of the last day, read once: the unit if it exists then, or
+    // the units that succeeded it.
+    let (_, tree) = walk_units(client, None, &reply.last_day).await?;
+    let at_end = tree
+        .iter()
+        .map(|(_, unit)| unit)
+        .find(|unit| unit.id == reply.unit_id);
+    if let Some(unit) = at_end {
         if unit.valid_from.is_empty() || unit.valid_from <= reply.first_day {
             return Ok(None);
         }
@@ -172,7 +178,6 @@ async fn existence_notice(
         note.push_str("; bảng chỉ tính từ ngày đó, trước đó hồ sơ thuộc các đơn vị cũ.");
         return Ok(Some(note));
     }
-    let (_, tree) = walk_units(client, None, &reply.last_day).await?;
     let successors: Vec<String> = tree
         .iter()
         .filter(|(_, unit)| unit.successor_of.contains(&reply.unit_id))
