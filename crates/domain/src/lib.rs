@@ -31,7 +31,9 @@ pub mod units;
 
 pub use contribution::{LiveCounts, Timeliness};
 pub use counters::{Counter, CounterDelta, Counters};
-pub use flow::{CaseFlow, FlowColumn, FlowRow, LateCase, LateMark, CASE_FLOW_COLUMNS};
+pub use flow::{
+    CaseFlow, FlowColumn, FlowRow, LateCase, LateMark, CASE_FLOW_COLUMNS, FLOW_COLUMNS,
+};
 pub use fold::{
     BatchChanges, BatchFold, FlowKey, FoldError, HeldEntry, LateKey, OpenDelta, OpenKey,
     RecordSource, UnknownUnit,

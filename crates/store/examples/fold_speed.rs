@@ -5,6 +5,10 @@
 //! measures the whole pipeline against the raw read).
 //!
 //! cargo run --release -p kpi-store --example fold_speed -- [CASES]
+//!
+//! `BATCH=N` folds in batches of N; `REPORTS=N` times N reports a grouping;
+//! `BREAKDOWN=1` prints the live entries and bytes of the views by prefix
+//! instead of timing reports.
 
 use std::time::Instant;
 
@@ -68,6 +72,11 @@ fn main() {
         size / (1024 * 1024),
         size as f64 / events
     );
+    if std::env::var("BREAKDOWN").is_ok() {
+        drop(store);
+        breakdown(dir.path());
+        return;
+    }
     // The case-flow report of the province for R2025, computed afresh
     // (a day shorter each time, as the bench asks), by each grouping.
     let province = units.find("P00").expect("the synthetic province");
@@ -99,6 +108,28 @@ fn main() {
         println!(
             "GetCaseFlow {group:?} for P00, R2025, afresh: {:.1} ms a report",
             started.elapsed().as_secs_f64() * 1e3 / calls as f64
+        );
+    }
+}
+
+/// Live keys and bytes of the views by prefix (`BREAKDOWN=1`).
+fn breakdown(dir: &std::path::Path) {
+    let db = sled::open(dir).expect("the views");
+    let views = db.open_tree("views").expect("the views tree");
+    let mut by_prefix: std::collections::BTreeMap<u8, (u64, u64, u64)> = Default::default();
+    for entry in views.iter() {
+        let (key, value) = entry.expect("an entry");
+        let tally = by_prefix.entry(key[0]).or_default();
+        tally.0 += 1;
+        tally.1 += key.len() as u64;
+        tally.2 += value.len() as u64;
+    }
+    for (prefix, (count, keys, values)) in by_prefix {
+        println!(
+            "{}: {count} entries, keys {} KiB, values {} KiB",
+            prefix as char,
+            keys / 1024,
+            values / 1024
         );
     }
 }

@@ -4,9 +4,13 @@
 //!
 //! | prefix | key after the prefix | value |
 //! |---|---|---|
-//! | `w` | unit, NUL, level (`Y`, `M`, `D`), time | [`FlowRow`] of every case of the unit |
-//! | `v` | unit, NUL, level, time, field, NUL, procedure | [`FlowRow`] of that series |
+//! | `w` | unit, NUL, level (`Y`, `M`, `D`), time | [`PackedRows`]: the [`FlowRow`] of every case of the unit, then one per series (field, NUL, procedure) |
 //! | `l` | unit, NUL, `r` resolution day or `o` overdue-until day, case code | apology or overdue-from day, field, NUL, procedure |
+//!
+//! A unit's rows of one level and time share one value: a batch that
+//! changes several series of a unit on a day writes three entries, not
+//! three per series (sled's cost goes by the entries written), and a
+//! report by field reads a unit's month in one entry a day.
 //!
 //! These depend on the log only, not on the unit registry: the report
 //! groups receiving units by the tree of the period's last day when it is
@@ -25,7 +29,6 @@ use crate::writes::Writes;
 use crate::{keys, Store};
 
 pub const FLOW_UNIT: u8 = b'w';
-pub const FLOW_SERIES: u8 = b'v';
 pub const LATE: u8 = b'l';
 
 const YEAR: u8 = b'Y';
@@ -66,24 +69,107 @@ fn row_key(prefix: u8, unit_id: &str, level: u8, time: [u8; 4]) -> Vec<u8> {
 }
 
 /// The three rows (year, month, day) a change on `day` adds to.
-fn rows_of(prefix: u8, unit_id: &str, day: Day, dims: &[u8]) -> [Vec<u8>; 3] {
+fn rows_of(unit_id: &str, day: Day) -> [Vec<u8>; 3] {
     [
         (YEAR, signed_key(year_of(day))),
         (MONTH, signed_key(month_of(day))),
         (DAY, day.to_key()),
     ]
-    .map(|(level, time)| {
-        let mut key = row_key(prefix, unit_id, level, time);
-        key.extend_from_slice(dims);
-        key
-    })
+    .map(|(level, time)| row_key(FLOW_UNIT, unit_id, level, time))
 }
 
-fn series_dims(field: &str, procedure_code: &str) -> Vec<u8> {
-    let mut dims = field.as_bytes().to_vec();
-    dims.push(0);
-    dims.extend_from_slice(procedure_code.as_bytes());
+/// A series' name in the rows: its field, NUL, its procedure.
+fn series_dims(field: &str, procedure_code: &str) -> String {
+    let mut dims = String::with_capacity(field.len() + 1 + procedure_code.len());
+    dims.push_str(field);
+    dims.push('\0');
+    dims.push_str(procedure_code);
     dims
+}
+
+/// A unit's rows of one level and time, as one stored value: postcard of
+/// the unit's row, then of each series' name and row, in name order (a
+/// count first). Every column a zigzag varint: most are small.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct PackedRows {
+    pub(crate) unit: FlowRow,
+    pub(crate) series: BTreeMap<String, FlowRow>,
+}
+
+type Columns = [i64; kpi_domain::FLOW_COLUMNS];
+
+impl PackedRows {
+    /// Adds a change of one series (and so of the unit).
+    fn add(&mut self, dims: &str, change: &FlowRow) {
+        self.unit.add(change);
+        match self.series.get_mut(dims) {
+            Some(row) => row.add(change),
+            None => {
+                self.series.insert(dims.to_owned(), *change);
+            }
+        }
+    }
+
+    /// Adds another value's rows; series left at zero are dropped.
+    fn merge(&mut self, other: PackedRows) {
+        self.unit.add(&other.unit);
+        for (dims, change) in other.series {
+            match self.series.get_mut(&dims) {
+                Some(row) => row.add(&change),
+                None => {
+                    self.series.insert(dims, change);
+                }
+            }
+        }
+        self.series.retain(|_, row| !row.is_zero());
+    }
+
+    fn is_zero(&self) -> bool {
+        self.unit.is_zero() && self.series.is_empty()
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let series: Vec<(&str, Columns)> = self
+            .series
+            .iter()
+            .map(|(dims, row)| (dims.as_str(), row.0))
+            .collect();
+        postcard::to_stdvec(&(self.unit.0, series)).unwrap_or_default()
+    }
+
+    /// The unit's row alone (what a report by unit reads).
+    pub(crate) fn unit_of(bytes: &[u8]) -> Result<FlowRow, postcard::Error> {
+        postcard::take_from_bytes::<Columns>(bytes).map(|(columns, _)| FlowRow(columns))
+    }
+
+    /// Calls `visit` with each series' name and row, without keeping them.
+    pub(crate) fn visit_series(
+        bytes: &[u8],
+        mut visit: impl FnMut(&str, FlowRow),
+    ) -> Result<(), postcard::Error> {
+        let (_, rest) = postcard::take_from_bytes::<Columns>(bytes)?;
+        let (count, mut rest) = postcard::take_from_bytes::<usize>(rest)?;
+        for _ in 0..count {
+            let ((dims, columns), after) = postcard::take_from_bytes::<(&str, Columns)>(rest)?;
+            visit(dims, FlowRow(columns));
+            rest = after;
+        }
+        if !rest.is_empty() {
+            return Err(postcard::Error::DeserializeBadEncoding);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<PackedRows, postcard::Error> {
+        let mut rows = PackedRows {
+            unit: PackedRows::unit_of(bytes)?,
+            series: BTreeMap::new(),
+        };
+        PackedRows::visit_series(bytes, |dims, row| {
+            rows.series.insert(dims.to_owned(), row);
+        })?;
+        Ok(rows)
+    }
 }
 
 fn late_key(units: &UnitRegistry, entry: &LateKey) -> Vec<u8> {
@@ -108,7 +194,7 @@ fn late_value(entry: &LateKey) -> Vec<u8> {
         LateMark::Overdue { from, .. } => Some(from),
     };
     let mut value = day.map_or(STILL, Day::to_key).to_vec();
-    value.extend_from_slice(&series_dims(&entry.field, &entry.procedure_code));
+    value.extend_from_slice(series_dims(&entry.field, &entry.procedure_code).as_bytes());
     value
 }
 
@@ -211,31 +297,29 @@ impl Store {
         units: &UnitRegistry,
         changes: &BatchChanges,
     ) -> Result<(), StoreError> {
-        let mut rows: BTreeMap<Vec<u8>, FlowRow> = BTreeMap::new();
+        let mut rows: BTreeMap<Vec<u8>, PackedRows> = BTreeMap::new();
         for (series, change) in &changes.flow {
             if change.is_zero() {
                 continue;
             }
             let unit_id = &units.unit(series.unit).id;
             let dims = series_dims(&series.field, &series.procedure_code);
-            let unit_rows = rows_of(FLOW_UNIT, unit_id, series.day, &[]);
-            let series_rows = rows_of(FLOW_SERIES, unit_id, series.day, &dims);
-            for key in unit_rows.into_iter().chain(series_rows) {
-                rows.entry(key).or_default().add(change);
+            for key in rows_of(unit_id, series.day) {
+                rows.entry(key).or_default().add(&dims, change);
             }
         }
         for (key, change) in rows {
-            let mut row = match self.stored(&key)? {
-                None => FlowRow::default(),
+            let mut stored = match self.stored(&key)? {
+                None => PackedRows::default(),
                 Some(bytes) => {
-                    FlowRow::from_bytes(&bytes).map_err(|detail| corrupt(&key, detail))?
+                    PackedRows::decode(&bytes).map_err(|detail| corrupt(&key, detail))?
                 }
             };
-            row.add(&change);
-            if row.is_zero() {
+            stored.merge(change);
+            if stored.is_zero() {
                 batch.remove(key);
             } else {
-                batch.insert(key, row.to_bytes());
+                batch.insert(key, stored.encode());
             }
         }
         for entry in &changes.late_removed {
@@ -248,10 +332,11 @@ impl Store {
     }
 
     /// The sums of a unit's rows before the boundary `before` (00:00 of
-    /// that day), by the rows' dimensions (empty for `w` rows).
+    /// that day): the unit's own under the empty name when `by_unit`, else
+    /// by series (field, NUL, procedure).
     fn sums_before(
         &self,
-        prefix: u8,
+        by_unit: bool,
         unit_id: &str,
         before: Day,
         sums: &mut BTreeMap<Vec<u8>, FlowRow>,
@@ -263,18 +348,24 @@ impl Store {
             (MONTH, signed_key(year * 12), signed_key(month)),
             (DAY, first_of_month(before).to_key(), before.to_key()),
         ];
+        let mut add = |dims: &[u8], row: &FlowRow| match sums.get_mut(dims) {
+            Some(sum) => sum.add(row),
+            None => {
+                sums.insert(dims.to_vec(), *row);
+            }
+        };
         for (level, from, to) in ranges {
-            let start = row_key(prefix, unit_id, level, from);
-            let end = row_key(prefix, unit_id, level, to);
-            let dims_at = start.len();
+            let start = row_key(FLOW_UNIT, unit_id, level, from);
+            let end = row_key(FLOW_UNIT, unit_id, level, to);
             for entry in self.views.range(start..end) {
                 let (key, value) = entry?;
-                let row = FlowRow::from_bytes(&value).map_err(|detail| corrupt(&key, detail))?;
-                match sums.get_mut(&key[dims_at..]) {
-                    Some(sum) => sum.add(&row),
-                    None => {
-                        sums.insert(key[dims_at..].to_vec(), row);
-                    }
+                if by_unit {
+                    let row =
+                        PackedRows::unit_of(&value).map_err(|detail| corrupt(&key, detail))?;
+                    add(&[], &row);
+                } else {
+                    PackedRows::visit_series(&value, |dims, row| add(dims.as_bytes(), &row))
+                        .map_err(|detail| corrupt(&key, detail))?;
                 }
             }
         }
@@ -362,21 +453,18 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let sequence = self.checkpoint()?;
         let bounds = Bounds::of(first, last, now);
-        let prefix = match group {
-            FlowGroup::Unit => FLOW_UNIT,
-            FlowGroup::Field | FlowGroup::Procedure => FLOW_SERIES,
-        };
+        let by_unit = group == FlowGroup::Unit;
         let mut rows: BTreeMap<String, CaseFlow> = BTreeMap::new();
         let report_rows = units.report_rows(unit, last);
         for &(receiving, row_unit) in &report_rows {
             let unit_id = &units.unit(receiving).id;
             let (mut at_start, mut at_end) = (BTreeMap::new(), BTreeMap::new());
-            self.sums_before(prefix, unit_id, bounds.end, &mut at_end)?;
+            self.sums_before(by_unit, unit_id, bounds.end, &mut at_end)?;
             if bounds.end < bounds.start {
                 // A period not begun: nothing flowed yet, its stock is now's.
                 at_start = at_end.clone();
             } else {
-                self.sums_before(prefix, unit_id, bounds.start, &mut at_start)?;
+                self.sums_before(by_unit, unit_id, bounds.start, &mut at_start)?;
             }
             // Late resolutions of the period with a letter by E, by series.
             let mut apologized: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
@@ -387,7 +475,7 @@ impl Store {
                 Some(bounds.end),
                 |_, apology, dims| {
                     if apology.is_some_and(|apology| apology < bounds.end) {
-                        let dims = if prefix == FLOW_UNIT { &[][..] } else { dims };
+                        let dims = if by_unit { &[][..] } else { dims };
                         match apologized.get_mut(dims) {
                             Some(count) => *count += 1,
                             None => {
@@ -500,5 +588,57 @@ impl Store {
             as_of: bounds.as_of,
             cases,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kpi_domain::FlowColumn;
+
+    fn row(column: FlowColumn, by: i64) -> FlowRow {
+        let mut row = FlowRow::default();
+        row.change(column, by);
+        row
+    }
+
+    #[test]
+    fn packed_rows_read_back_as_written_and_drop_series_that_cancel() {
+        let mut rows = PackedRows::default();
+        rows.add("ho_tich\0p1.001", &row(FlowColumn::ReceivedOnline, 3));
+        rows.add("dat_dai\0p2.002", &row(FlowColumn::ReceivedOnline, -70_000));
+        rows.add("ho_tich\0p1.001", &row(FlowColumn::ResolvedLate, 1));
+        let bytes = rows.encode();
+        assert_eq!(PackedRows::decode(&bytes).unwrap(), rows);
+        let unit = PackedRows::unit_of(&bytes).unwrap();
+        assert_eq!(unit.get(FlowColumn::ReceivedOnline), -69_997);
+        assert_eq!(unit.get(FlowColumn::ResolvedLate), 1);
+
+        // A case moved from one series to another on the same day: the
+        // unit's row is unchanged, the emptied series goes.
+        let mut moved = PackedRows::default();
+        moved.add("dat_dai\0p2.002", &row(FlowColumn::ReceivedOnline, 70_000));
+        moved.add("ho_tich\0p1.001", &row(FlowColumn::ReceivedOnline, -70_000));
+        let mut stored = PackedRows::decode(&bytes).unwrap();
+        stored.merge(moved);
+        assert_eq!(stored.series.len(), 1);
+        assert_eq!(
+            stored.series["ho_tich\0p1.001"].get(FlowColumn::ReceivedOnline),
+            -69_997
+        );
+        assert!(!stored.is_zero());
+    }
+
+    #[test]
+    fn damaged_packed_rows_are_errors_not_panics() {
+        let mut rows = PackedRows::default();
+        rows.add("ho_tich\0p1.001", &row(FlowColumn::ReceivedOnline, 3));
+        let bytes = rows.encode();
+        for cut in 0..bytes.len() {
+            assert!(PackedRows::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(PackedRows::decode(&longer).is_err());
     }
 }

@@ -17,7 +17,7 @@
 //! | `p` | stream sequence, u64 BE | postcard [`ParkedEvent`](crate::ParkedEvent) |
 //! | `h` | `c` or `f`, case code | postcard [`HeldEntry`](kpi_domain::HeldEntry): a record whose received event has not arrived |
 //! | `m` | name | metadata (checkpoint, units, statistics, format) |
-//! | `w`, `v`, `l` | see `flow.rs` | the case-flow report's rows and late-case index |
+//! | `w`, `l` | see `flow.rs` | the case-flow report's rows and late-case index |
 //!
 //! The rollups (`M`, `d`, `o`, `t`, `x`) come in two generations of prefixes
 //! ([`GENERATIONS`]): a recomputation from the case records writes the
@@ -138,7 +138,6 @@ pub const VIEW_PREFIXES: &[u8] = &[
     OPEN_TOTAL,
     OPEN_INDEX,
     crate::flow::FLOW_UNIT,
-    crate::flow::FLOW_SERIES,
     crate::flow::LATE,
 ];
 
