@@ -406,21 +406,23 @@ async fn replay_and_verify_agree_with_the_live_views_and_find_a_damaged_counter(
     );
 }
 
-/// Adds one to the `received` counter of the first stored day row, as
-/// damage on disk would; returns the unit and the day.
+/// Adds one to the `received` counter of the first day of the first
+/// stored month, as damage on disk would (the month's total left as it
+/// was); returns the unit and the day.
 fn tamper_with_a_day_counter(views: &std::path::Path) -> (String, String) {
     let db = sled::open(views).unwrap();
     let tree = db.open_tree("views").unwrap();
-    let (key, value) = tree.scan_prefix(b"d").next().unwrap().unwrap();
+    let (key, value) = tree.scan_prefix(b"M").next().unwrap().unwrap();
     let nul = key.iter().position(|b| *b == 0).unwrap();
     let unit = String::from_utf8(key[1..nul].to_vec()).unwrap();
-    let day = kpi_domain::Day::from_key(key[key.len() - 4..].try_into().unwrap());
-    let mut counters = kpi_store::rows::decode(&value).unwrap();
+    let month = u32::from_be_bytes(key[key.len() - 4..].try_into().unwrap()) ^ 0x8000_0000;
+    let mut stored = kpi_store::rows::MonthRows::decode(&value).unwrap();
+    let (&day, counters) = stored.days.iter_mut().next().unwrap();
     counters[kpi_domain::Counter::Received] += 1;
-    tree.insert(key, kpi_store::rows::encode(&counters))
-        .unwrap();
+    tree.insert(key, stored.encode()).unwrap();
     db.flush().unwrap();
-    (unit, day.to_date().to_string())
+    let date = chrono::NaiveDate::from_ymd_opt(month as i32 / 12, month % 12 + 1, u32::from(day));
+    (unit, date.unwrap().to_string())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use kpi_domain::fold::{BatchChanges, BatchFold, RecordSource};
 use kpi_domain::{CounterDelta, Folded, Moment, OpenDelta, UnitIdx, UnitRegistry};
 
@@ -344,31 +344,21 @@ impl Store {
         units: &UnitRegistry,
         changes: &BatchChanges,
     ) -> Result<(), StoreError> {
-        // Each day changed, and the total of its month.
-        let mut months: BTreeMap<(UnitIdx, keys::Month), CounterDelta> = BTreeMap::new();
+        // The days changed by month, and the sum of each month's.
+        type MonthChange<'a> = (Vec<(u8, &'a CounterDelta)>, CounterDelta);
+        let mut months: BTreeMap<(UnitIdx, keys::Month), MonthChange<'_>> = BTreeMap::new();
         for ((unit, day), delta) in &changes.counters {
             if delta.is_zero() {
                 continue;
             }
-            let unit_id = &units.unit(*unit).id;
-            let key = keys::unit_day(rollups.day, unit_id, *day);
-            self.change_row(batch, key, delta, unit_id, &day.to_date().to_string())?;
-            months
-                .entry((*unit, keys::Month::of(*day)))
-                .or_default()
-                .add(delta);
+            let (days, total) = months.entry((*unit, keys::Month::of(*day))).or_default();
+            days.push((day.to_date().day() as u8, delta));
+            total.add(delta);
         }
-        for ((unit, month), delta) in &months {
+        for ((unit, month), (days, total)) in &months {
             let unit_id = &units.unit(*unit).id;
             let key = rollups.unit_month(unit_id, *month);
-            let first = month.days().0.to_date();
-            self.change_row(
-                batch,
-                key,
-                delta,
-                unit_id,
-                &first.format("%Y-%m").to_string(),
-            )?;
+            self.change_month(batch, key, *month, days, total, unit_id)?;
         }
         let mut open_totals: BTreeMap<UnitIdx, OpenDelta> = BTreeMap::new();
         for ((unit, day), delta) in &changes.open_by_due_day {
@@ -395,28 +385,45 @@ impl Store {
         Ok(())
     }
 
-    /// Adds `delta` to the counters stored at `key` (a day or a month of
-    /// `unit_id`, named `when` if a counter would go below zero).
-    fn change_row(
+    /// Adds the changes of some days of `month` (and their sum, `total`)
+    /// to the month of `unit_id` stored at `key`; a counter that would go
+    /// below zero names its day, or the month.
+    fn change_month(
         &self,
         batch: &mut Writes,
         key: Vec<u8>,
-        delta: &CounterDelta,
+        month: keys::Month,
+        days: &[(u8, &CounterDelta)],
+        total: &CounterDelta,
         unit_id: &str,
-        when: &str,
     ) -> Result<(), StoreError> {
-        let stored = self.stored(&key)?;
-        match rows::changed(stored.as_deref(), delta) {
-            Ok(Some(bytes)) => batch.insert(key, bytes),
-            Ok(None) => batch.remove(key),
-            Err(rows::Change::Damaged(detail)) => return Err(corrupt(&key, detail)),
-            Err(rows::Change::Underflow(counter)) => {
-                return Err(StoreError::Underflow {
-                    unit: unit_id.to_owned(),
-                    day: when.to_owned(),
-                    counter: counter.name(),
-                })
+        let mut rows = match self.stored(&key)? {
+            None => rows::MonthRows::default(),
+            Some(bytes) => {
+                rows::MonthRows::decode(&bytes).map_err(|detail| corrupt(&key, detail))?
             }
+        };
+        let first = month.days().0.to_date();
+        rows.change(days, total).map_err(|underflow| {
+            let (day, counter) = match underflow {
+                rows::Underflow::Day(day, counter) => (
+                    first
+                        .with_day(u32::from(day))
+                        .map_or_else(|| format!("{first}+{day}"), |date| date.to_string()),
+                    counter,
+                ),
+                rows::Underflow::Total(counter) => (first.format("%Y-%m").to_string(), counter),
+            };
+            StoreError::Underflow {
+                unit: unit_id.to_owned(),
+                day,
+                counter: counter.name(),
+            }
+        })?;
+        if rows.is_zero() {
+            batch.remove(key);
+        } else {
+            batch.insert(key, rows.encode());
         }
         Ok(())
     }

@@ -9,8 +9,7 @@
 //! |---|---|---|
 //! | `c` | case code | postcard [`Record`](kpi_domain::Record), with its event ids |
 //! | `f` | feedback code | postcard [`Record`](kpi_domain::Record) |
-//! | `M` (`K`) | unit, NUL, month | the month's total counters (see `rows.rs`) |
-//! | `d` (`D`) | unit, NUL, local day | the day's counters (see `rows.rs`) |
+//! | `M` (`K`) | unit, NUL, month | the month's total counters, then its days' (see `rows.rs`) |
 //! | `o` (`O`) | unit, NUL, local due day | open, open without apology: u32 LE |
 //! | `t` (`T`) | unit, NUL | open, open without apology, over every due day |
 //! | `x` (`X`) | unit, NUL, due instant, case code | 1 if an apology letter exists |
@@ -19,7 +18,7 @@
 //! | `m` | name | metadata (checkpoint, units, statistics, format) |
 //! | `w`, `l` | see `flow.rs` | the case-flow report's rows and late-case index |
 //!
-//! The rollups (`M`, `d`, `o`, `t`, `x`) come in two generations of prefixes
+//! The rollups (`M`, `o`, `t`, `x`) come in two generations of prefixes
 //! ([`GENERATIONS`]): a recomputation from the case records writes the
 //! generation queries do not read, in bounded chunks, then switches to it
 //! in one small write ([`ROLLUP_GENERATION`]) and removes the other.
@@ -30,7 +29,6 @@ use kpi_domain::{Day, Moment, RecordKey};
 pub const CASE: u8 = b'c';
 pub const FEEDBACK: u8 = b'f';
 pub const MONTH_COUNTERS: u8 = b'M';
-pub const DAY_COUNTERS: u8 = b'd';
 pub const OPEN_BY_DUE_DAY: u8 = b'o';
 pub const OPEN_TOTAL: u8 = b't';
 pub const OPEN_INDEX: u8 = b'x';
@@ -58,7 +56,6 @@ pub const ROLLUP_GENERATION: &[u8] = b"m/rollup-generation";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rollups {
     pub month: u8,
-    pub day: u8,
     pub open_by_due_day: u8,
     pub open_total: u8,
     pub open_index: u8,
@@ -68,14 +65,12 @@ pub struct Rollups {
 pub const GENERATIONS: [Rollups; 2] = [
     Rollups {
         month: MONTH_COUNTERS,
-        day: DAY_COUNTERS,
         open_by_due_day: OPEN_BY_DUE_DAY,
         open_total: OPEN_TOTAL,
         open_index: OPEN_INDEX,
     },
     Rollups {
         month: b'K',
-        day: b'D',
         open_by_due_day: b'O',
         open_total: b'T',
         open_index: b'X',
@@ -83,10 +78,9 @@ pub const GENERATIONS: [Rollups; 2] = [
 ];
 
 impl Rollups {
-    pub fn prefixes(self) -> [u8; 5] {
+    pub fn prefixes(self) -> [u8; 4] {
         [
             self.month,
-            self.day,
             self.open_by_due_day,
             self.open_total,
             self.open_index,
@@ -133,7 +127,6 @@ pub const VIEW_PREFIXES: &[u8] = &[
     CASE,
     FEEDBACK,
     MONTH_COUNTERS,
-    DAY_COUNTERS,
     OPEN_BY_DUE_DAY,
     OPEN_TOTAL,
     OPEN_INDEX,
@@ -202,12 +195,6 @@ pub fn unit_of(key: &[u8]) -> Option<String> {
     let rest = key.get(1..)?;
     let end = rest.iter().position(|byte| *byte == 0)?;
     String::from_utf8(rest[..end].to_vec()).ok()
-}
-
-/// The day at the end of a `unit_day` key.
-pub fn day_of(key: &[u8]) -> Option<Day> {
-    let tail: [u8; 4] = key.get(key.len().checked_sub(4)?..)?.try_into().ok()?;
-    Some(Day::from_key(tail))
 }
 
 /// The month at the end of a `unit_month` key.

@@ -2,6 +2,7 @@
 //! pages of open, held and parked cases, whole-store exports), each taken
 //! under the shared commit lock where it must not mix two batches.
 
+use chrono::Datelike;
 use kpi_domain::{Counters, Day, LiveCounts, Moment, Record, RecordKey};
 
 use crate::error::{corrupt, StoreError};
@@ -35,9 +36,9 @@ impl Store {
         })
     }
 
-    /// One range scan over the unit's month totals: whole months add
-    /// their total, the first and last months (when only partly in the
-    /// range) the days of theirs that are.
+    /// One range scan over the unit's months: whole months add their
+    /// total, the first and last months (when only partly in the range)
+    /// the days of theirs that are.
     fn sum_counters(&self, unit_id: &str, first: Day, last: Day) -> Result<Counters, StoreError> {
         let mut sum = Counters::default();
         if last < first {
@@ -52,13 +53,14 @@ impl Store {
             let month = keys::month_of(&key).ok_or_else(|| corrupt(&key, "no month in key"))?;
             let (month_first, month_last) = month.days();
             if first <= month_first && month_last <= last {
-                sum.add(&rows::decode(&value).map_err(|detail| corrupt(&key, detail))?);
+                sum.add(&rows::decode_total(&value).map_err(|detail| corrupt(&key, detail))?);
             } else {
-                let from = keys::unit_day(rollups.day, unit_id, first.max(month_first));
-                let to = keys::unit_day(rollups.day, unit_id, last.min(month_last));
-                for day in self.views.range(from..=to) {
-                    let (key, value) = day?;
-                    sum.add(&rows::decode(&value).map_err(|detail| corrupt(&key, detail))?);
+                let month =
+                    rows::MonthRows::decode(&value).map_err(|detail| corrupt(&key, detail))?;
+                let from = first.max(month_first).to_date().day() as u8;
+                let to = last.min(month_last).to_date().day() as u8;
+                for counters in month.days.range(from..=to).map(|(_, counters)| counters) {
+                    sum.add(counters);
                 }
             }
         }
@@ -217,13 +219,17 @@ impl Store {
             open,
         })?;
         let mut days = Vec::with_capacity(rows.min(10_000));
-        for entry in self.views.scan_prefix([rollups.day]) {
+        for entry in self.views.scan_prefix([rollups.month]) {
             let (key, value) = entry.map_err(StoreError::from)?;
             let unit = keys::unit_of(&key).ok_or_else(|| corrupt(&key, "no unit in key"))?;
-            let day = keys::day_of(&key).ok_or_else(|| corrupt(&key, "no day in key"))?;
-            let counters = rows::decode(&value).map_err(|detail| corrupt(&key, detail))?;
-            if !counters.is_zero() {
-                days.push((unit, day, counters));
+            let month = keys::month_of(&key).ok_or_else(|| corrupt(&key, "no month in key"))?;
+            let first = month.days().0.to_date();
+            let stored = rows::MonthRows::decode(&value).map_err(|detail| corrupt(&key, detail))?;
+            for (day, counters) in stored.days {
+                let day = first
+                    .with_day(u32::from(day))
+                    .ok_or_else(|| corrupt(&key, format!("no day {day} in {first}'s month")))?;
+                days.push((unit.clone(), Day::from_date(day), counters));
             }
             if days.len() >= rows {
                 sink(ExportPart::Days(std::mem::take(&mut days)))?;

@@ -247,7 +247,7 @@ impl Store {
 
     /// Removes every entry under `prefixes`, a bounded batch at a time
     /// (entries no query reads: the generation of rollups not in use).
-    pub(crate) fn remove_prefixes(&self, prefixes: [u8; 5]) -> Result<(), StoreError> {
+    pub(crate) fn remove_prefixes(&self, prefixes: [u8; 4]) -> Result<(), StoreError> {
         for prefix in prefixes {
             loop {
                 let mut batch = sled::Batch::default();

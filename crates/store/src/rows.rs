@@ -1,12 +1,17 @@
-//! How a set of counters is stored: a unit's day, or a unit's month total.
+//! How a set of counters is stored: a unit's month, its total and its days
+//! in one value ([`MonthRows`]).
 //!
 //! A day of a commune moves a dozen of the counters, by small numbers, so
 //! a row is written compactly: the number of counters it covers, a bitmap
-//! of those that are not zero, then each of those as a LEB128 varint. A
-//! batch rewrites only the days and month totals it changed, each a few
-//! dozen bytes, instead of a month of rows. Rows written before counters
-//! were added read them as zero; anything else that does not decode is
-//! damage, never read as zeros.
+//! of those that are not zero, then each of those as a LEB128 varint — a
+//! few dozen bytes. A month's value is its total's row, then, for each day
+//! with a counter, the day of the month (one byte, ascending) and its row:
+//! a batch that changes a unit on several days of a month writes one entry
+//! (sled's cost goes by the entries written, not their bytes). Rows
+//! written before counters were added read them as zero; anything else
+//! that does not decode is damage, never read as zeros.
+
+use std::collections::BTreeMap;
 
 use kpi_domain::counters::COUNTER_COUNT;
 use kpi_domain::{Counter, CounterDelta, Counters};
@@ -39,6 +44,20 @@ pub fn encode(counters: &Counters) -> Vec<u8> {
 
 /// Reads the stored form.
 pub fn decode(bytes: &[u8]) -> Result<Counters, String> {
+    let (counters, rest) = decode_from(bytes)?;
+    if !rest.is_empty() {
+        return Err(format!("{} bytes left over", rest.len()));
+    }
+    Ok(counters)
+}
+
+/// The total of a stored month, without its days.
+pub fn decode_total(bytes: &[u8]) -> Result<Counters, String> {
+    decode_from(bytes).map(|(total, _)| total)
+}
+
+/// Reads one row from the start of `bytes`: the row, and what follows it.
+fn decode_from(bytes: &[u8]) -> Result<(Counters, &[u8]), String> {
     let Some((&width, rest)) = bytes.split_first() else {
         return Err("an empty value".to_owned());
     };
@@ -75,31 +94,75 @@ pub fn decode(bytes: &[u8]) -> Result<Counters, String> {
         }
         counters[*counter] = value;
     }
-    if !values.is_empty() {
-        return Err(format!("{} bytes left over", values.len()));
-    }
-    Ok(counters)
+    Ok((counters, values))
 }
 
-/// The stored row at `stored` (none: zeros) with `delta` added: the new
-/// stored form, `None` when every counter is zero again, or the first
-/// counter that would go below zero.
-pub fn changed(stored: Option<&[u8]>, delta: &CounterDelta) -> Result<Option<Vec<u8>>, Change> {
-    let mut counters = match stored {
-        None => Counters::default(),
-        Some(bytes) => decode(bytes).map_err(Change::Damaged)?,
-    };
-    counters.apply(delta).map_err(Change::Underflow)?;
-    Ok((!counters.is_zero()).then(|| encode(&counters)))
+/// A unit's month as stored: its total, and its days that have a counter
+/// (by day of the month, 1 to 31).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MonthRows {
+    pub total: Counters,
+    pub days: BTreeMap<u8, Counters>,
 }
 
-/// Why a row could not be changed.
+/// Where a change to a month stops.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// The stored value does not decode.
-    Damaged(String),
-    /// This counter would go below zero.
-    Underflow(Counter),
+pub enum Underflow {
+    /// A counter of this day of the month would go below zero.
+    Day(u8, Counter),
+    /// A counter of the month's total would.
+    Total(Counter),
+}
+
+impl MonthRows {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = encode(&self.total);
+        for (day, counters) in &self.days {
+            bytes.push(*day);
+            bytes.extend_from_slice(&encode(counters));
+        }
+        bytes
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<MonthRows, String> {
+        let (total, mut rest) = decode_from(bytes)?;
+        let mut days = BTreeMap::new();
+        let mut previous = 0;
+        while let Some((&day, after)) = rest.split_first() {
+            if day <= previous || day > 31 {
+                return Err(format!("day {day} of the month after day {previous}"));
+            }
+            let (counters, after) = decode_from(after)?;
+            days.insert(day, counters);
+            previous = day;
+            rest = after;
+        }
+        Ok(MonthRows { total, days })
+    }
+
+    /// Adds the changes of some days of the month, and their sum to the
+    /// total (once: a batch may move a count from one day to another); a
+    /// day back at zero goes.
+    pub fn change(
+        &mut self,
+        days: &[(u8, &CounterDelta)],
+        total: &CounterDelta,
+    ) -> Result<(), Underflow> {
+        for (day, delta) in days {
+            let counters = self.days.entry(*day).or_default();
+            counters
+                .apply(delta)
+                .map_err(|counter| Underflow::Day(*day, counter))?;
+            if counters.is_zero() {
+                self.days.remove(day);
+            }
+        }
+        self.total.apply(total).map_err(Underflow::Total)
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.total.is_zero() && self.days.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -146,19 +209,72 @@ mod tests {
         assert!(decode(&longer).is_err());
     }
 
+    fn delta(counter: Counter, by: i64) -> CounterDelta {
+        let mut delta = CounterDelta::default();
+        delta.change(counter, by);
+        delta
+    }
+
     #[test]
     fn a_change_reports_underflow_and_clears_zero_rows() {
-        let mut delta = CounterDelta::default();
-        delta.change(Counter::Received, 2);
-        let stored = changed(None, &delta).unwrap().unwrap();
-        let mut too_much = CounterDelta::default();
-        too_much.change(Counter::Received, -3);
+        let two = delta(Counter::Received, 2);
+        let mut month = MonthRows::default();
+        month.change(&[(3, &two)], &two).unwrap();
+        let stored = MonthRows::decode(&month.encode()).unwrap();
+        assert_eq!(stored, month);
+        let too_much = delta(Counter::Received, -3);
         assert_eq!(
-            changed(Some(&stored), &too_much),
-            Err(Change::Underflow(Counter::Received))
+            stored.clone().change(&[(3, &too_much)], &too_much),
+            Err(Underflow::Day(3, Counter::Received))
         );
-        let mut back = CounterDelta::default();
-        back.change(Counter::Received, -2);
-        assert_eq!(changed(Some(&stored), &back), Ok(None));
+        assert_eq!(
+            stored.clone().change(&[(4, &two)], &too_much),
+            Err(Underflow::Total(Counter::Received))
+        );
+        let mut back = stored;
+        let minus_two = delta(Counter::Received, -2);
+        back.change(&[(3, &minus_two)], &minus_two).unwrap();
+        assert!(back.is_zero());
+        assert_eq!(back.encode().len(), 1 + BITMAP_BYTES);
+    }
+
+    #[test]
+    fn a_count_moved_between_days_of_a_batch_is_no_underflow_of_the_total() {
+        let one = delta(Counter::Received, 1);
+        let mut month = MonthRows::default();
+        month.change(&[(1, &one)], &one).unwrap();
+        let minus_one = delta(Counter::Received, -1);
+        // Day 1 loses the count, day 9 gains it: the total does not move.
+        month
+            .change(&[(1, &minus_one), (9, &one)], &CounterDelta::default())
+            .unwrap();
+        assert_eq!(month.days.keys().copied().collect::<Vec<_>>(), [9]);
+        assert_eq!(month.total[Counter::Received], 1);
+    }
+
+    #[test]
+    fn a_damaged_month_is_an_error_not_zeros() {
+        let one = delta(Counter::Received, 1);
+        let mut month = MonthRows::default();
+        month.change(&[(2, &one), (5, &one)], &one).unwrap();
+        let bytes = month.encode();
+        for cut in 0..bytes.len() {
+            let read = MonthRows::decode(&bytes[..cut]);
+            assert!(
+                read.is_err() || read.as_ref() != Ok(&month),
+                "cut at {cut}: {read:?}"
+            );
+        }
+        let (total, days) = bytes.split_at(encode(&month.total).len());
+        // Days out of order, or past the 31st.
+        let mut swapped = total.to_vec();
+        let day_len = (days.len()) / 2;
+        swapped.extend_from_slice(&days[day_len..]);
+        swapped.extend_from_slice(&days[..day_len]);
+        assert!(MonthRows::decode(&swapped).is_err());
+        let mut late = total.to_vec();
+        late.push(32);
+        late.extend_from_slice(&days[1..day_len]);
+        assert!(MonthRows::decode(&late).is_err());
     }
 }
