@@ -140,7 +140,8 @@ fn table(
 
 /// Case events only, few cases and times, every kind that moves a case
 /// through the report; ids mostly from content, some reused (conflicts).
-fn event_strategy() -> impl Strategy<Value = Event> {
+/// Over 20 days from `origin`.
+fn event_strategy_from(origin: DateTime<FixedOffset>) -> impl Strategy<Value = Event> {
     (
         0u8..5,
         0u8..2,
@@ -151,8 +152,8 @@ fn event_strategy() -> impl Strategy<Value = Event> {
         any::<bool>(),
         prop::bool::weighted(0.15),
     )
-        .prop_map(|(case, unit, kind, at, span, choice, flag, reused)| {
-            let occurred_at = start() + Duration::hours(at * 6);
+        .prop_map(move |(case, unit, kind, at, span, choice, flag, reused)| {
+            let occurred_at = origin + Duration::hours(at * 6);
             let due_at = occurred_at + Duration::hours(span * 6);
             let data = match kind {
                 0 => EventData::CaseReceived(CaseReceived {
@@ -211,17 +212,25 @@ fn event_strategy() -> impl Strategy<Value = Event> {
 
 /// Events in an arrival order, some sent twice.
 fn arrivals() -> impl Strategy<Value = Vec<Event>> {
-    prop::collection::vec((event_strategy(), prop::bool::weighted(0.2)), 1..40)
-        .prop_map(|events| {
-            events
-                .into_iter()
-                .flat_map(|(event, twice)| {
-                    let copies = if twice { 2 } else { 1 };
-                    std::iter::repeat_n(event, copies)
-                })
-                .collect::<Vec<_>>()
-        })
-        .prop_shuffle()
+    arrivals_from(start())
+}
+
+/// [`arrivals`] of events from `origin`.
+fn arrivals_from(origin: DateTime<FixedOffset>) -> impl Strategy<Value = Vec<Event>> {
+    prop::collection::vec(
+        (event_strategy_from(origin), prop::bool::weighted(0.2)),
+        1..40,
+    )
+    .prop_map(|events| {
+        events
+            .into_iter()
+            .flat_map(|(event, twice)| {
+                let copies = if twice { 2 } else { 1 };
+                std::iter::repeat_n(event, copies)
+            })
+            .collect::<Vec<_>>()
+    })
+    .prop_shuffle()
 }
 
 proptest! {
@@ -255,6 +264,45 @@ proptest! {
             }
             prop_assert_eq!(total, answer.total);
             prop_assert!(answer.total.balances());
+        }
+    }
+}
+
+/// Where the second property's events start: 20 days across a new year,
+/// so that its tables add years, months and a month's days.
+fn new_year() -> DateTime<FixedOffset> {
+    vietnam().with_ymd_and_hms(2024, 12, 22, 0, 0, 0).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn tables_across_a_new_year_and_its_months_are_the_contracts_count(
+        events in arrivals_from(new_year()),
+        batch in 1usize..12,
+        queries in prop::collection::vec((0usize..4, 0usize..3, 0i64..30, 0i64..45), 6),
+        now_hours in 0i64..1800,
+    ) {
+        let (_dir, store) = fold(&events, batch);
+        // Now from the last event to 75 days later: most periods are over.
+        let now = (new_year() + Duration::hours(475 + now_hours)).with_timezone(&Utc);
+        for (unit, group, first, length) in queries {
+            let unit = ["P", "D", "C1", "C2"][unit];
+            let group = [FlowGroup::Unit, FlowGroup::Field, FlowGroup::Procedure][group];
+            let first = new_year().date_naive() + Duration::days(first);
+            let last = first + Duration::days(length);
+            let answer = table(&store, unit, group, first, last, now);
+            let expected = naive(&events, unit, group, first, last, now);
+            prop_assert_eq!(
+                &answer.rows, &expected,
+                "{} by {:?} for {}..{}", unit, group, first, last
+            );
+            let mut total = CaseFlow::default();
+            for row in answer.rows.values() {
+                total.add(row);
+            }
+            prop_assert_eq!(total, answer.total);
         }
     }
 }
