@@ -4,16 +4,13 @@
 //!
 //! | prefix | key after the prefix | value |
 //! |---|---|---|
-//! | `w` | unit, NUL, `Y`, year | [`PackedRows`]: the year's [`FlowRow`] of every case of the unit, then one per series (field, NUL, procedure) |
-//! | `w` | unit, NUL, `M`, month | [`MonthFlow`]: the month's [`PackedRows`], then each day's |
+//! | `w` | unit, NUL, level (`Y`, `M`, `D`), time | [`PackedRows`]: the [`FlowRow`] of every case of the unit, then one per series (field, NUL, procedure) |
 //! | `l` | unit, NUL, `r` resolution day or `o` overdue-until day, case code | apology or overdue-from day, field, NUL, procedure |
 //!
-//! A unit's rows of a year share one value, and those of a month and its
-//! days another: a batch that changes several series of a unit on several
-//! days of a month writes two entries, not three per series and day
-//! (sled's cost goes by the entries written), and the stock before a day
-//! is read from a unit's years, its months of that year and one month's
-//! days.
+//! A unit's rows of one level and time share one value: a batch that
+//! changes several series of a unit on a day writes three entries, not
+//! three per series (sled's cost goes by the entries written), and a
+//! report by field reads a unit's month in one entry a day.
 //!
 //! These depend on the log only, not on the unit registry: the report
 //! groups receiving units by the tree of the period's last day when it is
@@ -36,6 +33,7 @@ pub const LATE: u8 = b'l';
 
 const YEAR: u8 = b'Y';
 const MONTH: u8 = b'M';
+const DAY: u8 = b'D';
 const RESOLVED_LATE: u8 = b'r';
 const OVERDUE_UNTIL: u8 = b'o';
 /// The overdue-until day of a case still overdue.
@@ -54,8 +52,8 @@ fn month_of(day: Day) -> i32 {
     date.year() * 12 + date.month0() as i32
 }
 
-fn day_of_month(day: Day) -> u8 {
-    day.to_date().day() as u8
+fn first_of_month(day: Day) -> Day {
+    Day::from_date(day.to_date().with_day(1).unwrap_or(day.to_date()))
 }
 
 fn next_day(day: Day) -> Day {
@@ -70,12 +68,14 @@ fn row_key(prefix: u8, unit_id: &str, level: u8, time: [u8; 4]) -> Vec<u8> {
     key
 }
 
-/// The keys of the year and the month a change on `day` adds to.
-fn rows_of(unit_id: &str, day: Day) -> (Vec<u8>, Vec<u8>) {
-    (
-        row_key(FLOW_UNIT, unit_id, YEAR, signed_key(year_of(day))),
-        row_key(FLOW_UNIT, unit_id, MONTH, signed_key(month_of(day))),
-    )
+/// The three rows (year, month, day) a change on `day` adds to.
+fn rows_of(unit_id: &str, day: Day) -> [Vec<u8>; 3] {
+    [
+        (YEAR, signed_key(year_of(day))),
+        (MONTH, signed_key(month_of(day))),
+        (DAY, day.to_key()),
+    ]
+    .map(|(level, time)| row_key(FLOW_UNIT, unit_id, level, time))
 }
 
 /// A series' name in the rows: its field, NUL, its procedure.
@@ -87,25 +87,16 @@ fn series_dims(field: &str, procedure_code: &str) -> String {
     dims
 }
 
-/// A unit's rows of one time: postcard of the unit's row, then of each
-/// series' name and row, in name order (a count first). Every column a
-/// zigzag varint: most are small.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// A unit's rows of one level and time, as one stored value: postcard of
+/// the unit's row, then of each series' name and row, in name order (a
+/// count first). Every column a zigzag varint: most are small.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct PackedRows {
     pub(crate) unit: FlowRow,
     pub(crate) series: BTreeMap<String, FlowRow>,
 }
 
 type Columns = [i64; kpi_domain::FLOW_COLUMNS];
-
-/// Which rows of a value a report reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rows {
-    /// The unit's rows, under the empty name.
-    Unit,
-    /// The series' rows, by name (field, NUL, procedure).
-    Series,
-}
 
 impl PackedRows {
     /// Adds a change of one series (and so of the unit).
@@ -137,143 +128,47 @@ impl PackedRows {
         self.unit.is_zero() && self.series.is_empty()
     }
 
-    fn encode_into(&self, bytes: &mut Vec<u8>) {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let series: Vec<(&str, Columns)> = self
             .series
             .iter()
             .map(|(dims, row)| (dims.as_str(), row.0))
             .collect();
-        if let Ok(encoded) = postcard::to_stdvec(&(self.unit.0, series)) {
-            bytes.extend_from_slice(&encoded);
-        }
+        postcard::to_stdvec(&(self.unit.0, series)).unwrap_or_default()
     }
 
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        self.encode_into(&mut bytes);
-        bytes
+    /// The unit's row alone (what a report by unit reads).
+    pub(crate) fn unit_of(bytes: &[u8]) -> Result<FlowRow, postcard::Error> {
+        postcard::take_from_bytes::<Columns>(bytes).map(|(columns, _)| FlowRow(columns))
     }
 
-    /// Reads one value from the start of `bytes`, calling `visit` with the
-    /// rows `rows` asks for (when given), without keeping them; what
-    /// follows it.
-    fn visit<'a>(
-        bytes: &'a [u8],
-        rows: Option<Rows>,
-        visit: &mut impl FnMut(&str, FlowRow),
-    ) -> Result<&'a [u8], postcard::Error> {
-        let (unit, rest) = postcard::take_from_bytes::<Columns>(bytes)?;
-        if rows == Some(Rows::Unit) {
-            visit("", FlowRow(unit));
-        }
+    /// Calls `visit` with each series' name and row, without keeping them.
+    pub(crate) fn visit_series(
+        bytes: &[u8],
+        mut visit: impl FnMut(&str, FlowRow),
+    ) -> Result<(), postcard::Error> {
+        let (_, rest) = postcard::take_from_bytes::<Columns>(bytes)?;
         let (count, mut rest) = postcard::take_from_bytes::<usize>(rest)?;
         for _ in 0..count {
             let ((dims, columns), after) = postcard::take_from_bytes::<(&str, Columns)>(rest)?;
-            if rows == Some(Rows::Series) {
-                visit(dims, FlowRow(columns));
-            }
+            visit(dims, FlowRow(columns));
             rest = after;
         }
-        Ok(rest)
-    }
-
-    fn decode_from(bytes: &[u8]) -> Result<(PackedRows, &[u8]), postcard::Error> {
-        let (unit, _) = postcard::take_from_bytes::<Columns>(bytes)?;
-        let mut rows = PackedRows {
-            unit: FlowRow(unit),
-            series: BTreeMap::new(),
-        };
-        let rest = PackedRows::visit(bytes, Some(Rows::Series), &mut |dims, row| {
-            rows.series.insert(dims.to_owned(), row);
-        })?;
-        Ok((rows, rest))
+        if !rest.is_empty() {
+            return Err(postcard::Error::DeserializeBadEncoding);
+        }
+        Ok(())
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<PackedRows, postcard::Error> {
-        match PackedRows::decode_from(bytes)? {
-            (rows, []) => Ok(rows),
-            _ => Err(postcard::Error::DeserializeBadEncoding),
-        }
-    }
-}
-
-/// A unit's month, as one stored value: the month's [`PackedRows`], then,
-/// for each day with a row, the day of the month (one byte, ascending) and
-/// its [`PackedRows`]. A batch that changes a unit on several days of a
-/// month writes one entry for them.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(crate) struct MonthFlow {
-    pub(crate) month: PackedRows,
-    pub(crate) days: BTreeMap<u8, PackedRows>,
-}
-
-impl MonthFlow {
-    fn add(&mut self, day: u8, dims: &str, change: &FlowRow) {
-        self.month.add(dims, change);
-        self.days.entry(day).or_default().add(dims, change);
-    }
-
-    fn merge(&mut self, other: MonthFlow) {
-        self.month.merge(other.month);
-        for (day, rows) in other.days {
-            self.days.entry(day).or_default().merge(rows);
-        }
-        self.days.retain(|_, rows| !rows.is_zero());
-    }
-
-    fn is_zero(&self) -> bool {
-        self.month.is_zero() && self.days.is_empty()
-    }
-
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut bytes = self.month.encode();
-        for (day, rows) in &self.days {
-            bytes.push(*day);
-            rows.encode_into(&mut bytes);
-        }
-        bytes
-    }
-
-    pub(crate) fn decode(bytes: &[u8]) -> Result<MonthFlow, postcard::Error> {
-        let (month, mut rest) = PackedRows::decode_from(bytes)?;
-        let mut flow = MonthFlow {
-            month,
-            days: BTreeMap::new(),
+        let mut rows = PackedRows {
+            unit: PackedRows::unit_of(bytes)?,
+            series: BTreeMap::new(),
         };
-        let mut previous = 0;
-        while let Some((&day, after)) = rest.split_first() {
-            if day <= previous || day > 31 {
-                return Err(postcard::Error::DeserializeBadEncoding);
-            }
-            let (rows, after) = PackedRows::decode_from(after)?;
-            flow.days.insert(day, rows);
-            previous = day;
-            rest = after;
-        }
-        Ok(flow)
-    }
-
-    /// Calls `visit` with the rows `rows` asks for of the days of the
-    /// month before day `before` (1 to 31).
-    fn visit_days_before(
-        bytes: &[u8],
-        before: u8,
-        rows: Rows,
-        visit: &mut impl FnMut(&str, FlowRow),
-    ) -> Result<(), postcard::Error> {
-        let mut rest = PackedRows::visit(bytes, None, visit)?;
-        let mut previous = 0;
-        while let Some((&day, after)) = rest.split_first() {
-            if day <= previous || day > 31 {
-                return Err(postcard::Error::DeserializeBadEncoding);
-            }
-            if day >= before {
-                return Ok(());
-            }
-            rest = PackedRows::visit(after, Some(rows), visit)?;
-            previous = day;
-        }
-        Ok(())
+        PackedRows::visit_series(bytes, |dims, row| {
+            rows.series.insert(dims.to_owned(), row);
+        })?;
+        Ok(rows)
     }
 }
 
@@ -402,39 +297,23 @@ impl Store {
         units: &UnitRegistry,
         changes: &BatchChanges,
     ) -> Result<(), StoreError> {
-        let mut years: BTreeMap<Vec<u8>, PackedRows> = BTreeMap::new();
-        let mut months: BTreeMap<Vec<u8>, MonthFlow> = BTreeMap::new();
+        let mut rows: BTreeMap<Vec<u8>, PackedRows> = BTreeMap::new();
         for (series, change) in &changes.flow {
             if change.is_zero() {
                 continue;
             }
             let unit_id = &units.unit(series.unit).id;
             let dims = series_dims(&series.field, &series.procedure_code);
-            let (year, month) = rows_of(unit_id, series.day);
-            years.entry(year).or_default().add(&dims, change);
-            months
-                .entry(month)
-                .or_default()
-                .add(day_of_month(series.day), &dims, change);
+            for key in rows_of(unit_id, series.day) {
+                rows.entry(key).or_default().add(&dims, change);
+            }
         }
-        for (key, change) in years {
+        for (key, change) in rows {
             let mut stored = match self.stored(&key)? {
                 None => PackedRows::default(),
                 Some(bytes) => {
                     PackedRows::decode(&bytes).map_err(|detail| corrupt(&key, detail))?
                 }
-            };
-            stored.merge(change);
-            if stored.is_zero() {
-                batch.remove(key);
-            } else {
-                batch.insert(key, stored.encode());
-            }
-        }
-        for (key, change) in months {
-            let mut stored = match self.stored(&key)? {
-                None => MonthFlow::default(),
-                Some(bytes) => MonthFlow::decode(&bytes).map_err(|detail| corrupt(&key, detail))?,
             };
             stored.merge(change);
             if stored.is_zero() {
@@ -464,33 +343,31 @@ impl Store {
     ) -> Result<(), StoreError> {
         let year = year_of(before);
         let month = month_of(before);
-        let rows = if by_unit { Rows::Unit } else { Rows::Series };
-        let mut add = |dims: &str, row: FlowRow| match sums.get_mut(dims.as_bytes()) {
-            Some(sum) => sum.add(&row),
-            None => {
-                sums.insert(dims.as_bytes().to_vec(), row);
-            }
-        };
-        // The years before, then the months of the year before, each
-        // value's own rows (a month's days after them are not read).
         let ranges = [
             (YEAR, signed_key(i32::MIN), signed_key(year)),
             (MONTH, signed_key(year * 12), signed_key(month)),
+            (DAY, first_of_month(before).to_key(), before.to_key()),
         ];
+        let mut add = |dims: &[u8], row: &FlowRow| match sums.get_mut(dims) {
+            Some(sum) => sum.add(row),
+            None => {
+                sums.insert(dims.to_vec(), *row);
+            }
+        };
         for (level, from, to) in ranges {
             let start = row_key(FLOW_UNIT, unit_id, level, from);
             let end = row_key(FLOW_UNIT, unit_id, level, to);
             for entry in self.views.range(start..end) {
                 let (key, value) = entry?;
-                PackedRows::visit(&value, Some(rows), &mut add)
-                    .map_err(|detail| corrupt(&key, detail))?;
+                if by_unit {
+                    let row =
+                        PackedRows::unit_of(&value).map_err(|detail| corrupt(&key, detail))?;
+                    add(&[], &row);
+                } else {
+                    PackedRows::visit_series(&value, |dims, row| add(dims.as_bytes(), &row))
+                        .map_err(|detail| corrupt(&key, detail))?;
+                }
             }
-        }
-        // The days of the month before.
-        let key = row_key(FLOW_UNIT, unit_id, MONTH, signed_key(month));
-        if let Some(value) = self.views.get(&key)? {
-            MonthFlow::visit_days_before(&value, day_of_month(before), rows, &mut add)
-                .map_err(|detail| corrupt(&key, detail))?;
         }
         Ok(())
     }
@@ -733,7 +610,7 @@ mod tests {
         rows.add("ho_tich\0p1.001", &row(FlowColumn::ResolvedLate, 1));
         let bytes = rows.encode();
         assert_eq!(PackedRows::decode(&bytes).unwrap(), rows);
-        let unit = PackedRows::decode(&bytes).unwrap().unit;
+        let unit = PackedRows::unit_of(&bytes).unwrap();
         assert_eq!(unit.get(FlowColumn::ReceivedOnline), -69_997);
         assert_eq!(unit.get(FlowColumn::ResolvedLate), 1);
 
@@ -763,65 +640,5 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(PackedRows::decode(&longer).is_err());
-    }
-
-    #[test]
-    fn a_month_reads_back_its_days_and_only_those_before_a_day() {
-        let mut month = MonthFlow::default();
-        month.add(3, "ho_tich\0p1.001", &row(FlowColumn::ReceivedOnline, 2));
-        month.add(9, "dat_dai\0p2.002", &row(FlowColumn::Withdrawn, 1));
-        month.add(31, "ho_tich\0p1.001", &row(FlowColumn::ReceivedOnline, 5));
-        let bytes = month.encode();
-        assert_eq!(MonthFlow::decode(&bytes).unwrap(), month);
-        let mut seen = Vec::new();
-        MonthFlow::visit_days_before(&bytes, 10, Rows::Series, &mut |dims, row| {
-            seen.push((dims.to_owned(), row))
-        })
-        .unwrap();
-        assert_eq!(
-            seen,
-            [
-                (
-                    "ho_tich\0p1.001".to_owned(),
-                    row(FlowColumn::ReceivedOnline, 2)
-                ),
-                ("dat_dai\0p2.002".to_owned(), row(FlowColumn::Withdrawn, 1)),
-            ]
-        );
-        let mut units = Vec::new();
-        MonthFlow::visit_days_before(&bytes, 32, Rows::Unit, &mut |dims, row| {
-            units.push((dims.to_owned(), row))
-        })
-        .unwrap();
-        assert_eq!(units.len(), 3);
-        assert!(units.iter().all(|(dims, _)| dims.is_empty()));
-        // The month's own rows are what a whole month adds.
-        let mut whole = FlowRow::default();
-        PackedRows::visit(&bytes, Some(Rows::Unit), &mut |_, row| whole.add(&row)).unwrap();
-        assert_eq!(whole.get(FlowColumn::ReceivedOnline), 7);
-
-        // A day's change undone leaves no day behind.
-        let mut undo = MonthFlow::default();
-        undo.add(9, "dat_dai\0p2.002", &row(FlowColumn::Withdrawn, -1));
-        let mut stored = MonthFlow::decode(&bytes).unwrap();
-        stored.merge(undo);
-        assert_eq!(stored.days.keys().copied().collect::<Vec<_>>(), [3, 31]);
-    }
-
-    #[test]
-    fn a_damaged_month_is_an_error_not_rows() {
-        let mut month = MonthFlow::default();
-        month.add(3, "ho_tich\0p1.001", &row(FlowColumn::ReceivedOnline, 2));
-        month.add(9, "ho_tich\0p1.001", &row(FlowColumn::ReceivedOnline, 1));
-        let bytes = month.encode();
-        for cut in 0..bytes.len() {
-            let read = MonthFlow::decode(&bytes[..cut]);
-            assert!(read.as_ref() != Ok(&month), "cut at {cut}: {read:?}");
-        }
-        let own = month.month.encode().len();
-        let mut late = bytes[..own].to_vec();
-        late.push(32);
-        late.extend_from_slice(&bytes[own + 1..]);
-        assert!(MonthFlow::decode(&late).is_err());
     }
 }
