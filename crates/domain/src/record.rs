@@ -295,13 +295,93 @@ pub struct Conflict {
     pub winner: RecordedEvent,
 }
 
-/// Every event of one case (or feedback), by event id.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Every event of one case (or feedback), by event id. Stored (serde) as
+/// [`StoredRecord`]: the unit its events name once, not per event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Record {
     /// The events that count, one per event id, sorted by event id.
     pub events: Vec<RecordedEvent>,
     /// Identity-conflict losers, sorted by event id then identity order.
     pub kept_aside: Vec<RecordedEvent>,
+}
+
+/// A [`Record`] as stored: the unit its first event names, once; each
+/// event carries its own only when it names another (the events of a case
+/// name one unit but for a mistake or a conflict).
+#[derive(Serialize, Deserialize)]
+struct StoredRecord<Text, Events> {
+    unit: Text,
+    events: Events,
+    kept_aside: Events,
+}
+
+/// A [`RecordedEvent`] as stored in a [`StoredRecord`]: borrowed to be
+/// written, owned when read.
+#[derive(Serialize, Deserialize)]
+struct StoredEvent<Id, Text, Data> {
+    event_id: Id,
+    sequence: u64,
+    at: Moment,
+    unit: Option<Text>,
+    content: ContentHash,
+    fact: Data,
+}
+
+impl Serialize for Record {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let unit = self
+            .events
+            .first()
+            .or(self.kept_aside.first())
+            .map_or("", |event| event.unit_id.as_str());
+        fn stored<'a>(
+            events: &'a [RecordedEvent],
+            unit: &str,
+        ) -> Vec<StoredEvent<&'a Uuid, &'a str, &'a Fact>> {
+            events
+                .iter()
+                .map(|event| StoredEvent {
+                    event_id: &event.event_id,
+                    sequence: event.sequence,
+                    at: event.at,
+                    unit: (event.unit_id != unit).then_some(event.unit_id.as_str()),
+                    content: event.content,
+                    fact: &event.fact,
+                })
+                .collect()
+        }
+        StoredRecord {
+            unit,
+            events: stored(&self.events, unit),
+            kept_aside: stored(&self.kept_aside, unit),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Record {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Record, D::Error> {
+        type Read = Vec<StoredEvent<Uuid, String, Fact>>;
+        let stored = StoredRecord::<String, Read>::deserialize(deserializer)?;
+        let unit = stored.unit;
+        let read = |events: Read| -> Vec<RecordedEvent> {
+            events
+                .into_iter()
+                .map(|event| RecordedEvent {
+                    event_id: event.event_id,
+                    sequence: event.sequence,
+                    at: event.at,
+                    unit_id: event.unit.unwrap_or_else(|| unit.clone()),
+                    content: event.content,
+                    fact: event.fact,
+                })
+                .collect()
+        };
+        Ok(Record {
+            events: read(stored.events),
+            kept_aside: read(stored.kept_aside),
+        })
+    }
 }
 
 impl Record {
@@ -589,6 +669,29 @@ mod tests {
             r#"{{"event_id":"{id}","kind":"{kind}","case_id":"X-1","unit_id":"{unit}","occurred_at":"{at}","data":{data}}}"#
         );
         parse_event(line.as_bytes(), &Validation::now(&units)).unwrap()
+    }
+
+    #[test]
+    fn a_stored_record_names_its_unit_once_and_reads_back_whole() {
+        let at = "2025-03-01T08:00:00+07:00";
+        let rated = r#"case.rated {"level":"satisfied"}"#;
+        let mut record = Record::default();
+        record.put(1, &event_of_unit("C2", ID, rated, at));
+        record.put(2, &event_of_unit("C1", ID, rated, at));
+        record.put(
+            3,
+            &event_of_unit("C2", "5f0c3f0e-0000-4000-8000-000000000002", rated, at),
+        );
+        assert_eq!(
+            (record.events.len(), record.kept_aside.len()),
+            (2, 1),
+            "{record:?}"
+        );
+        let bytes = postcard::to_stdvec(&record).unwrap();
+        assert_eq!(postcard::from_bytes::<Record>(&bytes).unwrap(), record);
+        let named = |unit: &[u8]| bytes.windows(unit.len()).filter(|w| *w == unit).count();
+        // The first event's unit once; the one naming the other unit, its own.
+        assert_eq!((named(b"C1"), named(b"C2")), (1, 1), "{bytes:?}");
     }
 
     #[test]

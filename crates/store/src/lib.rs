@@ -50,8 +50,9 @@ pub use types::{
 /// The stored layout version this build reads and writes (4: lean case
 /// records, which keep a hash of each event's content, not its data; 5: a
 /// unit's case-flow rows of one level and time in one value; 6: a unit's
-/// month of rate counters with its days in one value).
-pub const FORMAT_VERSION: &str = "6";
+/// month of rate counters with its days in one value; 7: a case record
+/// names its unit once, not per event).
+pub const FORMAT_VERSION: &str = "7";
 
 /// The counting rules this build folds with: bumped whenever what an event
 /// contributes changes, so that views folded by other rules are refused
