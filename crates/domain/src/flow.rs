@@ -35,6 +35,10 @@ pub enum FlowColumn {
     Overdue,
     /// Of those, with an apology letter by then.
     OverdueApologized,
+    /// Resolved late, with an apology letter by the day of its
+    /// resolution: it has one at any E after that day. (Those whose
+    /// letter came later, or never, are counted from the late-case index.)
+    ResolvedLateApologized,
 }
 
 impl FlowColumn {
@@ -50,6 +54,7 @@ impl FlowColumn {
         FlowColumn::Open,
         FlowColumn::Overdue,
         FlowColumn::OverdueApologized,
+        FlowColumn::ResolvedLateApologized,
     ];
 }
 
@@ -229,6 +234,9 @@ impl Record {
                     Timeliness::OnTime => changes.push((day, FlowColumn::ResolvedOnTime, 1)),
                     Timeliness::Late => {
                         changes.push((day, FlowColumn::ResolvedLate, 1));
+                        if apology_day.is_some_and(|apology| apology <= day) {
+                            changes.push((day, FlowColumn::ResolvedLateApologized, 1));
+                        }
                         late.push(LateMark::Resolved {
                             day,
                             apology: apology_day,
@@ -397,8 +405,9 @@ pub const CASE_FLOW_COLUMNS: [&str; 16] = [
 
 impl CaseFlow {
     /// The row from the sums of day changes before S (`at_start`) and
-    /// before E (`at_end`), and the late resolutions of the period that
-    /// had an apology letter by E (counted from the [`LateMark`]s).
+    /// before E (`at_end`), and the late resolutions of the period whose
+    /// apology letter came after their resolution's day and before E
+    /// (counted from the [`LateMark`]s).
     /// Sums that would be negative mean damaged views; they read 0.
     pub fn from_sums(
         at_start: &FlowRow,
@@ -421,7 +430,8 @@ impl CaseFlow {
             withdrawn: flow(FlowColumn::Withdrawn),
             pending_not_due: pending - pending_overdue,
             pending_overdue,
-            late_with_apology: late_resolved_with_apology
+            late_with_apology: flow(FlowColumn::ResolvedLateApologized)
+                + late_resolved_with_apology
                 + count(at_end.get(FlowColumn::OverdueApologized)).min(pending_overdue),
             ..CaseFlow::default()
         };

@@ -5,7 +5,7 @@
 //! | prefix | key after the prefix | value |
 //! |---|---|---|
 //! | `w` | unit, NUL, level (`Y`, `M`, `D`), time | [`PackedRows`]: the [`FlowRow`] of every case of the unit, then one per series (field, NUL, procedure) |
-//! | `l` | unit, NUL, `r` resolution day or `o` overdue-until day, case code | apology or overdue-from day, field, NUL, procedure |
+//! | `l` | unit, NUL, `r` (or `q`: its letter by then) resolution day, or `o` overdue-until day, case code | apology or overdue-from day, field, NUL, procedure |
 //!
 //! A unit's rows of one level and time share one value: a batch that
 //! changes several series of a unit on a day writes three entries, not
@@ -34,7 +34,11 @@ pub const LATE: u8 = b'l';
 const YEAR: u8 = b'Y';
 const MONTH: u8 = b'M';
 const DAY: u8 = b'D';
+/// Resolved late, the first letter after the resolution's day or none.
 const RESOLVED_LATE: u8 = b'r';
+/// Resolved late with a letter by the resolution's day: counted by the
+/// rows' `ResolvedLateApologized`, read for the list only.
+const RESOLVED_APOLOGIZED: u8 = b'q';
 const OVERDUE_UNTIL: u8 = b'o';
 /// The overdue-until day of a case still overdue.
 const STILL: [u8; 4] = [0xff; 4];
@@ -175,8 +179,12 @@ impl PackedRows {
 fn late_key(units: &UnitRegistry, entry: &LateKey) -> Vec<u8> {
     let mut key = keys::unit_prefix(LATE, &units.unit(entry.unit).id);
     match entry.mark {
-        LateMark::Resolved { day, .. } => {
-            key.push(RESOLVED_LATE);
+        LateMark::Resolved { day, apology } => {
+            key.push(if apology.is_some_and(|apology| apology <= day) {
+                RESOLVED_APOLOGIZED
+            } else {
+                RESOLVED_LATE
+            });
             key.extend_from_slice(&day.to_key());
         }
         LateMark::Overdue { to, .. } => {
@@ -558,19 +566,13 @@ impl Store {
         let mut codes = BTreeSet::new();
         for (receiving, _) in units.report_rows(unit, last) {
             let unit_id = &units.unit(receiving).id;
-            let resolved = self.late_entries(
-                unit_id,
-                RESOLVED_LATE,
-                bounds.start.to_key(),
-                Some(bounds.end),
-            )?;
+            for kind in [RESOLVED_LATE, RESOLVED_APOLOGIZED] {
+                let resolved =
+                    self.late_entries(unit_id, kind, bounds.start.to_key(), Some(bounds.end))?;
+                codes.extend(resolved.into_iter().map(|entry| entry.case_id));
+            }
             let overdue = self.overdue_at_end(unit_id, &bounds)?;
-            codes.extend(
-                resolved
-                    .into_iter()
-                    .chain(overdue)
-                    .map(|entry| entry.case_id),
-            );
+            codes.extend(overdue.into_iter().map(|entry| entry.case_id));
         }
         let mut cases = Vec::new();
         for code in codes {

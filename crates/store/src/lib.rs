@@ -51,8 +51,10 @@ pub use types::{
 /// records, which keep a hash of each event's content, not its data; 5: a
 /// unit's case-flow rows of one level and time in one value; 6: a unit's
 /// month of rate counters with its days in one value; 7: a case record
-/// names its unit once, not per event).
-pub const FORMAT_VERSION: &str = "7";
+/// names its unit once, not per event; 8: case-flow rows count the late
+/// resolutions with a letter by their day, which the late-case index keeps
+/// apart).
+pub const FORMAT_VERSION: &str = "8";
 
 /// The counting rules this build folds with: bumped whenever what an event
 /// contributes changes, so that views folded by other rules are refused
