@@ -132,13 +132,13 @@ impl PackedRows {
         self.unit.is_zero() && self.series.is_empty()
     }
 
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
         let series: Vec<(&str, Columns)> = self
             .series
             .iter()
             .map(|(dims, row)| (dims.as_str(), row.0))
             .collect();
-        postcard::to_stdvec(&(self.unit.0, series)).unwrap_or_default()
+        postcard::to_stdvec(&(self.unit.0, series))
     }
 
     /// The unit's row alone (what a report by unit reads).
@@ -327,7 +327,8 @@ impl Store {
             if stored.is_zero() {
                 batch.remove(key);
             } else {
-                batch.insert(key, stored.encode());
+                let bytes = stored.encode().map_err(|detail| corrupt(&key, detail))?;
+                batch.insert(key, bytes);
             }
         }
         for entry in &changes.late_removed {
@@ -610,7 +611,7 @@ mod tests {
         rows.add("ho_tich\0p1.001", &row(FlowColumn::ReceivedOnline, 3));
         rows.add("dat_dai\0p2.002", &row(FlowColumn::ReceivedOnline, -70_000));
         rows.add("ho_tich\0p1.001", &row(FlowColumn::ResolvedLate, 1));
-        let bytes = rows.encode();
+        let bytes = rows.encode().unwrap();
         assert_eq!(PackedRows::decode(&bytes).unwrap(), rows);
         let unit = PackedRows::unit_of(&bytes).unwrap();
         assert_eq!(unit.get(FlowColumn::ReceivedOnline), -69_997);
@@ -635,7 +636,7 @@ mod tests {
     fn damaged_packed_rows_are_errors_not_panics() {
         let mut rows = PackedRows::default();
         rows.add("ho_tich\0p1.001", &row(FlowColumn::ReceivedOnline, 3));
-        let bytes = rows.encode();
+        let bytes = rows.encode().unwrap();
         for cut in 0..bytes.len() {
             assert!(PackedRows::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
