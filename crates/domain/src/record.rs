@@ -295,8 +295,8 @@ pub struct Conflict {
     pub winner: RecordedEvent,
 }
 
-/// Every event of one case (or feedback), by event id. Stored (serde) as
-/// [`StoredRecord`]: the unit its events name once, not per event.
+/// Every event of one case (or feedback), by event id. Serialized as a
+/// `StoredRecord`: the unit its events name once, not per event.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Record {
     /// The events that count, one per event id, sorted by event id.
