@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Utc};
 use kpi_domain::fold::{BatchChanges, BatchFold, RecordSource};
 use kpi_domain::{CounterDelta, Folded, Moment, OpenDelta, UnitIdx, UnitRegistry};
 
@@ -352,7 +352,7 @@ impl Store {
                 continue;
             }
             let (days, total) = months.entry((*unit, keys::Month::of(*day))).or_default();
-            days.push((day.to_date().day() as u8, delta));
+            days.push((keys::day_of_month(*day), delta));
             total.add(delta);
         }
         for ((unit, month), (days, total)) in &months {
@@ -407,9 +407,10 @@ impl Store {
         rows.change(days, total).map_err(|underflow| {
             let (day, counter) = match underflow {
                 rows::Underflow::Day(day, counter) => (
-                    first
-                        .with_day(u32::from(day))
-                        .map_or_else(|| format!("{first}+{day}"), |date| date.to_string()),
+                    month.day(day).map_or_else(
+                        || format!("{first}+{day}"),
+                        |date| date.to_date().to_string(),
+                    ),
                     counter,
                 ),
                 rows::Underflow::Total(counter) => (first.format("%Y-%m").to_string(), counter),

@@ -188,6 +188,17 @@ impl Month {
         let last = next_first.pred_opt().unwrap_or(NaiveDate::MAX);
         (Day::from_date(first), Day::from_date(last))
     }
+
+    /// The month's day `day_of_month` (1 to 31), if it has one.
+    pub fn day(self, day_of_month: u8) -> Option<Day> {
+        let first = self.days().0.to_date();
+        first.with_day(u32::from(day_of_month)).map(Day::from_date)
+    }
+}
+
+/// A day's place in its month (1 to 31), as a month's value keeps its days.
+pub fn day_of_month(day: Day) -> u8 {
+    day.to_date().day() as u8
 }
 
 /// The unit of a `unit_prefix`-based key (up to the NUL after the prefix).

@@ -2,7 +2,6 @@
 //! pages of open, held and parked cases, whole-store exports), each taken
 //! under the shared commit lock where it must not mix two batches.
 
-use chrono::Datelike;
 use kpi_domain::{Counters, Day, LiveCounts, Moment, Record, RecordKey};
 
 use crate::error::{corrupt, StoreError};
@@ -57,8 +56,8 @@ impl Store {
             } else {
                 let month =
                     rows::MonthRows::decode(&value).map_err(|detail| corrupt(&key, detail))?;
-                let from = first.max(month_first).to_date().day() as u8;
-                let to = last.min(month_last).to_date().day() as u8;
+                let from = keys::day_of_month(first.max(month_first));
+                let to = keys::day_of_month(last.min(month_last));
                 for counters in month.days.range(from..=to).map(|(_, counters)| counters) {
                     sum.add(counters);
                 }
@@ -223,13 +222,15 @@ impl Store {
             let (key, value) = entry.map_err(StoreError::from)?;
             let unit = keys::unit_of(&key).ok_or_else(|| corrupt(&key, "no unit in key"))?;
             let month = keys::month_of(&key).ok_or_else(|| corrupt(&key, "no month in key"))?;
-            let first = month.days().0.to_date();
             let stored = rows::MonthRows::decode(&value).map_err(|detail| corrupt(&key, detail))?;
             for (day, counters) in stored.days {
-                let day = first
-                    .with_day(u32::from(day))
-                    .ok_or_else(|| corrupt(&key, format!("no day {day} in {first}'s month")))?;
-                days.push((unit.clone(), Day::from_date(day), counters));
+                let day = month.day(day).ok_or_else(|| {
+                    corrupt(
+                        &key,
+                        format!("no day {day} in {}'s month", month.days().0.to_date()),
+                    )
+                })?;
+                days.push((unit.clone(), day, counters));
             }
             if days.len() >= rows {
                 sink(ExportPart::Days(std::mem::take(&mut days)))?;

@@ -19,7 +19,7 @@ use kpi_domain::{Counter, CounterDelta, Counters};
 const BITMAP_BYTES: usize = COUNTER_COUNT.div_ceil(8);
 
 /// The stored form of `counters`.
-pub fn encode(counters: &Counters) -> Vec<u8> {
+fn encode(counters: &Counters) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(1 + BITMAP_BYTES + 16);
     bytes.push(COUNTER_COUNT as u8);
     bytes.resize(1 + BITMAP_BYTES, 0);
@@ -42,8 +42,10 @@ pub fn encode(counters: &Counters) -> Vec<u8> {
     bytes
 }
 
-/// Reads the stored form.
-pub fn decode(bytes: &[u8]) -> Result<Counters, String> {
+/// Reads the stored form of one row alone (what the tests of the row
+/// format read back).
+#[cfg(test)]
+fn decode(bytes: &[u8]) -> Result<Counters, String> {
     let (counters, rest) = decode_from(bytes)?;
     if !rest.is_empty() {
         return Err(format!("{} bytes left over", rest.len()));
