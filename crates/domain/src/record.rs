@@ -305,23 +305,30 @@ pub struct Record {
     pub kept_aside: Vec<RecordedEvent>,
 }
 
-/// A [`Record`] as stored: the unit its first event names, once; each
-/// event carries its own only when it names another (the events of a case
-/// name one unit but for a mistake or a conflict).
+/// A [`Record`] as stored: the unit, time and stream sequence of its
+/// first event, once; each event's time and sequence as differences from
+/// them (the events of a case lie days, and a few hundred thousand
+/// messages, apart: a few bytes instead of eight), its unit only when it
+/// names another (the events of a case name one unit but for a mistake or
+/// a conflict).
 #[derive(Serialize, Deserialize)]
 struct StoredRecord<Text, Events> {
     unit: Text,
+    base_secs: i64,
+    base_sequence: u64,
     events: Events,
     kept_aside: Events,
 }
 
 /// A [`RecordedEvent`] as stored in a [`StoredRecord`]: borrowed to be
-/// written, owned when read.
+/// written, owned when read. The event id as its 16 bytes, without the
+/// length a byte string carries.
 #[derive(Serialize, Deserialize)]
-struct StoredEvent<Id, Text, Data> {
-    event_id: Id,
-    sequence: u64,
-    at: Moment,
+struct StoredEvent<Text, Data> {
+    event_id: [u8; 16],
+    sequence_after_base: i64,
+    secs_after_base: i64,
+    nanos: u32,
     unit: Option<Text>,
     content: ContentHash,
     fact: Data,
@@ -329,21 +336,23 @@ struct StoredEvent<Id, Text, Data> {
 
 impl Serialize for Record {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let unit = self
-            .events
-            .first()
-            .or(self.kept_aside.first())
-            .map_or("", |event| event.unit_id.as_str());
+        let first = self.events.first().or(self.kept_aside.first());
+        let unit = first.map_or("", |event| event.unit_id.as_str());
+        let base_secs = first.map_or(0, |event| event.at.unix_seconds());
+        let base_sequence = first.map_or(0, |event| event.sequence);
         fn stored<'a>(
             events: &'a [RecordedEvent],
             unit: &str,
-        ) -> Vec<StoredEvent<&'a Uuid, &'a str, &'a Fact>> {
+            base_secs: i64,
+            base_sequence: u64,
+        ) -> Vec<StoredEvent<&'a str, &'a Fact>> {
             events
                 .iter()
                 .map(|event| StoredEvent {
-                    event_id: &event.event_id,
-                    sequence: event.sequence,
-                    at: event.at,
+                    event_id: *event.event_id.as_bytes(),
+                    sequence_after_base: event.sequence.wrapping_sub(base_sequence) as i64,
+                    secs_after_base: event.at.unix_seconds().wrapping_sub(base_secs),
+                    nanos: event.at.subsec_nanos(),
                     unit: (event.unit_id != unit).then_some(event.unit_id.as_str()),
                     content: event.content,
                     fact: &event.fact,
@@ -352,8 +361,10 @@ impl Serialize for Record {
         }
         StoredRecord {
             unit,
-            events: stored(&self.events, unit),
-            kept_aside: stored(&self.kept_aside, unit),
+            base_secs,
+            base_sequence,
+            events: stored(&self.events, unit, base_secs, base_sequence),
+            kept_aside: stored(&self.kept_aside, unit, base_secs, base_sequence),
         }
         .serialize(serializer)
     }
@@ -361,19 +372,25 @@ impl Serialize for Record {
 
 impl<'de> Deserialize<'de> for Record {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Record, D::Error> {
-        type Read = Vec<StoredEvent<Uuid, String, Fact>>;
+        type Read = Vec<StoredEvent<String, Fact>>;
         let stored = StoredRecord::<String, Read>::deserialize(deserializer)?;
         let unit = stored.unit;
         let read = |events: Read| -> Vec<RecordedEvent> {
             events
                 .into_iter()
-                .map(|event| RecordedEvent {
-                    event_id: event.event_id,
-                    sequence: event.sequence,
-                    at: event.at,
-                    unit_id: event.unit.unwrap_or_else(|| unit.clone()),
-                    content: event.content,
-                    fact: event.fact,
+                .map(|event| {
+                    let at = Moment::from_parts(
+                        stored.base_secs.wrapping_add(event.secs_after_base),
+                        event.nanos,
+                    );
+                    RecordedEvent {
+                        event_id: Uuid::from_bytes(event.event_id),
+                        sequence: stored.base_sequence.wrapping_add(event.sequence_after_base as u64),
+                        at,
+                        unit_id: event.unit.unwrap_or_else(|| unit.clone()),
+                        content: event.content,
+                        fact: event.fact,
+                    }
                 })
                 .collect()
         };
@@ -692,6 +709,42 @@ mod tests {
         let named = |unit: &[u8]| bytes.windows(unit.len()).filter(|w| *w == unit).count();
         // The first event's unit once; the one naming the other unit, its own.
         assert_eq!((named(b"C1"), named(b"C2")), (1, 1), "{bytes:?}");
+    }
+
+    #[test]
+    fn a_stored_record_keeps_times_and_sequences_apart_from_its_first_event() {
+        // Events whose ids sort against their times and sequences: the
+        // differences from the first stored event go both ways.
+        let rated = r#"case.rated {"level":"satisfied"}"#;
+        let mut record = Record::default();
+        record.put(
+            400_000,
+            &event("00000000-0000-4000-8000-000000000001", rated, "2025-03-01T08:00:00.5+07:00"),
+        );
+        record.put(
+            7,
+            &event("00000000-0000-4000-8000-000000000002", rated, "2024-12-30T17:00:00+07:00"),
+        );
+        record.put(
+            u64::MAX,
+            &event("00000000-0000-4000-8000-000000000003", rated, "2026-01-31T23:59:59.999+07:00"),
+        );
+        let bytes = postcard::to_stdvec(&record).unwrap();
+        assert_eq!(postcard::from_bytes::<Record>(&bytes).unwrap(), record);
+        // A rating two days and a hundred messages after the first event
+        // costs its id and hash (16 + 8 bytes) and a few bytes more.
+        let mut pair = Record::default();
+        pair.put(
+            1_000_000,
+            &event("00000000-0000-4000-8000-000000000001", rated, "2025-03-01T08:00:00+07:00"),
+        );
+        let one = postcard::to_stdvec(&pair).unwrap().len();
+        pair.put(
+            1_000_100,
+            &event("00000000-0000-4000-8000-000000000002", rated, "2025-03-03T08:00:00+07:00"),
+        );
+        let two = postcard::to_stdvec(&pair).unwrap().len();
+        assert!(two - one <= 24 + 10, "{} bytes for one more event", two - one);
     }
 
     #[test]

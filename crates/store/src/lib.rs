@@ -53,8 +53,9 @@ pub use types::{
 /// month of rate counters with its days in one value; 7: a case record
 /// names its unit once, not per event; 8: case-flow rows count the late
 /// resolutions with a letter by their day, which the late-case index keeps
-/// apart).
-pub const FORMAT_VERSION: &str = "8";
+/// apart; 9: a case record keeps 8-byte content hashes, its events' times
+/// and sequences as differences from its first's).
+pub const FORMAT_VERSION: &str = "9";
 
 /// The counting rules this build folds with: bumped whenever what an event
 /// contributes changes, so that views folded by other rules are refused
