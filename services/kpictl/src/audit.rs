@@ -332,6 +332,9 @@ pub struct ReplayArgs {
     /// sled cache of the new views, MiB.
     #[arg(long, default_value_t = 64)]
     pub cache_mb: u64,
+    /// Messages folded into one atomic write.
+    #[arg(long, default_value_t = kpi_projection::DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
 }
 
 fn parse_until(text: &str) -> anyhow::Result<Until> {
@@ -360,6 +363,7 @@ pub(crate) async fn replay_into(
     until: Until,
     live_day: Day,
     cache_mb: u64,
+    batch_size: usize,
 ) -> anyhow::Result<(Arc<Store>, f64)> {
     let not_empty = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
     anyhow::ensure!(
@@ -393,7 +397,7 @@ pub(crate) async fn replay_into(
         kpi_projection::Config {
             nats: nats.clone(),
             client_name: "kpictl-replay".to_owned(),
-            batch_size: kpi_projection::DEFAULT_BATCH_SIZE,
+            batch_size: batch_size.max(1),
             until: Some(until),
             metrics: None,
         },
@@ -425,6 +429,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         until,
         today(),
         args.cache_mb,
+        args.batch_size,
     )
     .await?;
     let checkpoint = store.checkpoint()?;
@@ -652,6 +657,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         Until::Sequence(live.checkpoint),
         live_day,
         64,
+        kpi_projection::DEFAULT_BATCH_SIZE,
     )
     .await?;
     let rebuilt = store.export()?;

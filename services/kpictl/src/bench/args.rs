@@ -34,6 +34,9 @@ pub struct BenchArgs {
     /// The projector's sled cache, MiB.
     #[arg(long, default_value_t = 64)]
     pub cache_mb: u64,
+    /// Messages the projectors and replays fold into one atomic write.
+    #[arg(long, default_value_t = kpi_projection::DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
     /// The projector binary (default: the one next to kpictl).
     #[arg(long)]
     pub projector_bin: Option<PathBuf>,

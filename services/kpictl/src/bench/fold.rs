@@ -148,6 +148,7 @@ pub(super) async fn watched_fold(
         .arg(&views)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--cache-mb", &args.cache_mb.to_string()])
+        .args(["--batch-size", &args.batch_size.to_string()])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

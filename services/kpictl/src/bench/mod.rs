@@ -162,6 +162,8 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         .arg(format!("127.0.0.1:{port}"))
         .arg("--cache-mb")
         .arg(args.cache_mb.to_string())
+        .arg("--batch-size")
+        .arg(args.batch_size.to_string())
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -209,6 +211,7 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         kpi_projection::Until::Sequence(last),
         kpi_domain::Moment::from(chrono::Utc::now().fixed_offset()).local_day(),
         args.cache_mb,
+        args.batch_size,
     )
     .await?;
     eprintln!("replayed {last} events in {replay_seconds:.2} s");
@@ -269,6 +272,7 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
                 &units,
                 cluster_events,
                 args.cache_mb,
+                args.batch_size,
                 work.path(),
                 |cluster| async move {
                     publish_year(args, simulated_units, &cluster, cluster_events).await?;
@@ -329,6 +333,7 @@ async fn run_once(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         "rss_mib_at_end": folded.memory_end.rss_mib,
         "peak_rss_mib_at_end": folded.memory_end.peak_mib,
         "sled_cache_mib": args.cache_mb,
+        "batch_size": args.batch_size,
         "views_on_disk_mib": disk_mib,
         "plain_get_rates_calls_per_second": plain_per_second,
         "tls_get_rates_calls_per_second": tls_per_second,

@@ -256,10 +256,11 @@ pub(super) fn print_run(figures: &serde_json::Value, index: usize, repeat: usize
         );
     }
     println!(
-        "  projector memory at the end          {:.0} MiB (peak {:.0} MiB) with a {} MiB sled cache",
+        "  projector memory at the end          {:.0} MiB (peak {:.0} MiB) with a {} MiB sled cache, batches of {}",
         number(&["rss_mib_at_end"]),
         number(&["peak_rss_mib_at_end"]),
-        number(&["sled_cache_mib"])
+        number(&["sled_cache_mib"]),
+        number(&["batch_size"])
     );
     println!(
         "  views on disk                        {:.0} MiB",

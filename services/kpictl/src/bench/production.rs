@@ -193,6 +193,7 @@ pub async fn replicated_fold<F, Fut>(
     units: &kpi_domain::UnitRegistry,
     events: u64,
     cache_mb: u64,
+    batch_size: usize,
     work: &Path,
     publish: F,
 ) -> anyhow::Result<(f64, f64)>
@@ -235,6 +236,7 @@ where
             kpi_projection::Until::Sequence(events),
             kpi_domain::Moment::from(chrono::Utc::now().fixed_offset()).local_day(),
             cache_mb,
+            batch_size,
         )
         .await?;
         let _ = std::fs::remove_dir_all(&dir);
