@@ -385,7 +385,9 @@ impl<'de> Deserialize<'de> for Record {
                     );
                     RecordedEvent {
                         event_id: Uuid::from_bytes(event.event_id),
-                        sequence: stored.base_sequence.wrapping_add(event.sequence_after_base as u64),
+                        sequence: stored
+                            .base_sequence
+                            .wrapping_add(event.sequence_after_base as u64),
                         at,
                         unit_id: event.unit.unwrap_or_else(|| unit.clone()),
                         content: event.content,
@@ -719,15 +721,27 @@ mod tests {
         let mut record = Record::default();
         record.put(
             400_000,
-            &event("00000000-0000-4000-8000-000000000001", rated, "2025-03-01T08:00:00.5+07:00"),
+            &event(
+                "00000000-0000-4000-8000-000000000001",
+                rated,
+                "2025-03-01T08:00:00.5+07:00",
+            ),
         );
         record.put(
             7,
-            &event("00000000-0000-4000-8000-000000000002", rated, "2024-12-30T17:00:00+07:00"),
+            &event(
+                "00000000-0000-4000-8000-000000000002",
+                rated,
+                "2024-12-30T17:00:00+07:00",
+            ),
         );
         record.put(
             u64::MAX,
-            &event("00000000-0000-4000-8000-000000000003", rated, "2026-01-31T23:59:59.999+07:00"),
+            &event(
+                "00000000-0000-4000-8000-000000000003",
+                rated,
+                "2026-01-31T23:59:59.999+07:00",
+            ),
         );
         let bytes = postcard::to_stdvec(&record).unwrap();
         assert_eq!(postcard::from_bytes::<Record>(&bytes).unwrap(), record);
@@ -736,15 +750,27 @@ mod tests {
         let mut pair = Record::default();
         pair.put(
             1_000_000,
-            &event("00000000-0000-4000-8000-000000000001", rated, "2025-03-01T08:00:00+07:00"),
+            &event(
+                "00000000-0000-4000-8000-000000000001",
+                rated,
+                "2025-03-01T08:00:00+07:00",
+            ),
         );
         let one = postcard::to_stdvec(&pair).unwrap().len();
         pair.put(
             1_000_100,
-            &event("00000000-0000-4000-8000-000000000002", rated, "2025-03-03T08:00:00+07:00"),
+            &event(
+                "00000000-0000-4000-8000-000000000002",
+                rated,
+                "2025-03-03T08:00:00+07:00",
+            ),
         );
         let two = postcard::to_stdvec(&pair).unwrap().len();
-        assert!(two - one <= 24 + 10, "{} bytes for one more event", two - one);
+        assert!(
+            two - one <= 24 + 10,
+            "{} bytes for one more event",
+            two - one
+        );
     }
 
     #[test]
