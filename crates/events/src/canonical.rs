@@ -98,7 +98,17 @@ impl EventData {
 /// to the unit (CONTRACT §8.1) could write either anyway. Eight bytes an
 /// event less, in every case record.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 pub struct ContentHash(pub [u8; 8]);
 
@@ -136,9 +146,10 @@ impl Fields {
     fn finish(self) -> ContentHash {
         use sha2::Digest;
         let digest = self.0.finalize();
-        let mut bytes = [0; 8];
-        bytes.copy_from_slice(&digest[..8]);
-        ContentHash(bytes)
+        let mut hash = ContentHash::default();
+        let length = hash.0.len();
+        hash.0.copy_from_slice(&digest[..length]);
+        hash
     }
 }
 

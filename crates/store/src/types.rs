@@ -79,7 +79,7 @@ impl<'a> Incoming<'a> {
 pub fn content_of(event: &Result<Event, EventError>) -> ContentHash {
     event
         .as_ref()
-        .map_or(ContentHash([0; 8]), Event::content_hash)
+        .map_or(ContentHash::default(), Event::content_hash)
 }
 
 /// An invalid event kept aside with its reason: never counted, never lost.
